@@ -1,0 +1,348 @@
+"""Benchmarks for saqlite, side by side with SAQ 0.26 on Redis, huey on SQLite and raw SQLite.
+
+Run from the repository root (or anywhere; paths are resolved from this file):
+
+    python benchmarks/run.py                 # full suite, 3 runs each, ~10-15 min on 2 cores
+    python benchmarks/run.py --quick         # smaller N, 1 run (about 3 min)
+    python benchmarks/run.py --runs 5 --json out.json --md out.md
+    python benchmarks/run.py --smoke         # saqlite only, tiny N, a few seconds; for CI
+
+It prints a markdown table (median of the runs, min-max, ratio to SAQ-on-Redis and to the
+batched aiosqlite raw loop of the same run, and the targets met or not) and writes JSON.
+``--smoke`` never checks timings: it exits 0 when every workload ran, 1 otherwise.
+
+Optional peers: ``pip install 'saq[redis]>=0.26,<0.27' huey`` and ``apt-get install
+redis-server``; when missing they are skipped with a message. Everything is created in a temp
+dir that is removed at the end; the only network use is a private redis-server on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import platform
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_common import ensure_project_on_path
+
+ensure_project_on_path()
+
+import bench_huey
+import bench_queue
+import bench_raw
+import bench_redis
+from bench_jobs import calibrate_burn
+from bench_queue import Backend
+from bench_report import (
+    Collector,
+    Metrics,
+    check_targets,
+    render_failures,
+    render_table,
+    render_targets,
+)
+
+# saqlite's durable setting; see Queue.from_url in saqlite.py.
+SAQLITE_DURABLE_KWARGS: dict[str, Any] = {"synchronous": "FULL"}
+
+
+@dataclass
+class Plan:
+    """Sizes and repetitions of one benchmark run."""
+
+    runs: int = 3
+    noop_sizes: list[int] = field(default_factory=lambda: [1000, 10000])
+    sleeper_sizes: list[int] = field(default_factory=lambda: [1000])
+    bulk_n: int = 10000
+    pickup_count: int = 200
+    pickup_interval: float = 0.02
+    pickup_idle_s: float = 1.5
+    idle_cpu_s: float = 5.0
+    procs: list[int] = field(default_factory=lambda: [1, 2, 4])
+    procs_noop_n: int = 10000
+    procs_cpu_n: int = 2000
+    durable_n: int = 10000
+    memory_n: int = 100000
+    memory_runs: int = 1
+    raw_unbatched_n: int = 5000
+    raw_batched_n: int = 20000
+    peers: bool = True
+    raw: bool = True
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    if args.smoke:
+        return Plan(runs=1, noop_sizes=[200], sleeper_sizes=[200], bulk_n=200, pickup_count=20,
+                    pickup_idle_s=0.3, idle_cpu_s=0.5, procs=[1, 2], procs_noop_n=200,
+                    procs_cpu_n=50, durable_n=200, memory_n=500, peers=False, raw=False)
+    if args.quick:
+        return Plan(runs=args.runs or 1, noop_sizes=[1000, 10000], bulk_n=10000, pickup_count=100,
+                    pickup_idle_s=1.0, idle_cpu_s=2.0, procs_noop_n=4000, procs_cpu_n=1000,
+                    memory_n=20000, raw_unbatched_n=2000, raw_batched_n=10000)
+    return Plan(runs=args.runs or 3)
+
+
+def procs_noop_wl(plan: Plan) -> str:
+    return f"noop {{p}} procs N={plan.procs_noop_n}"
+
+
+def procs_cpu_wl(plan: Plan) -> str:
+    return f"cpu-2ms {{p}} procs N={plan.procs_cpu_n}"
+
+
+# --------------------------------------------------------------------------- suites
+
+
+def throughput_suite(col: Collector, b: Backend, plan: Plan, sizes: list[int]) -> None:
+    for n in sizes:
+        col.measure(b.system, b.config, plan.runs, lambda i, n=n: bench_queue.run_noop(b, n), {
+            "enqueue_jobs_s": (f"enqueue gather N={n}", "jobs/s", True),
+            "jobs_s": (f"noop c10 N={n}", "jobs/s", True),
+        }, f"noop N={n}")
+
+
+def sleeper_suite(col: Collector, b: Backend, plan: Plan) -> None:
+    for n in plan.sleeper_sizes:
+        col.measure(b.system, b.config, plan.runs, lambda i, n=n: bench_queue.run_sleeper(b, n, seed=i), {
+            "drain_s": (f"sleeper c10 N={n}", "s", False),
+            "floor_s": (f"sleeper c10 N={n}", "floor s", False),
+            "x_floor": (f"sleeper c10 N={n}", "x floor", False),
+        }, f"sleeper N={n}")
+
+
+def bulk_suite(col: Collector, b: Backend, plan: Plan) -> None:
+    wl = f"bulk enqueue_many N={plan.bulk_n}"
+    if b.system == "saq":
+        return  # SAQ 0.26 has no enqueue_many
+    col.measure(b.system, b.config, plan.runs, lambda i: bench_queue.run_bulk(b, plan.bulk_n),
+                {"jobs_s": (wl, "jobs/s", True)}, wl)
+
+
+def pickup_suite(col: Collector, b: Backend, plan: Plan) -> None:
+    lat = {f"{p}_ms": (f"{p} ms", False) for p in ("p50", "p90", "p99", "max")}
+
+    def metrics(wl: str) -> dict[str, Any]:
+        return {k: (wl, m, h) for k, (m, h) in lat.items()}
+
+    col.measure(b.system, b.config, plan.runs, lambda i: bench_queue.run_pickup_inproc(
+        b, plan.pickup_count, plan.pickup_interval, plan.pickup_idle_s), metrics("pickup in-process"),
+        "pickup in-process")
+    sub = metrics("pickup worker-process")
+    sub["idle_cpu_pct"] = ("pickup worker-process", "idle CPU %", False)
+    col.measure(b.system, b.config, plan.runs, lambda i: bench_queue.run_pickup_subproc(
+        b, plan.pickup_count, plan.pickup_interval, plan.pickup_idle_s, plan.idle_cpu_s), sub,
+        "pickup worker-process")
+
+
+def procs_metrics(wl: str) -> Metrics:
+    return {"jobs_s": (wl, "jobs/s", True), "not_complete": (wl, "jobs not complete", False)}
+
+
+def processes_suite(col: Collector, b: Backend, plan: Plan, iters: int) -> None:
+    for p in plan.procs:
+        wl = procs_noop_wl(plan).format(p=p)
+        col.measure(b.system, b.config, plan.runs, lambda i, p=p: bench_queue.run_processes(
+            b, p, plan.procs_noop_n, "noop_mp"), procs_metrics(wl), wl)
+    for p in plan.procs:
+        wl = procs_cpu_wl(plan).format(p=p)
+        col.measure(b.system, b.config, plan.runs, lambda i, p=p: bench_queue.run_processes(
+            b, p, plan.procs_cpu_n, "cpu", iters), procs_metrics(wl), wl)
+
+
+def memory_suite(col: Collector, b: Backend, plan: Plan) -> None:
+    wl = f"memory N={plan.memory_n}"
+
+    def once(i: int) -> dict[str, Any]:
+        res = bench_queue.run_memory(b, plan.memory_n)
+        res["rss_mib"] = res["maxrss_kb"] / 1024
+        res["storage_mib"] = res["storage_bytes"] / 2**20
+        return res
+
+    storage = "db+wal MiB" if b.system == "saqlite" else "redis used_memory MiB"
+    col.measure(b.system, b.config, plan.memory_runs, once, {
+        "rss_mib": (wl, "worker peak RSS MiB", False),
+        "storage_mib": (wl, storage, False),
+    }, wl)
+
+
+def queue_suite(col: Collector, b: Backend, plan: Plan, iters: int) -> None:
+    """Every SAQ-API workload on one backend."""
+    throughput_suite(col, b, plan, plan.noop_sizes)
+    sleeper_suite(col, b, plan)
+    bulk_suite(col, b, plan)
+    pickup_suite(col, b, plan)
+    processes_suite(col, b, plan, iters)
+    memory_suite(col, b, plan)
+
+
+def raw_suite(col: Collector, plan: Plan, tmp: str) -> None:
+    cases = [("raw-sqlite3", bench_raw.run_sqlite3), ("raw-aiosqlite", bench_raw.run_aiosqlite)]
+    for sync in ("NORMAL", "FULL"):
+        config = f"sqlite-{sync.lower()}"
+        for system, fn in cases:
+            for batch in (1, 100):
+                n = plan.raw_batched_n if batch > 1 else plan.raw_unbatched_n
+                if sync == "FULL" and batch == 1:
+                    n = max(200, n // 5)
+                path = os.path.join(tmp, f"raw-{system}-{sync}-{batch}.db")
+
+                def once(i: int, fn: Any = fn, path: str = path, n: int = n, batch: int = batch,
+                         sync: str = sync) -> dict[str, float]:
+                    try:
+                        return {"jobs_s": fn(path, n, batch, sync)}
+                    finally:
+                        bench_raw.remove_db(path)
+
+                wl = f"raw lifecycle B={batch}"
+                col.measure(system, config, plan.runs, once, {"jobs_s": (wl, "jobs/s", True)}, wl)
+
+
+def saqlite_suite(col: Collector, plan: Plan, tmp: str, iters: int) -> None:
+    try:
+        importlib.import_module("saqlite")
+    except Exception as exc:  # noqa: BLE001 - reported, not hidden
+        col.failures.append(bench_queue_failure("import saqlite", exc))
+        return
+    normal = Backend("saqlite", "sqlite-normal", tmp)
+    queue_suite(col, normal, plan, iters)
+    durable = Backend("saqlite", "sqlite-full", tmp, dict(SAQLITE_DURABLE_KWARGS))
+    throughput_suite(col, durable, plan, [plan.durable_n])
+
+
+def bench_queue_failure(label: str, exc: BaseException) -> Any:
+    from bench_common import Failure
+
+    return Failure("saqlite", "-", label, f"{type(exc).__name__}: {exc}")
+
+
+def saq_suite(col: Collector, plan: Plan, tmp: str, iters: int) -> None:
+    reason = bench_redis.redis_available()
+    if reason:
+        print(f"SKIPPED SAQ on Redis: {reason}", file=sys.stderr)
+        return
+    for config in ("redis-mem", "redis-aof", "redis-aof-always"):
+        workdir = tempfile.mkdtemp(prefix=config, dir=tmp)
+        with bench_redis.redis_server(config, workdir) as url:
+            backend = Backend("saq", config, url)
+            if config == "redis-mem":
+                queue_suite(col, backend, plan, iters)
+            else:
+                throughput_suite(col, backend, plan, [plan.durable_n])
+
+
+def huey_suite(col: Collector, plan: Plan, tmp: str) -> None:
+    reason = bench_huey.available()
+    if reason:
+        print(f"SKIPPED huey: {reason}", file=sys.stderr)
+        return
+    for n in plan.noop_sizes:
+        db = os.path.join(tmp, "huey.db")
+        col.measure("huey", "sqlite-w10", plan.runs, lambda i, n=n, db=db: bench_huey.run_huey(db, n), {
+            "enqueue_jobs_s": (f"enqueue gather N={n}", "jobs/s", True),
+            "jobs_s": (f"noop c10 N={n}", "jobs/s", True),
+        }, f"huey noop N={n}")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def versions() -> dict[str, str]:
+    info = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+    }
+    for mod in ("saqlite", "saq", "huey", "aiosqlite", "redis"):
+        try:
+            m = importlib.import_module(mod)
+            info[mod] = str(getattr(m, "__version__", "?"))
+        except Exception:  # noqa: BLE001
+            info[mod] = "not installed"
+    try:
+        out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, timeout=10,
+                             check=False)
+        info["redis-server"] = out.stdout.split()[2].replace("v=", "")
+    except (OSError, IndexError, subprocess.SubprocessError):
+        info["redis-server"] = "not installed"
+    return info
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="saqlite benchmarks (see module docstring)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="smaller N, 1 run unless --runs")
+    mode.add_argument("--smoke", action="store_true", help="saqlite only, tiny N; for CI")
+    parser.add_argument("--runs", type=int, default=0, help="repetitions per figure (default 3)")
+    parser.add_argument("--json", default=None, help="write results here (default "
+                        "benchmark-results.json; '' for none; none by default with --smoke)")
+    parser.add_argument("--md", default="", help="also write the markdown report here")
+    parser.add_argument("--only", default="", help="comma list of: raw,saqlite,saq,huey")
+    return parser.parse_args(argv)
+
+
+def run_all(plan: Plan, only: list[str]) -> tuple[Collector, dict[str, str], int]:
+    col = Collector()
+    iters = calibrate_burn(0.002)
+    want = (lambda s: not only or s in only)
+    with tempfile.TemporaryDirectory(prefix="saqlite-bench-") as tmp:
+        if plan.raw and want("raw"):
+            raw_suite(col, plan, tmp)
+        if want("saqlite"):
+            saqlite_suite(col, plan, tmp, iters)
+        if plan.peers and want("saq"):
+            saq_suite(col, plan, tmp, iters)
+        if plan.peers and want("huey"):
+            huey_suite(col, plan, tmp)
+    return col, versions(), iters
+
+
+def report(col: Collector, plan: Plan, info: dict[str, str]) -> tuple[str, list[Any]]:
+    targets = check_targets(col, plan.noop_sizes, plan.durable_n, procs_noop_wl(plan),
+                            procs_cpu_wl(plan)) if plan.peers or plan.raw else []
+    head = [f"# saqlite benchmarks, {info['date']}", "",
+            ", ".join(f"{k} {v}" for k, v in info.items() if k != "date"), "",
+            (f"Median of {plan.runs} run(s) [min-max]; ratios are median/median of the same run. "
+            "SAQ-redis = SAQ on redis-mem (durable rows: redis-aof, appendfsync everysec); "
+            "raw = raw aiosqlite lifecycle, 100 jobs per statement, same synchronous setting."), ""]
+    body = [render_table(col, targets)]
+    if targets:
+        body += ["", "## Targets", "", render_targets(targets)]
+    body += ["", render_failures(col)]
+    return "\n".join(head + body), targets
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    logging.getLogger("saq").setLevel(logging.ERROR)  # its shutdown warnings are noise here
+    plan = make_plan(args)
+    only = [s for s in args.only.split(",") if s]
+    col, info, iters = run_all(plan, only)
+    info["cpu job iters (2 ms)"] = str(iters)
+    text, targets = report(col, plan, info)
+    print(text)
+    json_path = args.json if args.json is not None else ("" if args.smoke else "benchmark-results.json")
+    if json_path:
+        data = {"meta": info, "plan": plan.__dict__, "records": [r.to_json() for r in col.records],
+                "targets": [t.__dict__ for t in targets], "failures": [f.__dict__ for f in col.failures]}
+        with open(json_path, "w") as fh:
+            json.dump(data, fh, indent=2, default=str)
+    if args.md:
+        with open(args.md, "w") as fh:
+            fh.write(text + "\n")
+    return 1 if col.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
