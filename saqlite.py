@@ -538,13 +538,11 @@ class Job:
     def to_dict(self) -> dict[str, t.Any]:
         """The fields that differ from their defaults (``queue`` as its name)."""
         result: dict[str, t.Any] = {}
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if value == field.default or (field.name == "meta" and not value):
+        for name, default in _JOB_DEFAULTS:
+            value = getattr(self, name)
+            if value == default or (name == "meta" and not value):
                 continue
-            if field.name == "queue":
-                value = value.name
-            result[field.name] = value
+            result[name] = value.name if name == "queue" else value
         return result
 
     def duration(self, kind: str) -> t.Optional[int]:
@@ -1601,7 +1599,8 @@ class Queue:
         return bool(await self._fetch(_SQL_TAKE_LOCK, params))
 
 
-_JOB_FIELD_NAMES = frozenset(field.name for field in dataclasses.fields(Job))
+_JOB_DEFAULTS = tuple((field.name, field.default) for field in dataclasses.fields(Job))
+_JOB_FIELD_NAMES = frozenset(name for name, _ in _JOB_DEFAULTS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -2233,61 +2232,68 @@ class Worker:
         return True
 
     async def _run(self, running: _Running) -> None:
+        """Run one claimed job and store its outcome. Its slot is freed as soon as the
+        function returns, so the next claim overlaps with this job's write."""
         job = running.job
         context: Context = {**self.context, "job": job}
+        cancelled = False
         try:
-            if logger.isEnabledFor(logging.INFO):
-                logger.info("Processing %s", job.info(logger.isEnabledFor(logging.DEBUG)))
+            outcome, value = await self._execute(running, context)
+        except asyncio.CancelledError:  # this task itself, not the job's, was cancelled
+            outcome, value, cancelled = "cancelled", None, True
+        self._running.pop(job.key, None)
+        if self._slot_freed is not None:
+            self._slot_freed.set()
+        await self._store(job, outcome, value)
+        if self.after_process:
+            try:
+                await _call_hooks(self.after_process, context)
+            except Exception:
+                logger.exception("after_process failed for %s", job.info())
+        if cancelled:
+            raise asyncio.CancelledError
+
+    async def _execute(self, running: _Running, context: Context) -> tuple[str, t.Any]:
+        """Call the job's function; its outcome as (kind, result or error)."""
+        job = running.job
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("Processing %s", job.info(logger.isEnabledFor(logging.DEBUG)))
+        function = self.functions.get(job.function)
+        if function is None:
+            registered = ", ".join(sorted(self.functions)) or "none"
+            return "failed", (
+                f"No function named {job.function!r} is registered with worker {self.id} "
+                f"(registered: {registered}). Is the worker configured with this function?"
+            )
+        try:
             if self.before_process:
                 await _call_hooks(self.before_process, context)
-            function = self.functions.get(job.function)
-            if function is None:
-                await self._finish_unknown(job)
-                return
             running.task = asyncio.ensure_future(_call(function, context, job.kwargs or {}))
-            result = await asyncio.wait_for(running.task, job.timeout or None)
-            await self._finish(job, Status.COMPLETE, result=result)
+            return "complete", await asyncio.wait_for(running.task, job.timeout or None)
         except asyncio.CancelledError:
-            await self._cancelled(running)
+            if running.abort_error is not None:
+                return "aborted", running.abort_error
+            if running.stopping:
+                return "cancelled", None
+            raise
         except Exception as exc:
             context["exception"] = exc
             if running.abort_error is not None:
-                await self._finish(job, Status.ABORTED, error=running.abort_error)
-            else:
-                await self._failed(job, traceback.format_exc())
-        finally:
-            self._running.pop(job.key, None)
-            if self._slot_freed is not None:
-                self._slot_freed.set()
-            if self.after_process:
-                try:
-                    await _call_hooks(self.after_process, context)
-                except Exception:
-                    logger.exception("after_process failed for %s", job.info())
+                return "aborted", running.abort_error
+            if job.retryable:
+                return "retry", traceback.format_exc()
+            return "failed", traceback.format_exc()
 
-    async def _cancelled(self, running: _Running) -> None:
-        job = running.job
-        if running.abort_error is not None:
-            await self._finish(job, Status.ABORTED, error=running.abort_error)
-            return
-        await self._settle(job, await self.queue._retry(job, "cancelled"))
-        if not running.stopping:  # the job's own task was cancelled from outside
-            raise asyncio.CancelledError
-
-    async def _failed(self, job: Job, error: str) -> None:
-        if job.retryable:
+    async def _store(self, job: Job, outcome: str, value: t.Any) -> None:
+        """Write a job's outcome: finished, or back in the queue."""
+        if outcome in ("retry", "cancelled"):
+            error = value if outcome == "retry" else "cancelled"
             await self._settle(job, await self.queue._retry(job, error))
+        elif outcome == "complete":
+            await self._finish(job, Status.COMPLETE, result=value)
         else:
-            await self._finish(job, Status.FAILED, error=error)
-
-    async def _finish_unknown(self, job: Job) -> None:
-        registered = ", ".join(sorted(self.functions)) or "none"
-        await self._finish(
-            job,
-            Status.FAILED,
-            error=f"No function named {job.function!r} is registered with worker {self.id} "
-            f"(registered: {registered}). Is the worker configured with this function?",
-        )
+            status = Status.ABORTED if outcome == "aborted" else Status.FAILED
+            await self._finish(job, status, error=value)
 
     async def _finish(
         self, job: Job, status: Status, *, result: t.Any = None, error: t.Optional[str] = None

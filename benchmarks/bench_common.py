@@ -91,7 +91,7 @@ def repeat(runs: int, once: Callable[[int], T]) -> list[T]:
 
 
 def fmt_num(value: float) -> str:
-    """Human formatting: thousands separators for big numbers, 2-3 significant decimals otherwise."""
+    """Thousands separators for big numbers, 2-3 significant digits for small ones."""
     if math.isnan(value):
         return "-"
     if abs(value) >= 1000:

@@ -7,6 +7,7 @@ harness (``run.py``) repeats them and turns them into records.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import os
@@ -28,6 +29,7 @@ from bench_common import (
     spawn_python,
     stop_process,
 )
+from bench_redis import flush, used_memory
 
 CONCURRENCY = 10
 PREFILL_CHUNK = 1000
@@ -57,8 +59,6 @@ class Backend:
         if self.system == "saqlite":
             self.db_path = os.path.join(self.location, f"{self.config}-{self._runs}.db")
             return "sqlite:///" + self.db_path  # absolute path: sqlite:////tmp/...
-        from bench_redis import flush
-
         flush(self.location)
         return self.location
 
@@ -98,7 +98,9 @@ async def wait_incomplete_zero(queue: Any, timeout: float, interval: float = 0.0
     return time.perf_counter()
 
 
-async def check_complete(backend: Backend, queue: Any, keys: Sequence[str], sample: int = 50) -> int:
+async def check_complete(
+    backend: Backend, queue: Any, keys: Sequence[str], sample: int = 50
+) -> int:
     """Read back a sample of jobs; saqlite's must all be COMPLETE. Returns how many are not.
 
     SAQ 0.26 on Redis has a race: the sweep that a Worker runs as it starts can mark a job
@@ -112,7 +114,9 @@ async def check_complete(backend: Backend, queue: Any, keys: Sequence[str], samp
     return len(bad)
 
 
-async def prefill(queue: Any, module: Any, function: str, n: int, kwargs: dict[str, Any]) -> list[str]:
+async def prefill(
+    queue: Any, module: Any, function: str, n: int, kwargs: dict[str, Any]
+) -> list[str]:
     """Fill the queue (not measured): enqueue_many when the queue has it, else gathered enqueues."""
     keys: list[str] = []
     bulk = getattr(queue, "enqueue_many", None)
@@ -170,7 +174,7 @@ def run_noop(backend: Backend, n: int) -> dict[str, float]:
     return asyncio.run(_enqueue_then_drain(backend, n, "noop", [{} for _ in range(n)]))
 
 
-def run_sleeper(backend: Backend, n: int, seed: int) -> dict[str, float]:
+def run_sleeper(backend: Backend, n: int, seed: int = 0) -> dict[str, float]:
     """Like ``run_noop`` with sleeps of U(0, 50 ms); reports the time against sum(sleeps)/10."""
     rng = random.Random(seed)
     kwargs_list = [{"s": rng.uniform(0.0, 0.05)} for _ in range(n)]
@@ -209,7 +213,9 @@ def run_bulk(backend: Backend, n: int) -> dict[str, float]:
 # --------------------------------------------------------------------------- 3. pickup latency
 
 
-async def _paced_enqueues(queue: Any, count: int, interval: float) -> tuple[list[Any], list[int], list[int]]:
+async def _paced_enqueues(
+    queue: Any, count: int, interval: float
+) -> tuple[list[Any], list[int], list[int]]:
     jobs, before, calls = [], [], []
     start = time.monotonic()
     for i in range(count):
@@ -224,7 +230,9 @@ async def _paced_enqueues(queue: Any, count: int, interval: float) -> tuple[list
     return jobs, before, calls
 
 
-async def _latencies(queue: Any, jobs: list[Any], before: list[int], calls: list[int]) -> dict[str, float]:
+async def _latencies(
+    queue: Any, jobs: list[Any], before: list[int], calls: list[int]
+) -> dict[str, float]:
     await wait_incomplete_zero(queue, 30, interval=0.01)
     done = await queue.jobs([j.key for j in jobs])
     lat = [(j.result[0] - t) / 1e6 for j, t in zip(done, before)]
@@ -237,7 +245,9 @@ async def _latencies(queue: Any, jobs: list[Any], before: list[int], calls: list
     }
 
 
-async def _pickup_inproc(backend: Backend, count: int, interval: float, idle_s: float) -> dict[str, float]:
+async def _pickup_inproc(
+    backend: Backend, count: int, interval: float, idle_s: float
+) -> dict[str, float]:
     queue = await backend.open_queue(backend.fresh_url())
     try:
         worker, task = await start_worker(backend, queue)
@@ -251,7 +261,9 @@ async def _pickup_inproc(backend: Backend, count: int, interval: float, idle_s: 
         await queue.disconnect()
 
 
-def run_pickup_inproc(backend: Backend, count: int, interval: float, idle_s: float) -> dict[str, float]:
+def run_pickup_inproc(
+    backend: Backend, count: int, interval: float, idle_s: float
+) -> dict[str, float]:
     """Idle worker in this process; one job every ``interval`` s; enqueue-call to function start."""
     return asyncio.run(_pickup_inproc(backend, count, interval, idle_s))
 
@@ -261,7 +273,14 @@ class Child:
 
     def __init__(self, backend: Backend, url: str, wait_go: bool) -> None:
         args = [os.path.join(BENCH_DIR, "bench_worker.py"), "--module", backend.system]
-        args += ["--url", url, "--name", "bench", "--queue-kwargs", json.dumps(backend.queue_kwargs)]
+        args += [
+            "--url",
+            url,
+            "--name",
+            "bench",
+            "--queue-kwargs",
+            json.dumps(backend.queue_kwargs),
+        ]
         if wait_go:
             args.append("--wait-go")
         self.proc = spawn_python(args)
@@ -300,10 +319,8 @@ class Child:
         stop_process(self.proc)
         for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if stream is not None:
-                try:
+                with contextlib.suppress(BrokenPipeError, OSError):
                     stream.close()
-                except (BrokenPipeError, OSError):
-                    pass
 
 
 def idle_cpu_percent(pid: int, seconds: float) -> float:
@@ -348,6 +365,7 @@ async def _with_children(
     n: int,
     function: str,
     kwargs: dict[str, Any],
+    *,
     after: Callable[[Any], Awaitable[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     url = backend.fresh_url()
@@ -393,7 +411,9 @@ def _stamped_throughput(done: list[Any], t0: int) -> dict[str, Any]:
     }
 
 
-def run_processes(backend: Backend, procs: int, n: int, function: str, iters: int = 0) -> dict[str, Any]:
+def run_processes(
+    backend: Backend, procs: int, n: int, function: str, iters: int = 0
+) -> dict[str, Any]:
     """N jobs prefilled, then ``procs`` worker processes started together on the same queue."""
     kwargs = {"iters": iters} if function == "cpu" else {}
     return asyncio.run(_with_children(backend, procs, n, function, kwargs))
@@ -406,8 +426,6 @@ def run_memory(backend: Backend, n: int) -> dict[str, Any]:
         if backend.system == "saqlite":
             files = backend.storage_sizes()
             return {"storage_bytes": sum(files.values()), "files": files}
-        from bench_redis import used_memory
-
         return {"storage_bytes": used_memory(backend.location)}
 
     return asyncio.run(_with_children(backend, 1, n, "noop", {}, after=sizes))

@@ -13,8 +13,9 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Sequence
 from typing import Any
+
+import aiosqlite
 
 SCHEMA = [
     "PRAGMA journal_mode=WAL",
@@ -39,7 +40,9 @@ PAYLOAD = json.dumps({"function": "noop", "kwargs": {}, "timeout": 10, "retries"
 
 
 def insert_sql(count: int) -> str:
-    return "INSERT INTO jobs (key, queue, status, data) VALUES " + ", ".join(["(?, 'q', 1, ?)"] * count)
+    return "INSERT INTO jobs (key, queue, status, data) VALUES " + ", ".join(
+        ["(?, 'q', 1, ?)"] * count
+    )
 
 
 def finish_sql(count: int) -> str:
@@ -88,8 +91,6 @@ def _check(conn: sqlite3.Connection, n: int) -> None:
 
 
 async def _aio(path: str, n: int, batch: int, synchronous: str) -> float:
-    import aiosqlite
-
     _connect(path, synchronous).close()  # schema
     db = await aiosqlite.connect(path, isolation_level=None)
     try:
@@ -97,7 +98,7 @@ async def _aio(path: str, n: int, batch: int, synchronous: str) -> float:
         start = time.perf_counter()
         for count in _batches(n, batch):
             await db.execute(insert_sql(count), insert_params(count))
-            rows: Sequence[tuple[Any, ...]] = list(await db.execute_fetchall(CLAIM, ("q", count)))
+            rows: list[Any] = list(await db.execute_fetchall(CLAIM, ("q", count)))
             await db.execute(finish_sql(len(rows)), [r[0] for r in rows])
         took = time.perf_counter() - start
     finally:

@@ -26,8 +26,9 @@ class Collector:
     failures: list[Failure] = field(default_factory=list)
 
     def find(self, system: str, config: str, workload: str, metric: str) -> Record | None:
+        wanted = (system, config, workload, metric)
         for rec in self.records:
-            if (rec.system, rec.config, rec.workload, rec.metric) == (system, config, workload, metric):
+            if (rec.system, rec.config, rec.workload, rec.metric) == wanted:
                 return rec
         return None
 
@@ -35,8 +36,9 @@ class Collector:
         self,
         system: str,
         config: str,
-        runs: int,
         once: Callable[[int], dict[str, Any]],
+        *,
+        runs: int,
         metrics: Metrics,
         label: str,
     ) -> bool:
@@ -45,7 +47,7 @@ class Collector:
         try:
             for i in range(runs):
                 results.append(once(i))
-        except Exception:  # noqa: BLE001 - reported in the table, the run goes on
+        except Exception:
             tb = traceback.format_exc()
             self.failures.append(Failure(system, config, label, tb))
             print(f"  FAILED {system}/{config} {label}:\n{tb}", file=sys.stderr)
@@ -55,8 +57,11 @@ class Collector:
             rec.values = [float(r[fld]) for r in results]
             rec.extra = {"runs": [{k: v for k, v in r.items()} for r in results]}
             self.records.append(rec)
-            print(f"  {system:8} {config:14} {workload:28} {metric:10} {fmt_num(rec.median):>10}"
-                  f"  [{fmt_num(rec.low)}-{fmt_num(rec.high)}]", file=sys.stderr)
+            print(
+                f"  {system:8} {config:14} {workload:28} {metric:10} {fmt_num(rec.median):>10}"
+                f"  [{fmt_num(rec.low)}-{fmt_num(rec.high)}]",
+                file=sys.stderr,
+            )
         return True
 
     def saq_ref(self, rec: Record) -> Record | None:
@@ -85,60 +90,94 @@ class TargetResult:
     detail: str
 
 
-def _target(col: Collector, workload: str, metric: str, text: str, config: str,
-            check: Callable[[float], tuple[bool | None, str]]) -> TargetResult:
-    rec = col.find("saqlite", config, workload, metric)
-    if rec is None:
-        return TargetResult("saqlite", config, workload, metric, text, None, "no figure")
-    met, detail = check(rec.median)
-    return TargetResult("saqlite", config, workload, metric, text, met, detail)
+Check = Callable[[float], "tuple[bool | None, str]"]
 
 
-def _vs(ref: Record | None, factor: float, higher: bool = True) -> Callable[[float], tuple[bool | None, str]]:
+@dataclass
+class TargetSpec:
+    """A goal for one saqlite figure."""
+
+    workload: str
+    metric: str
+    text: str
+    check: Check
+    config: str = "sqlite-normal"
+
+    def evaluate(self, col: Collector) -> TargetResult:
+        rec = col.find("saqlite", self.config, self.workload, self.metric)
+        met, detail = (None, "no figure") if rec is None else self.check(rec.median)
+        return TargetResult(
+            "saqlite", self.config, self.workload, self.metric, self.text, met, detail
+        )
+
+
+def _vs(ref: Record | None, factor: float) -> Check:
+    """At least ``factor`` times the reference figure."""
+
     def check(value: float) -> tuple[bool | None, str]:
         if ref is None:
             return None, "no reference figure"
         ratio = value / ref.median
-        ok = value >= factor * ref.median if higher else value <= factor * ref.median
-        return ok, f"{fmt_num(value)} = {ratio:.2f}x {ref.system}/{ref.config} {fmt_num(ref.median)}"
+        where = f"{ref.system}/{ref.config} {fmt_num(ref.median)}"
+        return value >= factor * ref.median, f"{fmt_num(value)} = {ratio:.2f}x {where}"
+
     return check
 
 
-def _abs(limit: float, higher: bool) -> Callable[[float], tuple[bool | None, str]]:
-    def check(value: float) -> tuple[bool | None, str]:
-        ok = value >= limit if higher else value <= limit
-        return ok, f"{fmt_num(value)} vs {fmt_num(limit)}"
-    return check
+def _at_least(limit: float) -> Check:
+    return lambda value: (value >= limit, f"{fmt_num(value)} vs {fmt_num(limit)}")
 
 
-def check_targets(col: Collector, noop_sizes: list[int], durable_n: int, procs_noop: str,
-                  procs_cpu: str) -> list[TargetResult]:
-    """The goals saqlite was given, evaluated on the medians of this run."""
-    out: list[TargetResult] = []
-    normal = "sqlite-normal"
+def _at_most(limit: float) -> Check:
+    return lambda value: (value <= limit, f"{fmt_num(value)} vs {fmt_num(limit)}")
+
+
+def target_specs(
+    col: Collector, noop_sizes: list[int], durable_n: int, procs_noop: str, procs_cpu: str
+) -> list[TargetSpec]:
+    """The goals saqlite was given; references come from the same run."""
+
+    def saq(workload: str, config: str = "sqlite-normal") -> Record | None:
+        return col.saq_ref(Record("saqlite", config, workload, "jobs/s"))
+
+    raw = col.raw_ref(Record("saqlite", "sqlite-normal", "", "jobs/s"))
+    specs: list[TargetSpec] = []
     for n in noop_sizes:
-        wl = f"noop c10 N={n}"
-        probe = Record("saqlite", normal, wl, "jobs/s")
-        out.append(_target(col, wl, "jobs/s", ">= 4x SAQ-on-Redis", normal, _vs(col.saq_ref(probe), 4)))
-        out.append(_target(col, wl, "jobs/s", ">= 25% raw aiosqlite batched", normal,
-                           _vs(col.raw_ref(probe), 0.25)))
-        ewl = f"enqueue gather N={n}"
-        eprobe = Record("saqlite", normal, ewl, "jobs/s")
-        out.append(_target(col, ewl, "jobs/s", ">= 2x SAQ", normal, _vs(col.saq_ref(eprobe), 2)))
-    out.append(_target(col, "bulk enqueue_many N=10000", "jobs/s", ">= 50,000 jobs/s", normal,
-                       _abs(50_000, True)))
-    out.append(_target(col, "sleeper c10 N=1000", "x floor", "within 5% of floor", normal, _abs(1.05, False)))
-    out.append(_target(col, "pickup worker-process", "p50 ms", "<= 1 ms", normal, _abs(1.0, False)))
-    out.append(_target(col, "pickup worker-process", "p99 ms", "<= 2 ms", normal, _abs(2.0, False)))
-    out.append(_target(col, "pickup worker-process", "idle CPU %", "< 2% of a core", normal, _abs(2.0, False)))
-    one = col.find("saqlite", normal, procs_noop.format(p=1), "jobs/s")
-    out.append(_target(col, procs_noop.format(p=4), "jobs/s", ">= 1 process", normal, _vs(one, 1.0)))
-    one_cpu = col.find("saqlite", normal, procs_cpu.format(p=1), "jobs/s")
-    out.append(_target(col, procs_cpu.format(p=2), "jobs/s", ">= 1.7x 1 process", normal, _vs(one_cpu, 1.7)))
-    dwl = f"noop c10 N={durable_n}"
-    dprobe = Record("saqlite", "sqlite-full", dwl, "jobs/s")
-    out.append(_target(col, dwl, "jobs/s", ">= 2x SAQ redis-aof", "sqlite-full", _vs(col.saq_ref(dprobe), 2)))
-    return out
+        noop, enq = f"noop c10 N={n}", f"enqueue gather N={n}"
+        specs += [
+            TargetSpec(noop, "jobs/s", ">= 4x SAQ-on-Redis", _vs(saq(noop), 4)),
+            TargetSpec(noop, "jobs/s", ">= 25% raw aiosqlite batched", _vs(raw, 0.25)),
+            TargetSpec(enq, "jobs/s", ">= 2x SAQ", _vs(saq(enq), 2)),
+        ]
+    one = col.find("saqlite", "sqlite-normal", procs_noop.format(p=1), "jobs/s")
+    one_cpu = col.find("saqlite", "sqlite-normal", procs_cpu.format(p=1), "jobs/s")
+    durable = f"noop c10 N={durable_n}"
+    pickup = "pickup worker-process"
+    specs += [
+        TargetSpec("bulk enqueue_many N=10000", "jobs/s", ">= 50,000 jobs/s", _at_least(50_000)),
+        TargetSpec("sleeper c10 N=1000", "x floor", "within 5% of floor", _at_most(1.05)),
+        TargetSpec(pickup, "p50 ms", "<= 1 ms", _at_most(1.0)),
+        TargetSpec(pickup, "p99 ms", "<= 2 ms", _at_most(2.0)),
+        TargetSpec(pickup, "idle CPU %", "< 2% of a core", _at_most(2.0)),
+        TargetSpec(procs_noop.format(p=4), "jobs/s", ">= 1 process", _vs(one, 1.0)),
+        TargetSpec(procs_cpu.format(p=2), "jobs/s", ">= 1.7x 1 process", _vs(one_cpu, 1.7)),
+        TargetSpec(
+            durable,
+            "jobs/s",
+            ">= 2x SAQ redis-aof",
+            _vs(saq(durable, "sqlite-full"), 2),
+            config="sqlite-full",
+        ),
+    ]
+    return specs
+
+
+def check_targets(
+    col: Collector, noop_sizes: list[int], durable_n: int, procs_noop: str, procs_cpu: str
+) -> list[TargetResult]:
+    """The targets evaluated on the medians of this run."""
+    specs = target_specs(col, noop_sizes, durable_n, procs_noop, procs_cpu)
+    return [spec.evaluate(col) for spec in specs]
 
 
 # --------------------------------------------------------------------------- rendering
@@ -158,9 +197,11 @@ def render_table(col: Collector, targets: list[TargetResult]) -> str:
     by_row: dict[tuple[str, str, str, str], list[str]] = {}
     for t in targets:
         by_row.setdefault((t.system, t.config, t.workload, t.metric), []).append(
-            f"{t.text}: {_mark(t.met)}")
+            f"{t.text}: {_mark(t.met)}"
+        )
     lines = [
-        "| workload | metric | system | config | median | min-max | vs SAQ-redis | vs raw aio B=100 | target |",
+        "| workload | metric | system | config | median | min-max | vs SAQ-redis "
+        "| vs raw aio B=100 | target |",
         "|---|---|---|---|---:|---|---:|---:|---|",
     ]
     workloads: list[str] = []
@@ -174,16 +215,20 @@ def render_table(col: Collector, targets: list[TargetResult]) -> str:
             arrow = "" if rec.higher_is_better else " (lower better)"
             target = "; ".join(by_row.get((rec.system, rec.config, rec.workload, rec.metric), []))
             lines.append(
-                f"| {wl} | {rec.metric}{arrow} | {rec.system} | {rec.config} | {fmt_num(rec.median)} | "
+                f"| {wl} | {rec.metric}{arrow} | {rec.system} | {rec.config} "
+                f"| {fmt_num(rec.median)} | "
                 f"{fmt_num(rec.low)}-{fmt_num(rec.high)} | {_ratio(rec, col.saq_ref(rec))} | "
-                f"{_ratio(rec, col.raw_ref(rec))} | {target} |")
+                f"{_ratio(rec, col.raw_ref(rec))} | {target} |"
+            )
     return "\n".join(lines)
 
 
 def render_targets(targets: list[TargetResult]) -> str:
     lines = ["| target | saqlite figure | result |", "|---|---|---|"]
     for t in targets:
-        lines.append(f"| {t.workload} {t.metric} ({t.config}) {t.text} | {t.detail} | {_mark(t.met)} |")
+        lines.append(
+            f"| {t.workload} {t.metric} ({t.config}) {t.text} | {t.detail} | {_mark(t.met)} |"
+        )
     return "\n".join(lines)
 
 
@@ -192,5 +237,12 @@ def render_failures(col: Collector) -> str:
         return ""
     parts = ["## Failures", ""]
     for f in col.failures:
-        parts += [f"### {f.system} / {f.config}: {f.workload}", "", "```", f.error.rstrip(), "```", ""]
+        parts += [
+            f"### {f.system} / {f.config}: {f.workload}",
+            "",
+            "```",
+            f.error.rstrip(),
+            "```",
+            "",
+        ]
     return "\n".join(parts)

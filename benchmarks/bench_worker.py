@@ -20,11 +20,8 @@ import resource
 import sys
 from typing import Any
 
-from bench_common import ensure_project_on_path
-
-ensure_project_on_path()
-
 import bench_jobs
+from bench_common import ensure_project_on_path
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -40,7 +37,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 async def read_line() -> str:
     loop = asyncio.get_running_loop()
-    return (await loop.run_in_executor(None, sys.stdin.readline)).strip()
+    line: str = await loop.run_in_executor(None, sys.stdin.readline)
+    return line.strip()
 
 
 def usage() -> dict[str, Any]:
@@ -50,6 +48,7 @@ def usage() -> dict[str, Any]:
 
 async def main(args: argparse.Namespace) -> None:
     logging.getLogger("saq").setLevel(logging.ERROR)
+    ensure_project_on_path()  # saqlite.py sits one level up
     mod = importlib.import_module(args.module)
     queue = mod.Queue.from_url(args.url, name=args.name, **json.loads(args.queue_kwargs))
     await queue.connect()

@@ -29,19 +29,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from bench_common import ensure_project_on_path
-
-ensure_project_on_path()
 
 import bench_huey
 import bench_queue
 import bench_raw
 import bench_redis
+from bench_common import Failure, ensure_project_on_path
 from bench_jobs import calibrate_burn
 from bench_queue import Backend
 from bench_report import (
@@ -83,13 +79,36 @@ class Plan:
 
 def make_plan(args: argparse.Namespace) -> Plan:
     if args.smoke:
-        return Plan(runs=1, noop_sizes=[200], sleeper_sizes=[200], bulk_n=200, pickup_count=20,
-                    pickup_idle_s=0.3, idle_cpu_s=0.5, procs=[1, 2], procs_noop_n=200,
-                    procs_cpu_n=50, durable_n=200, memory_n=500, peers=False, raw=False)
+        return Plan(
+            runs=1,
+            noop_sizes=[200],
+            sleeper_sizes=[200],
+            bulk_n=200,
+            pickup_count=20,
+            pickup_idle_s=0.3,
+            idle_cpu_s=0.5,
+            procs=[1, 2],
+            procs_noop_n=200,
+            procs_cpu_n=50,
+            durable_n=200,
+            memory_n=500,
+            peers=False,
+            raw=False,
+        )
     if args.quick:
-        return Plan(runs=args.runs or 1, noop_sizes=[1000, 10000], bulk_n=10000, pickup_count=100,
-                    pickup_idle_s=1.0, idle_cpu_s=2.0, procs_noop_n=4000, procs_cpu_n=1000,
-                    memory_n=20000, raw_unbatched_n=2000, raw_batched_n=10000)
+        return Plan(
+            runs=args.runs or 1,
+            noop_sizes=[1000, 10000],
+            bulk_n=10000,
+            pickup_count=100,
+            pickup_idle_s=1.0,
+            idle_cpu_s=2.0,
+            procs_noop_n=4000,
+            procs_cpu_n=1000,
+            memory_n=20000,
+            raw_unbatched_n=2000,
+            raw_batched_n=10000,
+        )
     return Plan(runs=args.runs or 3)
 
 
@@ -104,45 +123,63 @@ def procs_cpu_wl(plan: Plan) -> str:
 # --------------------------------------------------------------------------- suites
 
 
+def partial_run(fn: Callable[..., dict[str, Any]], *args: Any) -> Callable[[int], dict[str, Any]]:
+    """``fn(*args)`` as a one-run callable (the run index is ignored)."""
+    return lambda i: fn(*args)
+
+
+def measure(
+    col: Collector, b: Backend, once: Callable[[int], dict[str, Any]], metrics: Metrics, runs: int
+) -> None:
+    """Repeat one workload on one backend; the label is the first workload name."""
+    label = next(iter(metrics.values()))[0]
+    col.measure(b.system, b.config, once, runs=runs, metrics=metrics, label=label)
+
+
 def throughput_suite(col: Collector, b: Backend, plan: Plan, sizes: list[int]) -> None:
     for n in sizes:
-        col.measure(b.system, b.config, plan.runs, lambda i, n=n: bench_queue.run_noop(b, n), {
-            "enqueue_jobs_s": (f"enqueue gather N={n}", "jobs/s", True),
+        metrics = {
             "jobs_s": (f"noop c10 N={n}", "jobs/s", True),
-        }, f"noop N={n}")
+            "enqueue_jobs_s": (f"enqueue gather N={n}", "jobs/s", True),
+        }
+        measure(col, b, partial_run(bench_queue.run_noop, b, n), metrics, plan.runs)
 
 
 def sleeper_suite(col: Collector, b: Backend, plan: Plan) -> None:
     for n in plan.sleeper_sizes:
-        col.measure(b.system, b.config, plan.runs, lambda i, n=n: bench_queue.run_sleeper(b, n, seed=i), {
-            "drain_s": (f"sleeper c10 N={n}", "s", False),
-            "floor_s": (f"sleeper c10 N={n}", "floor s", False),
-            "x_floor": (f"sleeper c10 N={n}", "x floor", False),
-        }, f"sleeper N={n}")
+        wl = f"sleeper c10 N={n}"
+        metrics = {
+            "drain_s": (wl, "s", False),
+            "floor_s": (wl, "floor s", False),
+            "x_floor": (wl, "x floor", False),
+        }
+        measure(col, b, partial_run(bench_queue.run_sleeper, b, n), metrics, plan.runs)
 
 
 def bulk_suite(col: Collector, b: Backend, plan: Plan) -> None:
-    wl = f"bulk enqueue_many N={plan.bulk_n}"
     if b.system == "saq":
         return  # SAQ 0.26 has no enqueue_many
-    col.measure(b.system, b.config, plan.runs, lambda i: bench_queue.run_bulk(b, plan.bulk_n),
-                {"jobs_s": (wl, "jobs/s", True)}, wl)
+    metrics = {"jobs_s": (f"bulk enqueue_many N={plan.bulk_n}", "jobs/s", True)}
+    measure(col, b, lambda i: bench_queue.run_bulk(b, plan.bulk_n), metrics, plan.runs)
+
+
+def latency_metrics(wl: str) -> Metrics:
+    return {f"{p}_ms": (wl, f"{p} ms", False) for p in ("p50", "p90", "p99", "max")}
 
 
 def pickup_suite(col: Collector, b: Backend, plan: Plan) -> None:
-    lat = {f"{p}_ms": (f"{p} ms", False) for p in ("p50", "p90", "p99", "max")}
+    count, interval, idle = plan.pickup_count, plan.pickup_interval, plan.pickup_idle_s
 
-    def metrics(wl: str) -> dict[str, Any]:
-        return {k: (wl, m, h) for k, (m, h) in lat.items()}
+    def inproc(i: int) -> dict[str, Any]:
+        return bench_queue.run_pickup_inproc(b, count, interval, idle)
 
-    col.measure(b.system, b.config, plan.runs, lambda i: bench_queue.run_pickup_inproc(
-        b, plan.pickup_count, plan.pickup_interval, plan.pickup_idle_s), metrics("pickup in-process"),
-        "pickup in-process")
-    sub = metrics("pickup worker-process")
-    sub["idle_cpu_pct"] = ("pickup worker-process", "idle CPU %", False)
-    col.measure(b.system, b.config, plan.runs, lambda i: bench_queue.run_pickup_subproc(
-        b, plan.pickup_count, plan.pickup_interval, plan.pickup_idle_s, plan.idle_cpu_s), sub,
-        "pickup worker-process")
+    def subproc(i: int) -> dict[str, Any]:
+        return bench_queue.run_pickup_subproc(b, count, interval, idle, plan.idle_cpu_s)
+
+    measure(col, b, inproc, latency_metrics("pickup in-process"), plan.runs)
+    metrics = latency_metrics("pickup worker-process")
+    metrics["idle_cpu_pct"] = ("pickup worker-process", "idle CPU %", False)
+    measure(col, b, subproc, metrics, plan.runs)
 
 
 def procs_metrics(wl: str) -> Metrics:
@@ -150,30 +187,32 @@ def procs_metrics(wl: str) -> Metrics:
 
 
 def processes_suite(col: Collector, b: Backend, plan: Plan, iters: int) -> None:
+    def noop(procs: int) -> Callable[[int], dict[str, Any]]:
+        return lambda i: bench_queue.run_processes(b, procs, plan.procs_noop_n, "noop_mp")
+
+    def cpu(procs: int) -> Callable[[int], dict[str, Any]]:
+        return lambda i: bench_queue.run_processes(b, procs, plan.procs_cpu_n, "cpu", iters)
+
     for p in plan.procs:
-        wl = procs_noop_wl(plan).format(p=p)
-        col.measure(b.system, b.config, plan.runs, lambda i, p=p: bench_queue.run_processes(
-            b, p, plan.procs_noop_n, "noop_mp"), procs_metrics(wl), wl)
+        measure(col, b, noop(p), procs_metrics(procs_noop_wl(plan).format(p=p)), plan.runs)
     for p in plan.procs:
-        wl = procs_cpu_wl(plan).format(p=p)
-        col.measure(b.system, b.config, plan.runs, lambda i, p=p: bench_queue.run_processes(
-            b, p, plan.procs_cpu_n, "cpu", iters), procs_metrics(wl), wl)
+        measure(col, b, cpu(p), procs_metrics(procs_cpu_wl(plan).format(p=p)), plan.runs)
 
 
 def memory_suite(col: Collector, b: Backend, plan: Plan) -> None:
-    wl = f"memory N={plan.memory_n}"
-
     def once(i: int) -> dict[str, Any]:
         res = bench_queue.run_memory(b, plan.memory_n)
         res["rss_mib"] = res["maxrss_kb"] / 1024
         res["storage_mib"] = res["storage_bytes"] / 2**20
         return res
 
+    wl = f"memory N={plan.memory_n}"
     storage = "db+wal MiB" if b.system == "saqlite" else "redis used_memory MiB"
-    col.measure(b.system, b.config, plan.memory_runs, once, {
+    metrics = {
         "rss_mib": (wl, "worker peak RSS MiB", False),
         "storage_mib": (wl, storage, False),
-    }, wl)
+    }
+    measure(col, b, once, metrics, plan.memory_runs)
 
 
 def queue_suite(col: Collector, b: Backend, plan: Plan, iters: int) -> None:
@@ -186,44 +225,53 @@ def queue_suite(col: Collector, b: Backend, plan: Plan, iters: int) -> None:
     memory_suite(col, b, plan)
 
 
+@dataclass
+class RawCase:
+    """One raw-loop measurement: a fresh db file per run, removed afterwards."""
+
+    loop: Callable[[str, int, int, str], float]
+    path: str
+    n: int
+    batch: int
+    sync: str
+
+    def __call__(self, i: int) -> dict[str, float]:
+        try:
+            return {"jobs_s": self.loop(self.path, self.n, self.batch, self.sync)}
+        finally:
+            bench_raw.remove_db(self.path)
+
+
 def raw_suite(col: Collector, plan: Plan, tmp: str) -> None:
-    cases = [("raw-sqlite3", bench_raw.run_sqlite3), ("raw-aiosqlite", bench_raw.run_aiosqlite)]
+    loops = [("raw-sqlite3", bench_raw.run_sqlite3), ("raw-aiosqlite", bench_raw.run_aiosqlite)]
     for sync in ("NORMAL", "FULL"):
-        config = f"sqlite-{sync.lower()}"
-        for system, fn in cases:
+        for system, loop in loops:
             for batch in (1, 100):
                 n = plan.raw_batched_n if batch > 1 else plan.raw_unbatched_n
                 if sync == "FULL" and batch == 1:
-                    n = max(200, n // 5)
-                path = os.path.join(tmp, f"raw-{system}-{sync}-{batch}.db")
-
-                def once(i: int, fn: Any = fn, path: str = path, n: int = n, batch: int = batch,
-                         sync: str = sync) -> dict[str, float]:
-                    try:
-                        return {"jobs_s": fn(path, n, batch, sync)}
-                    finally:
-                        bench_raw.remove_db(path)
-
+                    n = max(200, n // 5)  # ~1,000-2,000 jobs/s: keep it short
+                path = os.path.join(tmp, f"{system}-{sync}-{batch}.db")
                 wl = f"raw lifecycle B={batch}"
-                col.measure(system, config, plan.runs, once, {"jobs_s": (wl, "jobs/s", True)}, wl)
+                col.measure(
+                    system,
+                    f"sqlite-{sync.lower()}",
+                    RawCase(loop, path, n, batch, sync),
+                    runs=plan.runs,
+                    metrics={"jobs_s": (wl, "jobs/s", True)},
+                    label=wl,
+                )
 
 
 def saqlite_suite(col: Collector, plan: Plan, tmp: str, iters: int) -> None:
     try:
         importlib.import_module("saqlite")
-    except Exception as exc:  # noqa: BLE001 - reported, not hidden
-        col.failures.append(bench_queue_failure("import saqlite", exc))
+    except Exception as exc:
+        col.failures.append(Failure("saqlite", "-", "import saqlite", f"{exc!r}"))
         return
     normal = Backend("saqlite", "sqlite-normal", tmp)
     queue_suite(col, normal, plan, iters)
     durable = Backend("saqlite", "sqlite-full", tmp, dict(SAQLITE_DURABLE_KWARGS))
     throughput_suite(col, durable, plan, [plan.durable_n])
-
-
-def bench_queue_failure(label: str, exc: BaseException) -> Any:
-    from bench_common import Failure
-
-    return Failure("saqlite", "-", label, f"{type(exc).__name__}: {exc}")
 
 
 def saq_suite(col: Collector, plan: Plan, tmp: str, iters: int) -> None:
@@ -246,12 +294,20 @@ def huey_suite(col: Collector, plan: Plan, tmp: str) -> None:
     if reason:
         print(f"SKIPPED huey: {reason}", file=sys.stderr)
         return
+    db = os.path.join(tmp, "huey.db")
     for n in plan.noop_sizes:
-        db = os.path.join(tmp, "huey.db")
-        col.measure("huey", "sqlite-w10", plan.runs, lambda i, n=n, db=db: bench_huey.run_huey(db, n), {
-            "enqueue_jobs_s": (f"enqueue gather N={n}", "jobs/s", True),
+        metrics = {  # huey's enqueue is synchronous: one call after another
             "jobs_s": (f"noop c10 N={n}", "jobs/s", True),
-        }, f"huey noop N={n}")
+            "enqueue_jobs_s": (f"enqueue gather N={n}", "jobs/s", True),
+        }
+        col.measure(
+            "huey",
+            "sqlite-w10",
+            partial_run(bench_huey.run_huey, db, n),
+            runs=plan.runs,
+            metrics=metrics,
+            label=f"huey noop N={n}",
+        )
 
 
 # --------------------------------------------------------------------------- main
@@ -268,11 +324,12 @@ def versions() -> dict[str, str]:
         try:
             m = importlib.import_module(mod)
             info[mod] = str(getattr(m, "__version__", "?"))
-        except Exception:  # noqa: BLE001
+        except Exception:
             info[mod] = "not installed"
     try:
-        out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, timeout=10,
-                             check=False)
+        out = subprocess.run(
+            ["redis-server", "--version"], capture_output=True, text=True, timeout=10, check=False
+        )
         info["redis-server"] = out.stdout.split()[2].replace("v=", "")
     except (OSError, IndexError, subprocess.SubprocessError):
         info["redis-server"] = "not installed"
@@ -285,8 +342,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     mode.add_argument("--quick", action="store_true", help="smaller N, 1 run unless --runs")
     mode.add_argument("--smoke", action="store_true", help="saqlite only, tiny N; for CI")
     parser.add_argument("--runs", type=int, default=0, help="repetitions per figure (default 3)")
-    parser.add_argument("--json", default=None, help="write results here (default "
-                        "benchmark-results.json; '' for none; none by default with --smoke)")
+    parser.add_argument(
+        "--json",
+        default=None,
+        help="write results here (default "
+        "benchmark-results.json; '' for none; none by default with --smoke)",
+    )
     parser.add_argument("--md", default="", help="also write the markdown report here")
     parser.add_argument("--only", default="", help="comma list of: raw,saqlite,saq,huey")
     return parser.parse_args(argv)
@@ -295,7 +356,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def run_all(plan: Plan, only: list[str]) -> tuple[Collector, dict[str, str], int]:
     col = Collector()
     iters = calibrate_burn(0.002)
-    want = (lambda s: not only or s in only)
+
+    def want(suite: str) -> bool:
+        return not only or suite in only
+
     with tempfile.TemporaryDirectory(prefix="saqlite-bench-") as tmp:
         if plan.raw and want("raw"):
             raw_suite(col, plan, tmp)
@@ -309,13 +373,23 @@ def run_all(plan: Plan, only: list[str]) -> tuple[Collector, dict[str, str], int
 
 
 def report(col: Collector, plan: Plan, info: dict[str, str]) -> tuple[str, list[Any]]:
-    targets = check_targets(col, plan.noop_sizes, plan.durable_n, procs_noop_wl(plan),
-                            procs_cpu_wl(plan)) if plan.peers or plan.raw else []
-    head = [f"# saqlite benchmarks, {info['date']}", "",
-            ", ".join(f"{k} {v}" for k, v in info.items() if k != "date"), "",
-            (f"Median of {plan.runs} run(s) [min-max]; ratios are median/median of the same run. "
+    targets = (
+        check_targets(col, plan.noop_sizes, plan.durable_n, procs_noop_wl(plan), procs_cpu_wl(plan))
+        if plan.peers or plan.raw
+        else []
+    )
+    head = [
+        f"# saqlite benchmarks, {info['date']}",
+        "",
+        ", ".join(f"{k} {v}" for k, v in info.items() if k != "date"),
+        "",
+        (
+            f"Median of {plan.runs} run(s) [min-max]; ratios are median/median of the same run. "
             "SAQ-redis = SAQ on redis-mem (durable rows: redis-aof, appendfsync everysec); "
-            "raw = raw aiosqlite lifecycle, 100 jobs per statement, same synchronous setting."), ""]
+            "raw = raw aiosqlite lifecycle, 100 jobs per statement, same synchronous setting."
+        ),
+        "",
+    ]
     body = [render_table(col, targets)]
     if targets:
         body += ["", "## Targets", "", render_targets(targets)]
@@ -325,6 +399,7 @@ def report(col: Collector, plan: Plan, info: dict[str, str]) -> tuple[str, list[
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    ensure_project_on_path()  # saqlite.py sits one level up
     logging.getLogger("saq").setLevel(logging.ERROR)  # its shutdown warnings are noise here
     plan = make_plan(args)
     only = [s for s in args.only.split(",") if s]
@@ -332,10 +407,17 @@ def main(argv: list[str]) -> int:
     info["cpu job iters (2 ms)"] = str(iters)
     text, targets = report(col, plan, info)
     print(text)
-    json_path = args.json if args.json is not None else ("" if args.smoke else "benchmark-results.json")
+    json_path = (
+        args.json if args.json is not None else ("" if args.smoke else "benchmark-results.json")
+    )
     if json_path:
-        data = {"meta": info, "plan": plan.__dict__, "records": [r.to_json() for r in col.records],
-                "targets": [t.__dict__ for t in targets], "failures": [f.__dict__ for f in col.failures]}
+        data = {
+            "meta": info,
+            "plan": plan.__dict__,
+            "records": [r.to_json() for r in col.records],
+            "targets": [t.__dict__ for t in targets],
+            "failures": [f.__dict__ for f in col.failures],
+        }
         with open(json_path, "w") as fh:
             json.dump(data, fh, indent=2, default=str)
     if args.md:
