@@ -1178,7 +1178,7 @@ class Queue:
                           "attempts": current.attempts}  # fmt: skip
                 if await self._fetch(_SQL_REQUEST_ABORT, params):
                     current.status, current.error = Status.ABORTING, error
-                    self._wakeup.notify("changes")
+                    await self._wakeup.notify("changes")
                     break
             elif await self._finish(current, Status.ABORTED, error=error):
                 break
@@ -1233,7 +1233,7 @@ class Queue:
         stored = await self._write(job, expected)
         if stored:
             self.retried += 1
-            self._wakeup.notify("jobs")
+            await self._wakeup.notify("jobs")
         return stored
 
     @staticmethod
@@ -1490,7 +1490,7 @@ class Queue:
             results.append(key in inserted)
             inserted.discard(key)  # a key repeated in one call goes in once
         if inserted or any(results):
-            self._wakeup.notify("jobs")
+            await self._wakeup.notify("jobs")
         return results
 
     async def _write(self, job: Job, expected: _Expected) -> bool:
@@ -1519,7 +1519,7 @@ class Queue:
                 end += 1
             results.extend(await self._apply_writes(items[start:end]))
             start = end
-        self._wakeup.notify("changes")
+        await self._wakeup.notify("changes")
         return results
 
     async def _apply_writes(self, items: list[tuple[str, tuple[t.Any, ...]]]) -> list[bool]:
@@ -1546,7 +1546,7 @@ class Queue:
         jobs = [self._row_to_job(row) for row in rows]
         # RETURNING gives no order: run them in the order they were chosen.
         jobs.sort(key=lambda job: (job.priority, job.scheduled or _seconds(job.queued)))
-        self._wakeup.notify("changes")
+        await self._wakeup.notify("changes")
         return jobs
 
     async def _claim_waiting(
@@ -1831,7 +1831,6 @@ class _Wakeup:
         self._ports: dict[str, list[int]] = {}
         self._ports_read = -math.inf
         self._ports_lock: t.Optional[asyncio.Lock] = None
-        self._reading: t.Optional[asyncio.Task[None]] = None
 
     def generation(self, kind: str) -> int:
         return self._generations[kind]
@@ -1854,47 +1853,22 @@ class _Wakeup:
         if event is not None:
             event.set()
 
-    def notify(self, kind: str) -> None:
-        """Tell waiters here, in this process and in other processes about news."""
-        for queue in list(_local_queues):
-            if queue.path != self._queue.path or queue.name != self._queue.name:
-                continue
-            wakeup = queue._wakeup
-            if wakeup is self:
-                self.news(kind)
-            elif wakeup._loop is not None and not wakeup._loop.is_closed():
-                wakeup._loop.call_soon_threadsafe(wakeup.news, kind)
+    async def notify(self, kind: str) -> None:
+        """Tell waiters in this process and in other processes about news."""
+        _notify_local(self._queue.path, self._queue.name, kind)
+        if time.monotonic() - self._ports_read > self._PORT_CACHE_S:
+            await self._read_ports()
         ports = self._ports.get(kind)
         if ports:
-            self._send(kind, ports)
-        if time.monotonic() - self._ports_read > self._PORT_CACHE_S:
-            self._ports_read = time.monotonic()  # one refresh at a time
-            self._reading = asyncio.get_running_loop().create_task(self._read_ports())
-
-    def _send(self, kind: str, ports: list[int]) -> None:
-        if self._send_socket is None:
-            self._send_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            self._send_socket.setblocking(False)
-        message = f"{kind}\0{self._queue.name}".encode()
-        for port in ports:
-            with contextlib.suppress(OSError):  # a full buffer or a closed port: a hint lost
-                self._send_socket.sendto(message, ("127.0.0.1", port))
+            if self._send_socket is None:
+                self._send_socket = _datagram_socket()
+            _send_wakeups(self._send_socket, ports, kind, self._queue.name)
 
     async def _read_ports(self) -> None:
-        """Cache the ports of other processes' waiters (every _PORT_CACHE_S at most)."""
-        if self._queue._conn is None:
-            return
-        try:
-            rows = await self._queue._fetch(_SQL_WAKEUP_PORTS, (self._queue.name,))
-        except (StorageError, ValueError):
-            return  # the queue closed meanwhile; the next notify tries again
-        ports: dict[str, list[int]] = {}
-        pid = os.getpid()
-        for kind, port, host, owner_pid in rows:
-            if host != _HOST or owner_pid != pid:  # this process was told directly
-                ports.setdefault(kind, []).append(port)
-        self._ports = ports
+        """Cache the ports of other processes' waiters."""
         self._ports_read = time.monotonic()
+        rows = await self._queue._fetch(_SQL_WAKEUP_PORTS, (self._queue.name,))
+        self._ports = _other_processes_ports(rows)
 
     async def want(self, kind: str) -> None:
         """Ask other processes to send news of ``kind`` to this queue from now on."""
@@ -1929,9 +1903,6 @@ class _Wakeup:
                 await self._queue._fetch(_SQL_DELETE_WAKEUP, (host, pid))
 
     async def close(self) -> None:
-        if self._reading is not None:
-            await asyncio.gather(self._reading, return_exceptions=True)
-            self._reading = None
         if self._transport is not None:
             with contextlib.suppress(StorageError):
                 await self._queue._fetch(_SQL_UNREGISTER_WAKEUP, (self._queue.name, self._port))
@@ -1943,6 +1914,45 @@ class _Wakeup:
         self._wanted.clear()
         self._ports = {}
         self._ports_read = -math.inf
+
+
+def _notify_local(path: str, name: str, kind: str) -> None:
+    """Wake the waiters of every Queue object on this queue in this process."""
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    for queue in list(_local_queues):
+        wakeup = queue._wakeup
+        if queue.name != name or queue.path != path or wakeup._loop is None:
+            continue
+        if wakeup._loop is running:
+            wakeup.news(kind)
+        else:
+            with contextlib.suppress(RuntimeError):  # its loop has closed
+                wakeup._loop.call_soon_threadsafe(wakeup.news, kind)
+
+
+def _other_processes_ports(rows: Iterable[tuple[str, int, str, int]]) -> dict[str, list[int]]:
+    """Wake-up ports by kind, leaving out this process's own (told directly)."""
+    ports: dict[str, list[int]] = {}
+    for kind, port, host, pid in rows:
+        if host != _HOST or pid != os.getpid():
+            ports.setdefault(kind, []).append(port)
+    return ports
+
+
+def _datagram_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    return sock
+
+
+def _send_wakeups(sock: socket.socket, ports: list[int], kind: str, name: str) -> None:
+    message = f"{kind}\0{name}".encode()
+    for port in ports:
+        with contextlib.suppress(OSError):  # a full buffer or a closed port: a hint lost
+            sock.sendto(message, ("127.0.0.1", port))
 
 
 class _WakeupProtocol(asyncio.DatagramProtocol):
@@ -2132,7 +2142,11 @@ class Worker:
             with contextlib.suppress(StorageError, ValueError):
                 await self.queue._forget_worker(self.id)
             await self.queue.disconnect()
-            logger.info("Worker %s stopped", self.id)
+            logger.info(
+                "Worker %s stopped; the longest wait for the file's write lock was %.1f ms",
+                self.id,
+                self.queue.worst_lock_wait * 1000,
+            )
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -2490,13 +2504,18 @@ def main(argv: t.Optional[list[str]] = None) -> int:
     try:
         _run_worker(args.settings, verbose)
     finally:
-        for child in children:
+        for child in children:  # this process was told to stop: so are they
+            if child.is_alive():
+                child.terminate()
             child.join()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m saqlite` and `python saqlite.py` load this file as __main__; run the
+    # copy that `import saqlite` gives the user's settings, so both see one Queue class.
+    _name = __spec__.name if __spec__ else os.path.splitext(os.path.basename(__file__))[0]
+    sys.exit(importlib.import_module(_name).main())
 
 # Copyright (c) 2026 the saqlite authors
 #
