@@ -159,6 +159,7 @@ def test_four_worker_processes_and_a_producer_run_every_job_exactly_once(
                 """
             ),
         ],
+        check=False,
         env={**os.environ, "PYTHONPATH": str(HERE)},
         capture_output=True,
         text=True,
