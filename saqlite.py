@@ -352,6 +352,8 @@ else:
     DumpType = LoadType = Function = BeforeEnqueueType = ListenCallback = t.Callable
 
 CountKind = t.Literal["queued", "active", "incomplete"]
+_T = t.TypeVar("_T")
+_R = t.TypeVar("_R")
 
 
 class Context(t.TypedDict, total=False):
@@ -909,13 +911,7 @@ class Queue:
 
     async def jobs(self, job_keys: Iterable[str]) -> list[t.Optional[Job]]:
         """The jobs with these keys, in the order asked (None where missing)."""
-        keys = list(job_keys)
-        found: dict[str, Job] = {}
-        for chunk in _chunks(keys, _ROWS_PER_STATEMENT):
-            sql = _SQL_GET_JOBS.format(keys=_placeholders(len(chunk)))
-            for row in await self._fetch(sql, (self.name, *chunk)):
-                found[row[0]] = self._row_to_job(row[1:])
-        return [found.get(key) for key in keys]
+        return await self._drive(_jobs_steps(self, list(job_keys)))
 
     async def iter_jobs(
         self, statuses: Iterable[Status] = tuple(Status), batch_size: int = 100
@@ -942,17 +938,7 @@ class Queue:
         Raises:
             ValueError: for another kind.
         """
-        if kind not in ("queued", "active", "incomplete"):
-            raise ValueError(
-                f"Can't count unknown type {kind!r}: use 'queued', 'active' or 'incomplete'"
-            )
-        queued, scheduled, active = await self._counts()
-        return {"queued": queued, "active": active, "incomplete": queued + scheduled + active}[kind]
-
-    async def _counts(self) -> tuple[int, int, int]:
-        rows = await self._fetch(_SQL_COUNTS, {"queue": self.name, "now": time.time()})
-        queued, scheduled, active = rows[0]
-        return int(queued), int(scheduled), int(active)
+        return await self._drive(_count_steps(self, kind))
 
     async def info(self, jobs: bool = False, offset: int = 0, limit: int = 10) -> QueueInfo:
         """Live workers, counts, and (with ``jobs``) the newest jobs.
@@ -962,20 +948,7 @@ class Queue:
             offset: skip this many jobs.
             limit: at most this many jobs.
         """
-        queued, scheduled, active = await self._counts()
-        workers = {worker_id: info for worker_id, info, alive in await self._workers() if alive}
-        job_dicts: list[dict[str, t.Any]] = []
-        if jobs:
-            rows = await self._fetch(_SQL_LIST_JOBS, (self.name, limit, offset))
-            job_dicts = [self._row_to_job(row).to_dict() for row in rows]
-        return {
-            "workers": workers,
-            "name": self.name,
-            "queued": queued,
-            "active": active,
-            "scheduled": scheduled,
-            "jobs": job_dicts,
-        }
+        return await self._drive(_info_steps(self, jobs, offset, limit))
 
     # -- waiting for results -------------------------------------------------
 
@@ -1127,7 +1100,7 @@ class Queue:
         await self._wakeup.want("changes")
         while True:
             generation = self._wakeup.generation("changes")
-            verdict = done(await self._statuses(keys))
+            verdict = done(await self._drive(_statuses_steps(self, keys)))
             if inspect.isawaitable(verdict):
                 verdict = await verdict
             if verdict:
@@ -1136,15 +1109,6 @@ class Queue:
             if remaining <= 0:
                 raise asyncio.TimeoutError(f"Waiting for {len(keys)} job(s) timed out")
             await self._wakeup.wait("changes", generation, min(remaining, _FALLBACK_POLL_S))
-
-    async def _statuses(self, keys: list[str]) -> dict[str, Status]:
-        found: dict[str, Status] = {}
-        for chunk in _chunks(keys, _ROWS_PER_STATEMENT):
-            sql = _SQL_GET_STATUSES.format(keys=_placeholders(len(chunk)))
-            found.update(
-                (key, Status(status)) for key, status in await self._fetch(sql, (self.name, *chunk))
-            )
-        return found
 
     # -- state changes -------------------------------------------------------
 
@@ -1169,19 +1133,9 @@ class Queue:
             error: the reason, stored as the job's error.
             ttl: kept for SAQ compatibility (the request lives in the job's row).
         """
-        while True:
-            current = await self.job(job.key)
-            if current is None or current.status in TERMINAL_STATUSES | {Status.ABORTING}:
-                break
-            if current.status == Status.ACTIVE:
-                params = {"error": error, "queue": self.name, "key": job.key,
-                          "attempts": current.attempts}  # fmt: skip
-                if await self._fetch(_SQL_REQUEST_ABORT, params):
-                    current.status, current.error = Status.ABORTING, error
-                    await self._wakeup.notify("changes")
-                    break
-            elif await self._finish(current, Status.ABORTED, error=error):
-                break
+        current, changed = await self._drive(_abort_steps(self, job.key, error))
+        if changed:
+            await self._wakeup.notify("changes")
         if current is not None:
             job.replace(current)
 
@@ -1364,13 +1318,7 @@ class Queue:
 
     async def _workers(self) -> list[tuple[str, WorkerInfo, bool]]:
         """Every registered worker of this queue: id, info, and whether it is alive."""
-        current = time.time()
-        return [
-            (worker_id, json.loads(info), _alive(host, pid, expire_at, current))
-            for worker_id, host, pid, expire_at, info in await self._fetch(
-                _SQL_WORKERS, (self.name,)
-            )
-        ]
+        return await self._drive(_workers_steps(self))
 
     # -- serialisation -------------------------------------------------------
 
@@ -1450,6 +1398,15 @@ class Queue:
                 self.worst_lock_wait = max(self.worst_lock_wait, time.monotonic() - first_busy)
             return rows
 
+    async def _drive(self, steps: _Steps[_R]) -> _R:
+        """Run a sequence of statements (see _Steps) on this queue's connection."""
+        try:
+            statement = next(steps)
+            while True:
+                statement = steps.send(await self._fetch(*statement))
+        except StopIteration as finished:
+            return t.cast("_R", finished.value)
+
     def _job_row(self, job: Job) -> tuple[t.Any, ...]:
         """The values of _JOB_COLUMNS for a job."""
         if job.status in TERMINAL_STATUSES:
@@ -1479,26 +1436,14 @@ class Queue:
 
     async def _insert_rows(self, rows: list[tuple[t.Any, ...]]) -> list[bool]:
         """Insert job rows; for each, whether it went in (False: a duplicate key)."""
-        inserted: set[str] = set()
-        for chunk in _chunks(rows, _ROWS_PER_STATEMENT):
-            sql = _SQL_INSERT_JOBS.format(rows=_row_placeholders(len(chunk), len(_JOB_COLUMNS)))
-            params = [value for row in chunk for value in row]
-            inserted.update(key for (key,) in await self._fetch(sql, params))
-        results = []
-        for row in rows:
-            key = row[1]
-            results.append(key in inserted)
-            inserted.discard(key)  # a key repeated in one call goes in once
-        if inserted or any(results):
+        results = await self._drive(_insert_steps(rows))
+        if any(results):
             await self._wakeup.notify("jobs")
         return results
 
     async def _write(self, job: Job, expected: _Expected) -> bool:
         """Store a job's new state if it is still as expected; whether it was."""
-        guard = expected.values(self.name, job.key)
-        if job.ttl == -1 and job.status in TERMINAL_STATUSES:
-            return await self._writes.submit(("delete", guard))
-        return await self._writes.submit(("update", (*guard[2:], *self._job_row(job))))
+        return await self._writes.submit(_write_item(self, job, expected))
 
     async def _write_rows(self, items: list[tuple[str, tuple[t.Any, ...]]]) -> list[bool]:
         """Apply guarded writes gathered while the previous batch was in flight.
@@ -1506,34 +1451,9 @@ class Queue:
         A job written twice in one batch (e.g. a progress update, then its finish) is
         written in order, by splitting the batch where a key repeats.
         """
-        results: list[bool] = []
-        start = 0
-        while start < len(items):
-            keys: set[str] = set()
-            end = start
-            while end < len(items) and end - start < _ROWS_PER_STATEMENT:
-                key = _written_key(items[end])
-                if key in keys:
-                    break
-                keys.add(key)
-                end += 1
-            results.extend(await self._apply_writes(items[start:end]))
-            start = end
+        results = await self._drive(_write_steps(items))
         await self._wakeup.notify("changes")
         return results
-
-    async def _apply_writes(self, items: list[tuple[str, tuple[t.Any, ...]]]) -> list[bool]:
-        done: set[str] = set()
-        for kind, sql, width in (
-            ("update", _SQL_WRITE_JOBS, len(_GUARD_COLUMNS) + len(_JOB_COLUMNS)),
-            ("delete", _SQL_DELETE_JOBS, 2 + len(_GUARD_COLUMNS)),
-        ):
-            rows = [values for item_kind, values in items if item_kind == kind]
-            if rows:
-                params = [value for row in rows for value in row]
-                statement = sql.format(rows=_row_placeholders(len(rows), width))
-                done.update(key for (key,) in await self._fetch(statement, params))
-        return [_written_key(item) in done for item in items]
 
     async def _claim(self, limit: int, worker_id: t.Optional[str]) -> list[Job]:
         """Mark up to ``limit`` due jobs ACTIVE for a worker, in one statement."""
@@ -1601,6 +1521,162 @@ class Queue:
 
 _JOB_DEFAULTS = tuple((field.name, field.default) for field in dataclasses.fields(Job))
 _JOB_FIELD_NAMES = frozenset(name for name, _ in _JOB_DEFAULTS)
+
+
+# =============================================================================
+# Storage steps: the statements of each operation, shared by Queue and SyncQueue
+# =============================================================================
+#
+# Each is a generator that yields (sql, params), receives the statement's rows and
+# finally returns the operation's result; Queue._drive runs them on aiosqlite and
+# SyncQueue._drive on sqlite3, so the async and the sync client share every query.
+
+_Statement = tuple[str, t.Any]
+if t.TYPE_CHECKING:
+    from collections.abc import Generator
+
+    _Steps: TypeAlias = Generator[_Statement, list[t.Any], _R]
+
+
+def _insert_steps(rows: list[tuple[t.Any, ...]]) -> _Steps[list[bool]]:
+    """Insert job rows; for each, whether it went in (False: its key was taken)."""
+    inserted: set[str] = set()
+    for chunk in _chunks(rows, _ROWS_PER_STATEMENT):
+        sql = _SQL_INSERT_JOBS.format(rows=_row_placeholders(len(chunk), len(_JOB_COLUMNS)))
+        found = yield sql, [value for row in chunk for value in row]
+        inserted.update(key for (key,) in found)
+    results = []
+    for row in rows:
+        results.append(row[1] in inserted)
+        inserted.discard(row[1])  # a key repeated in one call goes in once
+    return results
+
+
+def _write_item(queue: Queue, job: Job, expected: _Expected) -> tuple[str, tuple[t.Any, ...]]:
+    """A guarded write of a job's state, for _write_steps."""
+    guard = expected.values(queue.name, job.key)
+    if job.ttl == -1 and job.status in TERMINAL_STATUSES:
+        return "delete", guard
+    return "update", (*guard[2:], *queue._job_row(job))
+
+
+def _write_steps(items: list[tuple[str, tuple[t.Any, ...]]]) -> _Steps[list[bool]]:
+    """Apply guarded writes; for each, whether the job was still as expected.
+
+    A job written twice in one batch (e.g. a progress update, then its finish) is
+    written in order, by splitting the batch where a key repeats.
+    """
+    done: list[bool] = []
+    start = 0
+    while start < len(items):
+        keys: set[str] = set()
+        end = start
+        while end < len(items) and end - start < _ROWS_PER_STATEMENT:
+            key = _written_key(items[end])
+            if key in keys:
+                break
+            keys.add(key)
+            end += 1
+        written: set[str] = set()
+        for kind, sql, width in (
+            ("update", _SQL_WRITE_JOBS, len(_GUARD_COLUMNS) + len(_JOB_COLUMNS)),
+            ("delete", _SQL_DELETE_JOBS, 2 + len(_GUARD_COLUMNS)),
+        ):
+            rows = [values for item_kind, values in items[start:end] if item_kind == kind]
+            if rows:
+                statement = sql.format(rows=_row_placeholders(len(rows), width))
+                found = yield statement, [value for row in rows for value in row]
+                written.update(key for (key,) in found)
+        done.extend(_written_key(item) in written for item in items[start:end])
+        start = end
+    return done
+
+
+def _jobs_steps(queue: Queue, keys: list[str]) -> _Steps[list[t.Optional[Job]]]:
+    found: dict[str, Job] = {}
+    for chunk in _chunks(keys, _ROWS_PER_STATEMENT):
+        rows = yield _SQL_GET_JOBS.format(keys=_placeholders(len(chunk))), (queue.name, *chunk)
+        for row in rows:
+            found[row[0]] = queue._row_to_job(row[1:])
+    return [found.get(key) for key in keys]
+
+
+def _statuses_steps(queue: Queue, keys: list[str]) -> _Steps[dict[str, Status]]:
+    """The statuses of these jobs (missing ones left out)."""
+    found: dict[str, Status] = {}
+    for chunk in _chunks(keys, _ROWS_PER_STATEMENT):
+        sql = _SQL_GET_STATUSES.format(keys=_placeholders(len(chunk)))
+        rows = yield sql, (queue.name, *chunk)
+        found.update((key, Status(status)) for key, status in rows)
+    return found
+
+
+def _counts_steps(queue: Queue) -> _Steps[tuple[int, int, int]]:
+    """How many jobs are queued and due, scheduled for later, and running."""
+    rows = yield _SQL_COUNTS, {"queue": queue.name, "now": time.time()}
+    queued, scheduled, active = rows[0]
+    return int(queued), int(scheduled), int(active)
+
+
+def _count_steps(queue: Queue, kind: str) -> _Steps[int]:
+    if kind not in ("queued", "active", "incomplete"):
+        raise ValueError(
+            f"Can't count unknown type {kind!r}: use 'queued', 'active' or 'incomplete'"
+        )
+    queued, scheduled, active = yield from _counts_steps(queue)
+    return {"queued": queued, "active": active, "incomplete": queued + scheduled + active}[kind]
+
+
+def _workers_steps(queue: Queue) -> _Steps[list[tuple[str, WorkerInfo, bool]]]:
+    """Every registered worker of a queue: id, info, and whether it is alive."""
+    rows = yield _SQL_WORKERS, (queue.name,)
+    current = time.time()
+    return [
+        (worker_id, json.loads(info), _alive(host, pid, expire_at, current))
+        for worker_id, host, pid, expire_at, info in rows
+    ]
+
+
+def _info_steps(queue: Queue, jobs: bool, offset: int, limit: int) -> _Steps[QueueInfo]:
+    queued, scheduled, active = yield from _counts_steps(queue)
+    workers = yield from _workers_steps(queue)
+    job_dicts: list[dict[str, t.Any]] = []
+    if jobs:
+        rows = yield _SQL_LIST_JOBS, (queue.name, limit, offset)
+        job_dicts = [queue._row_to_job(row).to_dict() for row in rows]
+    return {
+        "workers": {worker_id: info for worker_id, info, alive in workers if alive},
+        "name": queue.name,
+        "queued": queued,
+        "active": active,
+        "scheduled": scheduled,
+        "jobs": job_dicts,
+    }
+
+
+def _abort_steps(queue: Queue, key: str, error: str) -> _Steps[tuple[t.Optional[Job], bool]]:
+    """Abort a job: finish it ABORTED if it waits, else ask its worker to stop it.
+
+    Returns the job as it now is, and whether this call changed it.
+    """
+    while True:
+        (current,) = yield from _jobs_steps(queue, [key])
+        if current is None or current.status in TERMINAL_STATUSES | {Status.ABORTING}:
+            return current, False
+        if current.status == Status.ACTIVE:
+            params = {"error": error, "queue": queue.name, "key": key,
+                      "attempts": current.attempts}  # fmt: skip
+            if (yield _SQL_REQUEST_ABORT, params):
+                current.status, current.error = Status.ABORTING, error
+                return current, True
+        else:
+            expected = _Expected.of(current)
+            queue._set_finished(current, Status.ABORTED, None, error)
+            (stored,) = yield from _write_steps([_write_item(queue, current, expected)])
+            if stored:
+                queue.aborted += 1
+                return current, True
+        # It moved on (claimed, or finished) between the read and the write: look again.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1724,10 +1800,6 @@ def _placeholders(count: int) -> str:
 def _row_placeholders(rows: int, columns: int) -> str:
     row = f"({_placeholders(columns)})"
     return ", ".join([row] * rows)
-
-
-_T = t.TypeVar("_T")
-_R = t.TypeVar("_R")
 
 
 def _chunks(items: t.Sequence[_T], size: int) -> t.Iterator[t.Sequence[_T]]:
