@@ -35,6 +35,7 @@ import signal
 import socket
 import sqlite3
 import sys
+import threading
 import time
 import traceback
 import typing as t
@@ -63,6 +64,7 @@ __all__ = [
     "SettingsDict",
     "Status",
     "StorageError",
+    "SyncQueue",
     "TimersDict",
     "Worker",
     "WorkerInfo",
@@ -511,31 +513,21 @@ class Job:
         return self.get_queue().job_id(self.key)
 
     def info(self, full: bool = False) -> str:
-        """A one-line description: the function, key and the fields that are set.
+        """A one-line description: the fields that differ from their defaults, and
+        how long the job waited and ran.
 
         Args:
-            full: also show kwargs, result, error, status and progress.
+            full: also show kwargs, result, error, status, progress and meta.
         """
-        fields = {
-            "function": self.function,
-            "key": self.key,
-            "queue": self.queue.name if self.queue else None,
-            "kwargs": self.kwargs if full else None,
-            "scheduled": self.scheduled or None,
-            "priority": self.priority or None,
-            "group_key": self.group_key,
-            "attempts": self.attempts or None,
-            "process_ms": self.duration("process"),
-            "start_ms": self.duration("start"),
-            "total_ms": self.duration("total"),
-            "status": self.status if full else None,
-            "progress": self.progress if full and self.progress else None,
-            "result": self.result if full else None,
-            "error": self.error if full else None,
-            "meta": self.meta if full and self.meta else None,
+        shown = {
+            name: value
+            for name, value in self.to_dict().items()
+            if full or name not in _INFO_FULL_ONLY
         }
-        shown = ", ".join(f"{k}: {v}" for k, v in fields.items() if v is not None)
-        return f"Job<{shown}>"
+        for kind in ("process", "start", "total"):
+            shown[f"{kind}_ms"] = self.duration(kind)
+        fields = ", ".join(f"{name}: {value}" for name, value in shown.items() if value is not None)
+        return f"Job<{fields}>"
 
     def to_dict(self) -> dict[str, t.Any]:
         """The fields that differ from their defaults (``queue`` as its name)."""
@@ -740,6 +732,7 @@ class Queue:
             )
         self.path = os.fspath(path)
         self.name = name
+        self._place = (os.path.abspath(self.path), name)  # which queue, for wake-ups
         self.synchronous = synchronous.upper()
         self.lock_timeout = lock_timeout
         self._dump: DumpType = dump or json.dumps
@@ -792,7 +785,7 @@ class Queue:
             if self._conn is not None:
                 return
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(None, _prepare_database, self.path)
+            await loop.run_in_executor(None, _prepare_database, self)
             conn = aiosqlite.connect(self.path, isolation_level=None, check_same_thread=False)
             try:
                 await conn
@@ -802,7 +795,6 @@ class Queue:
                 await conn.close()
                 raise _storage_error(self.path, exc) from exc
             self._conn = conn
-            _local_queues.add(self)
 
     async def disconnect(self) -> None:
         """Close the file (after pending writes). Safe to call twice."""
@@ -813,7 +805,6 @@ class Queue:
         await self._writes.drain()
         await self._wakeup.close()
         self._conn = None
-        _local_queues.discard(self)
         await conn.close()
 
     # -- enqueue -------------------------------------------------------------
@@ -998,39 +989,19 @@ class Queue:
             JobError: the first job that failed, unless ``return_exceptions``.
             asyncio.TimeoutError: the wait ran out.
         """
-        defaults = dict(kwargs)
-        if timeout is not None:
-            defaults.setdefault("timeout", timeout)
-        jobs = []
-        for job_kwargs in iter_kwargs:
-            template = self.copy(job_or_func) if isinstance(job_or_func, Job) else job_or_func
-            if isinstance(template, Job):
-                template.key = str(uuid1())
-            jobs.append(self._prepare(template, {**defaults, **job_kwargs}))
-        for job in jobs:
+        mapping = _Mapping(
+            self,
+            job_or_func,
+            iter_kwargs,
+            timeout=timeout,
+            return_exceptions=return_exceptions,
+            kwargs=kwargs,
+        )
+        for job in mapping.jobs:
             await self._before_enqueue(job)
-        await self._insert_rows([self._job_row(job) for job in jobs])
-        keys = [job.key for job in jobs]
-
-        def settled(statuses: dict[str, Status]) -> bool:
-            finished = [statuses.get(key) for key in keys]
-            if not return_exceptions and UNSUCCESSFUL_TERMINAL_STATUSES.intersection(finished):
-                return True
-            return all(status is None or status in TERMINAL_STATUSES for status in finished)
-
-        await self._wait_until(keys, settled, timeout)
-        results: list[t.Any] = []
-        for stored in await self.jobs(keys):
-            if stored is None:
-                continue
-            if stored.status in UNSUCCESSFUL_TERMINAL_STATUSES:
-                error = JobError(stored)
-                if not return_exceptions:
-                    raise error
-                results.append(error)
-            else:
-                results.append(stored.result)
-        return results
+        await self._insert_rows([self._job_row(job) for job in mapping.jobs])
+        await self._wait_until(mapping.keys, mapping.settled, timeout)
+        return mapping.results(await self.jobs(mapping.keys))
 
     @contextlib.asynccontextmanager
     async def batch(self) -> AsyncIterator[None]:
@@ -1281,6 +1252,8 @@ class Queue:
         if current.status not in (Status.ACTIVE, Status.ABORTING, Status.ABORTED):
             return False
         logger.info("Sweeping job %s", current.info(True))
+        if current.status == Status.ABORTED and not current.retryable:
+            return True  # its worker already finished it as the sweep would
         if current.retryable:
             return await self._retry(current, swept_error_message)
         return await self._finish(current, Status.ABORTED, error=swept_error_message)
@@ -1371,31 +1344,14 @@ class Queue:
             await self.connect()
             conn = self._conn
             assert conn is not None
-        first_busy = 0.0
-        pause = 0.0002
+        wait = _LockWait(self)
         while True:
             try:
                 rows = list(await conn.execute_fetchall(sql, params))
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc):
-                    raise _storage_error(self.path, exc) from exc
-                waited = time.monotonic() - first_busy if first_busy else 0.0
-                if not first_busy:
-                    first_busy = time.monotonic()
-                elif waited > self.lock_timeout:
-                    raise StorageError(
-                        self.path,
-                        f"{self.path} stayed locked by another connection for "
-                        f"{self.lock_timeout:g} s; raise Queue(lock_timeout=...) or find the "
-                        "process that holds a long transaction",
-                    ) from exc
-                await asyncio.sleep(random.uniform(0, pause))
-                pause = min(pause * 2, _MAX_BUSY_PAUSE_S)
-                continue
             except sqlite3.Error as exc:
-                raise _storage_error(self.path, exc) from exc
-            if first_busy:
-                self.worst_lock_wait = max(self.worst_lock_wait, time.monotonic() - first_busy)
+                await asyncio.sleep(wait.pause(exc))
+                continue
+            wait.done()
             return rows
 
     async def _drive(self, steps: _Steps[_R]) -> _R:
@@ -1521,6 +1477,7 @@ class Queue:
 
 _JOB_DEFAULTS = tuple((field.name, field.default) for field in dataclasses.fields(Job))
 _JOB_FIELD_NAMES = frozenset(name for name, _ in _JOB_DEFAULTS)
+_INFO_FULL_ONLY = frozenset({"kwargs", "result", "error", "status", "progress", "meta"})
 
 
 # =============================================================================
@@ -1679,6 +1636,54 @@ def _abort_steps(queue: Queue, key: str, error: str) -> _Steps[tuple[t.Optional[
         # It moved on (claimed, or finished) between the read and the write: look again.
 
 
+class _Mapping:
+    """What Queue.map and SyncQueue.map share: the jobs, when they are settled, and
+    their results."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        job_or_func: t.Union[str, Job, Function],
+        iter_kwargs: Iterable[dict[str, t.Any]],
+        *,
+        timeout: t.Optional[float],
+        return_exceptions: bool,
+        kwargs: dict[str, t.Any],
+    ) -> None:
+        defaults = dict(kwargs)
+        if timeout is not None:  # as in SAQ, the wait's timeout is each job's too
+            defaults.setdefault("timeout", timeout)
+        self.jobs = []
+        for job_kwargs in iter_kwargs:
+            template = queue.copy(job_or_func) if isinstance(job_or_func, Job) else job_or_func
+            if isinstance(template, Job):
+                template.key = str(uuid1())
+            self.jobs.append(queue._prepare(template, {**defaults, **job_kwargs}))
+        self.keys = [job.key for job in self.jobs]
+        self.return_exceptions = return_exceptions
+
+    def settled(self, statuses: dict[str, Status]) -> bool:
+        """All finished (or deleted), or one failed when that is to be raised."""
+        finished = [statuses.get(key) for key in self.keys]
+        if not self.return_exceptions and UNSUCCESSFUL_TERMINAL_STATUSES.intersection(finished):
+            return True
+        return all(status is None or status in TERMINAL_STATUSES for status in finished)
+
+    def results(self, stored: list[t.Optional[Job]]) -> list[t.Any]:
+        results: list[t.Any] = []
+        for job in stored:
+            if job is None:
+                continue
+            if job.status in UNSUCCESSFUL_TERMINAL_STATUSES:
+                error = JobError(job)
+                if not self.return_exceptions:
+                    raise error
+                results.append(error)
+            else:
+                results.append(job.result)
+        return results
+
+
 @dataclasses.dataclass(frozen=True)
 class _Expected:
     """The state a writer last saw a job in; its write applies only in that state."""
@@ -1705,7 +1710,8 @@ def _written_key(item: tuple[str, tuple[t.Any, ...]]) -> str:
 # =============================================================================
 
 _HOST = socket.gethostname()
-_local_queues: weakref.WeakSet[Queue] = weakref.WeakSet()
+#: The waiters (_Wakeup, _SyncWakeup) of this process, told of news directly.
+_local_wakeups: weakref.WeakSet[t.Any] = weakref.WeakSet()
 
 
 def _check_sqlite_version() -> None:
@@ -1723,8 +1729,9 @@ def _connection_pragmas(synchronous: str) -> list[str]:
     return [f"PRAGMA synchronous = {synchronous}", "PRAGMA busy_timeout = 0"]
 
 
-def _prepare_database(path: str) -> None:
+def _prepare_database(queue: Queue) -> None:
     """Check the path, switch the file to WAL and create or migrate its schema."""
+    path = queue.path
     _check_sqlite_version()
     if os.path.isdir(path):
         raise StorageError(path, f"{path} is a folder, not a database file: name a file in it")
@@ -1732,32 +1739,42 @@ def _prepare_database(path: str) -> None:
     if not os.path.isdir(folder):
         raise StorageError(path, f"Cannot create {path}: the folder {folder} does not exist")
     try:
-        conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+        conn = sqlite3.connect(path, isolation_level=None, timeout=0)
     except sqlite3.Error as exc:
         raise _storage_error(path, exc) from exc
+    wait = _LockWait(queue)  # another process may be setting up the same new file
     try:
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise StorageError(path, f"{path} cannot use WAL journal mode (got {mode!r})")
-        with _transaction(conn):
-            conn.execute(_SQL_CREATE_META)
-            row = conn.execute(_SQL_SCHEMA_VERSION).fetchone()
-            version = int(row[0]) if row else 0
-            if version > SCHEMA_VERSION:
-                raise StorageError(
-                    path,
-                    f"{path} has saqlite schema version {version}, newer than this saqlite "
-                    f"{__version__} understands ({SCHEMA_VERSION}): upgrade saqlite",
-                )
-            for statements in _MIGRATIONS[version:]:
-                for statement in statements:
-                    conn.execute(statement)
-            if version < SCHEMA_VERSION:
-                conn.execute(_SQL_SET_SCHEMA_VERSION, (SCHEMA_VERSION,))
-    except sqlite3.Error as exc:
-        raise _storage_error(path, exc) from exc
+        while True:
+            try:
+                _migrate(conn, path)
+            except sqlite3.Error as exc:
+                time.sleep(wait.pause(exc))
+                continue
+            wait.done()
+            return
     finally:
         conn.close()
+
+
+def _migrate(conn: sqlite3.Connection, path: str) -> None:
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        raise StorageError(path, f"{path} cannot use WAL journal mode (got {mode!r})")
+    with _transaction(conn):
+        conn.execute(_SQL_CREATE_META)
+        row = conn.execute(_SQL_SCHEMA_VERSION).fetchone()
+        version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise StorageError(
+                path,
+                f"{path} has saqlite schema version {version}, newer than this saqlite "
+                f"{__version__} understands ({SCHEMA_VERSION}): upgrade saqlite",
+            )
+        for statements in _MIGRATIONS[version:]:
+            for statement in statements:
+                conn.execute(statement)
+        if version < SCHEMA_VERSION:
+            conn.execute(_SQL_SET_SCHEMA_VERSION, (SCHEMA_VERSION,))
 
 
 @contextlib.contextmanager
@@ -1770,6 +1787,39 @@ def _transaction(conn: sqlite3.Connection) -> t.Iterator[sqlite3.Connection]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+class _LockWait:
+    """Waiting for another connection's write lock: short random pauses, growing to
+    _MAX_BUSY_PAUSE_S, so that processes take turns; StorageError after lock_timeout."""
+
+    def __init__(self, queue: Queue) -> None:
+        self._queue = queue
+        self._first = 0.0
+        self._pause = 0.0002
+
+    def pause(self, exc: sqlite3.Error) -> float:
+        """Seconds to sleep before trying again after ``exc``; raises if not to retry."""
+        queue = self._queue
+        if not _is_busy(exc):
+            raise _storage_error(queue.path, exc) from exc
+        if not self._first:
+            self._first = time.monotonic()
+        elif time.monotonic() - self._first > queue.lock_timeout:
+            raise StorageError(
+                queue.path,
+                f"{queue.path} stayed locked by another connection for "
+                f"{queue.lock_timeout:g} s; raise Queue(lock_timeout=...) or find the "
+                "process that holds a long transaction",
+            ) from exc
+        pause = random.uniform(0, self._pause)
+        self._pause = min(self._pause * 2, _MAX_BUSY_PAUSE_S)
+        return pause
+
+    def done(self) -> None:
+        if self._first:
+            waited = time.monotonic() - self._first
+            self._queue.worst_lock_wait = max(self._queue.worst_lock_wait, waited)
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
@@ -1889,19 +1939,16 @@ class _Wakeup:
     datagram can be lost, so waiters also check the file's data_version now and then.
     """
 
-    _PORT_CACHE_S = 1.0
-
     def __init__(self, queue: Queue) -> None:
         self._queue = queue
+        self.place = queue._place
         self._generations = {"jobs": 0, "changes": 0}
         self._events: dict[str, asyncio.Event] = {}
         self._loop: t.Optional[asyncio.AbstractEventLoop] = None
         self._transport: t.Optional[asyncio.DatagramTransport] = None
         self._port = 0
         self._wanted: set[str] = set()
-        self._send_socket: t.Optional[socket.socket] = None
-        self._ports: dict[str, list[int]] = {}
-        self._ports_read = -math.inf
+        self._announcer = _Announcer()
         self._ports_lock: t.Optional[asyncio.Lock] = None
 
     def generation(self, kind: str) -> int:
@@ -1925,22 +1972,26 @@ class _Wakeup:
         if event is not None:
             event.set()
 
+    def wake_threadsafe(self, kind: str) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is running:
+            self.news(kind)
+        else:
+            with contextlib.suppress(RuntimeError):  # its loop has closed
+                loop.call_soon_threadsafe(self.news, kind)
+
     async def notify(self, kind: str) -> None:
         """Tell waiters in this process and in other processes about news."""
-        _notify_local(self._queue.path, self._queue.name, kind)
-        if time.monotonic() - self._ports_read > self._PORT_CACHE_S:
-            await self._read_ports()
-        ports = self._ports.get(kind)
-        if ports:
-            if self._send_socket is None:
-                self._send_socket = _datagram_socket()
-            _send_wakeups(self._send_socket, ports, kind, self._queue.name)
-
-    async def _read_ports(self) -> None:
-        """Cache the ports of other processes' waiters."""
-        self._ports_read = time.monotonic()
-        rows = await self._queue._fetch(_SQL_WAKEUP_PORTS, (self._queue.name,))
-        self._ports = _other_processes_ports(rows)
+        _notify_local(self._queue, kind)
+        if self._announcer.stale():
+            self._announcer.update(await self._queue._fetch(*self._announcer.query(self._queue)))
+        self._announcer.send(kind, self._queue.name)
 
     async def want(self, kind: str) -> None:
         """Ask other processes to send news of ``kind`` to this queue from now on."""
@@ -1957,14 +2008,14 @@ class _Wakeup:
                     )
                 except OSError as exc:  # no loopback UDP here: the fallback poll still works
                     logger.warning("No UDP wake-ups for %r (%s); polling instead", self._queue, exc)
+                    _local_wakeups.add(self)
                     self._wanted.add(kind)
                     return
                 self._transport = transport
                 self._port = self._transport.get_extra_info("sockname")[1]
+                _local_wakeups.add(self)
             if kind not in self._wanted:
-                await self._queue._fetch(
-                    _SQL_REGISTER_WAKEUP, (self._queue.name, kind, self._port, _HOST, os.getpid())
-                )
+                await self._queue._fetch(*_register_wakeup(self._queue, kind, self._port))
                 self._wanted.add(kind)
 
     async def forget_dead(self) -> None:
@@ -1975,56 +2026,72 @@ class _Wakeup:
                 await self._queue._fetch(_SQL_DELETE_WAKEUP, (host, pid))
 
     async def close(self) -> None:
+        _local_wakeups.discard(self)
         if self._transport is not None:
             with contextlib.suppress(StorageError):
                 await self._queue._fetch(_SQL_UNREGISTER_WAKEUP, (self._queue.name, self._port))
             self._transport.close()
             self._transport = None
-        if self._send_socket is not None:
-            self._send_socket.close()
-            self._send_socket = None
+        self._announcer.close()
         self._wanted.clear()
+
+
+def _notify_local(queue: Queue, kind: str) -> None:
+    """Wake the waiters on this queue in this process, whatever their thread."""
+    for wakeup in list(_local_wakeups):
+        if wakeup.place == queue._place:
+            wakeup.wake_threadsafe(kind)
+
+
+def _register_wakeup(queue: Queue, kind: str, port: int) -> _Statement:
+    return _SQL_REGISTER_WAKEUP, (queue.name, kind, port, _HOST, os.getpid())
+
+
+class _Announcer:
+    """Sends wake-up datagrams to other processes' waiters, whose ports it reads from
+    the file at most every _CACHE_S seconds (a new waiter may miss a datagram for that
+    long, and then relies on its fallback poll)."""
+
+    _CACHE_S = 1.0
+
+    def __init__(self) -> None:
+        self._ports: dict[str, list[int]] = {}
+        self._read_at = -math.inf
+        self._socket: t.Optional[socket.socket] = None
+
+    def stale(self) -> bool:
+        return time.monotonic() - self._read_at > self._CACHE_S
+
+    @staticmethod
+    def query(queue: Queue) -> _Statement:
+        return _SQL_WAKEUP_PORTS, (queue.name,)
+
+    def update(self, rows: Iterable[tuple[str, int, str, int]]) -> None:
+        """Cache the ports from query()'s rows, leaving out this process's own."""
+        self._read_at = time.monotonic()
         self._ports = {}
-        self._ports_read = -math.inf
+        for kind, port, host, pid in rows:
+            if host != _HOST or pid != os.getpid():  # this process is told directly
+                self._ports.setdefault(kind, []).append(port)
 
+    def send(self, kind: str, name: str) -> None:
+        ports = self._ports.get(kind)
+        if not ports:
+            return
+        if self._socket is None:
+            self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self._socket.setblocking(False)
+        message = f"{kind}\0{name}".encode()
+        for port in ports:
+            with contextlib.suppress(OSError):  # a full buffer or a closed port: a hint lost
+                self._socket.sendto(message, ("127.0.0.1", port))
 
-def _notify_local(path: str, name: str, kind: str) -> None:
-    """Wake the waiters of every Queue object on this queue in this process."""
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    for queue in list(_local_queues):
-        wakeup = queue._wakeup
-        if queue.name != name or queue.path != path or wakeup._loop is None:
-            continue
-        if wakeup._loop is running:
-            wakeup.news(kind)
-        else:
-            with contextlib.suppress(RuntimeError):  # its loop has closed
-                wakeup._loop.call_soon_threadsafe(wakeup.news, kind)
-
-
-def _other_processes_ports(rows: Iterable[tuple[str, int, str, int]]) -> dict[str, list[int]]:
-    """Wake-up ports by kind, leaving out this process's own (told directly)."""
-    ports: dict[str, list[int]] = {}
-    for kind, port, host, pid in rows:
-        if host != _HOST or pid != os.getpid():
-            ports.setdefault(kind, []).append(port)
-    return ports
-
-
-def _datagram_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setblocking(False)
-    return sock
-
-
-def _send_wakeups(sock: socket.socket, ports: list[int], kind: str, name: str) -> None:
-    message = f"{kind}\0{name}".encode()
-    for port in ports:
-        with contextlib.suppress(OSError):  # a full buffer or a closed port: a hint lost
-            sock.sendto(message, ("127.0.0.1", port))
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+        self._ports = {}
+        self._read_at = -math.inf
 
 
 class _WakeupProtocol(asyncio.DatagramProtocol):
@@ -2035,6 +2102,322 @@ class _WakeupProtocol(asyncio.DatagramProtocol):
         kind, _, _queue = data.decode(errors="replace").partition("\0")
         if kind in ("jobs", "changes"):
             self._wakeup.news(kind)
+
+
+# =============================================================================
+# Sync client
+# =============================================================================
+
+
+class SyncQueue:
+    """The same queue for code without an event loop: Tk or Qt handlers, Flask or
+    Django views, scripts. Plain methods on the standard library's sqlite3, with no
+    thread of its own; safe to share between threads.
+
+    Jobs it returns belong to ``self.queue``, the async ``Queue`` twin, so they have
+    the usual fields and ids. Args are as for ``Queue``.
+    """
+
+    def __init__(
+        self,
+        path: t.Union[str, os.PathLike[str]] = DEFAULT_PATH,
+        name: str = "default",
+        dump: t.Optional[DumpType] = None,
+        load: t.Optional[LoadType] = None,
+        *,
+        synchronous: str = "NORMAL",
+        lock_timeout: float = 30.0,
+    ) -> None:
+        self.queue = Queue(
+            path, name, dump, load, synchronous=synchronous, lock_timeout=lock_timeout
+        )
+        self._conn: t.Optional[sqlite3.Connection] = None
+        self._lock = threading.RLock()  # one statement at a time on the connection
+        self._wakeup = _SyncWakeup(self)
+
+    def __repr__(self) -> str:
+        return f"SyncQueue<path={self.path!r}, name={self.name!r}>"
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: t.Any) -> SyncQueue:
+        """A client from ``sqlite:///relative.db`` or ``sqlite:////absolute.db``."""
+        queue = Queue.from_url(url)
+        return cls(queue.path, **kwargs)
+
+    @property
+    def path(self) -> str:
+        return self.queue.path
+
+    @property
+    def name(self) -> str:
+        return self.queue.name
+
+    def __enter__(self) -> SyncQueue:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        """Open the file, creating or migrating its schema (done on first use anyway).
+
+        Raises:
+            StorageError: when the path is not a usable saqlite database.
+        """
+        with self._lock:
+            if self._conn is not None:
+                return
+            _prepare_database(self.queue)
+            try:
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                for pragma in _connection_pragmas(self.queue.synchronous):
+                    conn.execute(pragma)
+            except sqlite3.Error as exc:
+                raise _storage_error(self.path, exc) from exc
+            self._conn = conn
+
+    def close(self) -> None:
+        """Close the file. Safe to call twice."""
+        with self._lock:
+            self._wakeup.close()
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def enqueue(self, job_or_func: t.Union[str, Job, Function], **kwargs: t.Any) -> t.Optional[Job]:
+        """Store a job to run: as ``Queue.enqueue``.
+
+        Returns:
+            The job, or None when a job with the same key is already waiting or running.
+        """
+        return self.enqueue_many([job_or_func], **kwargs)[0]
+
+    def enqueue_many(
+        self, jobs: Iterable[t.Union[Job, str, Function]], **kwargs: t.Any
+    ) -> list[t.Optional[Job]]:
+        """Store many jobs at once: as ``Queue.enqueue_many``."""
+        prepared = [self.queue._prepare(job, dict(kwargs)) for job in jobs]
+        inserted = self._drive(_insert_steps([self.queue._job_row(job) for job in prepared]))
+        if any(inserted):
+            self._wakeup.notify("jobs")
+        return [job if ok else None for job, ok in zip(prepared, inserted)]
+
+    def job(self, job_key: str) -> t.Optional[Job]:
+        """The job with this key, or None."""
+        return self.jobs([job_key])[0]
+
+    def jobs(self, job_keys: Iterable[str]) -> list[t.Optional[Job]]:
+        """The jobs with these keys, in the order asked (None where missing)."""
+        return self._drive(_jobs_steps(self.queue, list(job_keys)))
+
+    def count(self, kind: CountKind) -> int:
+        """How many jobs: ``"queued"`` (due now), ``"active"`` or ``"incomplete"``."""
+        return self._drive(_count_steps(self.queue, kind))
+
+    def info(self, jobs: bool = False, offset: int = 0, limit: int = 10) -> QueueInfo:
+        """Live workers, counts, and (with ``jobs``) the newest jobs: as ``Queue.info``."""
+        return self._drive(_info_steps(self.queue, jobs, offset, limit))
+
+    def refresh(self, job: Job, until_complete: t.Optional[float] = None) -> Job:
+        """Reload a job in place, and return it.
+
+        Args:
+            until_complete: wait up to this many seconds for a terminal status
+                (0 = wait forever).
+
+        Raises:
+            RuntimeError: the job no longer exists.
+            TimeoutError: the wait ran out.
+        """
+        if until_complete is not None and job.status not in TERMINAL_STATUSES:
+
+            def done(statuses: dict[str, Status]) -> bool:
+                return statuses.get(job.key, Status.COMPLETE) in TERMINAL_STATUSES
+
+            self._wait_until([job.key], done, until_complete)
+        stored = self.job(job.key)
+        if stored is None:
+            raise RuntimeError(f"{job.info()} doesn't exist in queue {self.name!r}")
+        job.replace(stored)
+        return job
+
+    def apply(
+        self,
+        job_or_func: t.Union[str, Job, Function],
+        timeout: t.Optional[float] = None,
+        **kwargs: t.Any,
+    ) -> t.Any:
+        """Enqueue a job, wait for it, and return its result: as ``Queue.apply``.
+
+        Raises:
+            JobError: the job failed or was aborted.
+            TimeoutError: the wait ran out.
+        """
+        results = self.map(job_or_func, [kwargs], timeout=timeout)
+        return results[0] if results else None
+
+    def map(
+        self,
+        job_or_func: t.Union[str, Job, Function],
+        iter_kwargs: Iterable[dict[str, t.Any]],
+        timeout: t.Optional[float] = None,
+        return_exceptions: bool = False,
+        **kwargs: t.Any,
+    ) -> list[t.Any]:
+        """Run one job per kwargs dict and return their results: as ``Queue.map``."""
+        mapping = _Mapping(
+            self.queue,
+            job_or_func,
+            iter_kwargs,
+            timeout=timeout,
+            return_exceptions=return_exceptions,
+            kwargs=kwargs,
+        )
+        self._drive(_insert_steps([self.queue._job_row(job) for job in mapping.jobs]))
+        self._wakeup.notify("jobs")
+        self._wait_until(mapping.keys, mapping.settled, timeout)
+        return mapping.results(self.jobs(mapping.keys))
+
+    def abort(self, job: Job, error: str) -> None:
+        """Abort a job: as ``Queue.abort``; ``job`` is updated in place."""
+        current, changed = self._drive(_abort_steps(self.queue, job.key, error))
+        if changed:
+            self._wakeup.notify("changes")
+        if current is not None:
+            job.replace(current)
+
+    def _wait_until(
+        self, keys: list[str], done: Callable[[dict[str, Status]], bool], timeout: t.Optional[float]
+    ) -> None:
+        """Read the statuses of these jobs at every change until ``done(statuses)``."""
+        deadline = time.monotonic() + timeout if timeout else math.inf
+        self._wakeup.want("changes")
+        while True:
+            generation = self._wakeup.generation("changes")
+            if done(self._drive(_statuses_steps(self.queue, keys))):
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"Waiting for {len(keys)} job(s) timed out")
+            self._wakeup.wait("changes", generation, min(remaining, _FALLBACK_POLL_S))
+
+    def _drive(self, steps: _Steps[_R]) -> _R:
+        """Run a sequence of statements (see _Steps) on this client's connection."""
+        try:
+            statement = next(steps)
+            while True:
+                statement = steps.send(self._fetch(*statement))
+        except StopIteration as finished:
+            return t.cast("_R", finished.value)
+
+    def _fetch(self, sql: str, params: t.Any = ()) -> list[t.Any]:
+        """Run one statement (its own transaction) and return its rows."""
+        if self._conn is None:
+            self.connect()
+        wait = _LockWait(self.queue)
+        while True:
+            try:
+                with self._lock:
+                    assert self._conn is not None
+                    rows = self._conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                time.sleep(wait.pause(exc))
+                continue
+            wait.done()
+            return rows
+
+
+class _SyncWakeup:
+    """_Wakeup for SyncQueue: threads wait on a Condition; one of them at a time reads
+    the UDP socket that other processes send news to."""
+
+    def __init__(self, client: SyncQueue) -> None:
+        self._client = client
+        self.place = client.queue._place
+        self._condition = threading.Condition()
+        self._generations = {"jobs": 0, "changes": 0}
+        self._socket: t.Optional[socket.socket] = None
+        self._reading = False
+        self._wanted: set[str] = set()
+        self._announcer = _Announcer()
+
+    def generation(self, kind: str) -> int:
+        return self._generations[kind]
+
+    def wake_threadsafe(self, kind: str) -> None:
+        with self._condition:
+            self._generations[kind] += 1
+            self._condition.notify_all()
+
+    def want(self, kind: str) -> None:
+        """Ask other processes to send news of ``kind`` here from now on."""
+        with self._condition:
+            if kind in self._wanted:
+                return
+            if self._socket is None:
+                self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                self._socket.bind(("127.0.0.1", 0))
+                _local_wakeups.add(self)
+            self._client._fetch(*_register_wakeup(self._client.queue, kind, self._port))
+            self._wanted.add(kind)
+
+    @property
+    def _port(self) -> int:
+        assert self._socket is not None
+        return int(self._socket.getsockname()[1])
+
+    def wait(self, kind: str, generation: int, timeout: float) -> bool:
+        """Wait until news of ``kind`` newer than ``generation``; whether it came."""
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while self._generations[kind] == generation:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                if self._socket is None or self._reading:
+                    self._condition.wait(remaining)
+                    continue
+                self._reading = True
+                self._condition.release()
+                try:
+                    received = self._receive(self._socket, remaining)
+                finally:
+                    self._condition.acquire()
+                    self._reading = False
+                if received:
+                    self._generations[received] += 1
+                self._condition.notify_all()  # news, or another thread may read now
+            return True
+
+    @staticmethod
+    def _receive(sock: socket.socket, timeout: float) -> t.Optional[str]:
+        sock.settimeout(timeout)
+        try:
+            data = sock.recv(256)
+        except OSError:  # timed out, or closed meanwhile
+            return None
+        kind = data.decode(errors="replace").partition("\0")[0]
+        return kind if kind in ("jobs", "changes") else None
+
+    def notify(self, kind: str) -> None:
+        """Tell waiters in this process and in other processes about news."""
+        _notify_local(self._client.queue, kind)
+        with self._condition:
+            if self._announcer.stale():
+                self._announcer.update(self._client._fetch(*_Announcer.query(self._client.queue)))
+            self._announcer.send(kind, self._client.name)
+
+    def close(self) -> None:
+        with self._condition:
+            _local_wakeups.discard(self)
+            if self._socket is not None:
+                with contextlib.suppress(StorageError):
+                    self._client._fetch(_SQL_UNREGISTER_WAKEUP, (self._client.name, self._port))
+                self._socket.close()
+                self._socket = None
+            self._announcer.close()
+            self._wanted.clear()
 
 
 # =============================================================================
@@ -2257,7 +2640,7 @@ class Worker:
         await self.queue.worker_info(self.id, self.queue.name, self.metadata, self._info_ttl)
 
     async def _sweep(self) -> None:
-        swept = await self.queue.sweep(lock=int(self.timers["sweep"]))
+        swept = await self.queue.sweep(lock=math.ceil(self.timers["sweep"]))
         if swept:
             logger.info("Swept %d job(s)", len(swept))
 
@@ -2265,7 +2648,10 @@ class Worker:
 
     async def _dispatch(self) -> None:
         """Claim as many due jobs as there are free slots, and start them."""
+        assert self._slot_freed is not None
         while True:
+            # Cleared before looking, so a job that ends during the claim below is seen.
+            self._slot_freed.clear()
             free = self.concurrency - len(self._running)
             if self.max_burst_jobs is not None:
                 free = min(free, self.max_burst_jobs - self._claimed)
@@ -2290,7 +2676,6 @@ class Worker:
 
     async def _wait_for_slot(self) -> None:
         assert self._slot_freed is not None
-        self._slot_freed.clear()
         await self._slot_freed.wait()
         await asyncio.sleep(0)  # let jobs that end together free their slots
 
