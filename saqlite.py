@@ -275,6 +275,7 @@ _SQL_RUNNING_JOBS = (
 )
 _SQL_DELETE_EXPIRED_JOBS = "DELETE FROM saqlite_jobs WHERE expire_at <= ? RETURNING key"
 _SQL_DATA_VERSION = "PRAGMA data_version"
+_SQL_CHECKPOINT = "PRAGMA wal_checkpoint(TRUNCATE)"
 
 _SQL_UPSERT_WORKER = """
 INSERT INTO saqlite_workers (id, queue, host, pid, beat, expire_at, info)
@@ -1210,15 +1211,20 @@ class Queue:
         expired = await self._fetch(_SQL_DELETE_EXPIRED_JOBS, (current,))
         if expired:
             logger.info("Deleted %d expired job(s)", len(expired))
+        # Running jobs first, then workers: a worker registers before it claims, so
+        # every worker of these jobs is in the list read after them.
+        running = [
+            self._row_to_job(row) for row in await self._fetch(_SQL_RUNNING_JOBS, (self.name,))
+        ]
         workers = await self._workers()
         live = {worker_id for worker_id, _info, alive in workers if alive}
         dead = [worker_id for worker_id, _info, alive in workers if not alive]
         if dead:
             await self._fetch(_SQL_DELETE_WORKERS.format(ids=_placeholders(len(dead))), dead)
         await self._wakeup.forget_dead()
-        running = [
-            self._row_to_job(row) for row in await self._fetch(_SQL_RUNNING_JOBS, (self.name,))
-        ]
+        # Keep the -wal file from growing: copy it into the database and empty it (a
+        # no-op while a reader still needs it; the next sweep tries again).
+        await self._fetch(_SQL_CHECKPOINT)
         orphans = [
             job for job in running if job.worker_id is not None and job.worker_id not in live
         ]
@@ -2536,7 +2542,7 @@ class Worker:
         self._job_tasks: set[asyncio.Task[t.Any]] = set()
         self._claimed = 0
         self._cron_next: dict[str, float] = {}
-        self._stopped = False
+        self._stopping: t.Optional[asyncio.Future[None]] = None
 
     def __repr__(self) -> str:
         return f"Worker<id={self.id!r}, queue={self.queue.name!r}>"
@@ -2546,7 +2552,7 @@ class Worker:
     async def start(self) -> None:
         """Run until ``stop()``, SIGINT or SIGTERM (or, in burst mode, an empty queue)."""
         self._stop_event = asyncio.Event()
-        self._stopped = False
+        self._stopping = None
         self._slot_freed = asyncio.Event()
         self._install_signal_handlers()
         try:
@@ -2572,10 +2578,13 @@ class Worker:
 
     async def stop(self) -> None:
         """Stop: let running jobs finish for the grace period, then cancel them and put
-        them back in the queue; run the shutdown hooks. Safe to call twice."""
-        if self._stopped:
-            return
-        self._stopped = True
+        them back in the queue; run the shutdown hooks. Safe to call twice: every
+        caller waits for the one stop to end."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop())
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self) -> None:
         if self._stop_event is not None:
             self._stop_event.set()
         self._remove_signal_handlers()
