@@ -11,14 +11,12 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar
+from typing import IO, Any
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 PROJECT_DIR = os.path.dirname(BENCH_DIR)
-
-T = TypeVar("T")
 
 
 def ensure_project_on_path() -> None:
@@ -85,11 +83,6 @@ class Failure:
     error: str
 
 
-def repeat(runs: int, once: Callable[[int], T]) -> list[T]:
-    """Call ``once(run_index)`` ``runs`` times and return the results."""
-    return [once(i) for i in range(runs)]
-
-
 def fmt_num(value: float) -> str:
     """Thousands separators for big numbers, 2-3 significant digits for small ones."""
     if math.isnan(value):
@@ -103,20 +96,21 @@ def fmt_num(value: float) -> str:
     return f"{value:.2f}"
 
 
-def spawn_python(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    """Start ``python <args>`` with pipes for a line protocol on stdin/stdout."""
+def spawn_python(args: list[str], stderr: IO[str]) -> subprocess.Popen[str]:
+    """Start ``python <args>`` with pipes for a line protocol on stdin/stdout.
+
+    stderr goes to a file, so a chatty child can never block on a full pipe.
+    """
     child_env = dict(os.environ)
     child_env["PYTHONPATH"] = os.pathsep.join(
         [PROJECT_DIR, BENCH_DIR, child_env.get("PYTHONPATH", "")]
     ).rstrip(os.pathsep)
     child_env["PYTHONUNBUFFERED"] = "1"
-    if env:
-        child_env.update(env)
     return subprocess.Popen(
         [sys.executable, *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
         text=True,
         env=child_env,
     )

@@ -13,6 +13,7 @@ import json
 import os
 import queue as thread_queue
 import random
+import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -283,7 +284,8 @@ class Child:
         ]
         if wait_go:
             args.append("--wait-go")
-        self.proc = spawn_python(args)
+        self.stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed in close()
+        self.proc = spawn_python(args, self.stderr)
         self.lines: thread_queue.Queue[str] = thread_queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
 
@@ -299,8 +301,9 @@ class Child:
         except thread_queue.Empty:
             raise TimeoutError("worker subprocess did not answer") from None
         if not line:
-            stderr = self.proc.stderr.read() if self.proc.stderr else ""
-            raise RuntimeError(f"worker subprocess exited: {stderr[-3000:]}")
+            self.proc.wait(10)
+            self.stderr.seek(0)
+            raise RuntimeError(f"worker subprocess exited: {self.stderr.read()[-3000:]}")
         return line
 
     def send(self, line: str) -> None:
@@ -317,7 +320,7 @@ class Child:
 
     def close(self) -> None:
         stop_process(self.proc)
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+        for stream in (self.proc.stdin, self.proc.stdout, self.stderr):
             if stream is not None:
                 with contextlib.suppress(BrokenPipeError, OSError):
                     stream.close()

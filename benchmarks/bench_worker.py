@@ -6,7 +6,7 @@ Run by the harness, not by hand:
 
 Line protocol: prints ``READY`` once connected; with ``--wait-go`` waits for ``GO`` on stdin
 before starting the worker; stops on ``STOP`` (or end of stdin) and prints one JSON line with
-its peak RSS (``ru_maxrss``, KiB) and CPU seconds.
+its peak RSS (VmHWM, KiB) and CPU seconds.
 """
 
 from __future__ import annotations
@@ -41,9 +41,22 @@ async def read_line() -> str:
     return line.strip()
 
 
+def peak_rss_kb() -> int:
+    """VmHWM of this process: its peak RSS since exec.
+
+    ``ru_maxrss`` is not used: Linux keeps it across execve, so a child started by a big
+    parent reports at least the parent's size.
+    """
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
 def usage() -> dict[str, Any]:
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    return {"maxrss_kb": ru.ru_maxrss, "cpu_s": ru.ru_utime + ru.ru_stime}
+    return {"maxrss_kb": peak_rss_kb(), "cpu_s": ru.ru_utime + ru.ru_stime}
 
 
 async def main(args: argparse.Namespace) -> None:

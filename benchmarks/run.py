@@ -2,8 +2,8 @@
 
 Run from the repository root (or anywhere; paths are resolved from this file):
 
-    python benchmarks/run.py                 # full suite, 3 runs each, ~10-15 min on 2 cores
-    python benchmarks/run.py --quick         # smaller N, 1 run (about 3 min)
+    python benchmarks/run.py                 # full suite, 3 runs each, about 10 min on 2 cores
+    python benchmarks/run.py --quick         # smaller N, 1 run, about 1.5 min
     python benchmarks/run.py --runs 5 --json out.json --md out.md
     python benchmarks/run.py --smoke         # saqlite only, tiny N, a few seconds; for CI
 
