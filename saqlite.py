@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import contextvars
 import dataclasses
 import enum
 import functools
+import hmac
+import html
+import http
 import importlib
 import inspect
 import json
@@ -31,6 +35,7 @@ import math
 import multiprocessing
 import os
 import random
+import secrets
 import signal
 import socket
 import sqlite3
@@ -39,6 +44,7 @@ import threading
 import time
 import traceback
 import typing as t
+import urllib.parse
 import uuid
 import weakref
 from datetime import datetime, timezone, tzinfo
@@ -70,6 +76,7 @@ __all__ = [
     "WorkerInfo",
     "WorkerStats",
     "main",
+    "web_app",
 ]
 
 logger = logging.getLogger(__name__)
@@ -2943,6 +2950,1606 @@ async def _call(function: Function, context: Context, kwargs: dict[str, t.Any]) 
 
 
 # =============================================================================
+# Operations: terminal commands
+# =============================================================================
+
+_OPS_COMMANDS = ("info", "jobs", "job", "retry", "abort", "purge", "burst", "web")
+_OPS_EPILOG = """\
+commands on a saqlite file (a path or sqlite:/// URL; no settings needed):
+  saqlite info FILE              queues with their counts, and live workers
+  saqlite jobs FILE              jobs, newest first (--queue, --status, --function, --page)
+  saqlite job FILE KEY           one job in full: kwargs, result, error, progress, times
+  saqlite retry FILE KEY...      put failed or aborted jobs back in the queue (or --all)
+  saqlite abort FILE KEY...      abort waiting or running jobs (or --all)
+  saqlite purge FILE --older-than 7d   delete finished jobs older than an age
+  saqlite web FILE [--port 8080] serve the monitoring page
+  saqlite burst module.settings  run the jobs there are, then exit 1 if any failed
+Add --json for output a script can read. saqlite COMMAND -h tells more."""
+
+_FINISHED = ("complete", "failed", "aborted")
+_RETRYABLE = ("failed", "aborted")
+_ABORTABLE = ("queued", "active")
+_STATUS_NAMES = tuple(status.value for status in Status if status != Status.NEW)
+#: Rows one retry, abort or purge statement handles; progress is shown between them.
+_OPS_BATCH = 500
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+# Queue names in a file: those with jobs, and those with registered workers.
+_SQL_OPS_QUEUE_NAMES = (
+    "SELECT queue FROM saqlite_jobs UNION SELECT queue FROM saqlite_workers ORDER BY 1"
+)
+_SQL_OPS_COUNTS = """
+SELECT queue,
+    COALESCE(SUM(status = 'queued' AND run_at <= :now), 0),
+    COALESCE(SUM(status = 'queued' AND run_at > :now), 0),
+    COALESCE(SUM(status IN ('active', 'aborting')), 0),
+    COALESCE(SUM(status = 'complete'), 0),
+    COALESCE(SUM(status = 'failed'), 0),
+    COALESCE(SUM(status = 'aborted'), 0)
+FROM saqlite_jobs GROUP BY queue
+"""
+_SQL_OPS_WORKERS = (
+    "SELECT id, queue, host, pid, beat, expire_at, info FROM saqlite_workers ORDER BY queue, id"
+)
+# Job filters: the conditions a _JobFilter uses, joined with AND (all bound parameters).
+_SQL_OPS_WHERE_QUEUE = "queue = :queue"
+_SQL_OPS_WHERE_STATUSES = "status IN (SELECT value FROM json_each(:statuses))"
+_SQL_OPS_WHERE_FUNCTION = (
+    "CASE WHEN json_valid(data) THEN json_extract(data, '$.function') END = :function"
+)
+_SQL_OPS_LIST_JOBS = f"""
+SELECT queue, key, {_LOAD_COLUMNS} FROM saqlite_jobs WHERE {{where}}
+ORDER BY queued DESC, rowid DESC LIMIT :limit OFFSET :offset
+"""
+_SQL_OPS_SELECT_JOBS = f"""
+SELECT rowid, queue, key, {_LOAD_COLUMNS} FROM saqlite_jobs
+WHERE {{where}} AND rowid > :after ORDER BY rowid LIMIT :limit
+"""
+_SQL_OPS_COUNT_JOBS = "SELECT COUNT(*) FROM saqlite_jobs WHERE {where}"
+_SQL_OPS_COUNT_OLD_JOBS = "SELECT COUNT(*) FROM saqlite_jobs WHERE {where} AND completed < :before"
+_SQL_OPS_FIND_JOB = (
+    f"SELECT queue, key, {_LOAD_COLUMNS} FROM saqlite_jobs WHERE queue = :queue AND key = :key"
+)
+_SQL_OPS_PURGE = """
+DELETE FROM saqlite_jobs WHERE rowid IN (
+    SELECT rowid FROM saqlite_jobs WHERE {where} AND completed < :before LIMIT :limit
+) RETURNING key
+"""
+_SQL_OPS_WORKER_FAILURES = """
+SELECT key, status, error FROM saqlite_jobs
+WHERE queue = :queue AND worker_id = :worker_id AND status IN ('failed', 'aborted')
+ORDER BY completed
+"""
+_SQL_OPS_IS_SAQLITE = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'saqlite_jobs'"
+
+
+class _OpsError(Exception):
+    """A command cannot do what it was asked; the message says why and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _JobFilter:
+    """Which jobs a command works on: a queue, statuses, a function name (None = any)."""
+
+    queue: t.Optional[str] = None
+    statuses: tuple[str, ...] = ()
+    function: t.Optional[str] = None
+
+    def where(self) -> tuple[str, dict[str, t.Any]]:
+        """The SQL condition and its parameters."""
+        conditions = []
+        if self.queue is not None:
+            conditions.append(_SQL_OPS_WHERE_QUEUE)
+        if self.statuses:
+            conditions.append(_SQL_OPS_WHERE_STATUSES)
+        if self.function is not None:
+            conditions.append(_SQL_OPS_WHERE_FUNCTION)
+        params = {
+            "queue": self.queue,
+            "statuses": json.dumps(list(self.statuses)),
+            "function": self.function,
+        }
+        return " AND ".join(conditions) or "1", params
+
+
+class _Store:
+    """One saqlite file, with a Queue per queue name in it, opened when first used.
+
+    Args:
+        path: the database file.
+        queues: queues of this file whose ``dump``/``load`` to use for their names.
+    """
+
+    def __init__(self, path: str, queues: Sequence[Queue] = ()) -> None:
+        self.path = path
+        self._templates = {queue.name: queue for queue in queues}
+        self._queues: dict[str, Queue] = {}
+
+    def queue(self, name: str) -> Queue:
+        """This file's queue of that name (its own connection)."""
+        queue = self._queues.get(name)
+        if queue is None:
+            template = self._templates.get(name)
+            queue = Queue(
+                self.path,
+                name,
+                dump=template._dump if template else None,
+                load=template._load if template else None,
+            )
+            self._queues[name] = queue
+        return queue
+
+    async def fetch(self, sql: str, params: t.Any = ()) -> list[t.Any]:
+        """Run one statement on the file (see ``Queue._fetch``)."""
+        reader = next(iter(self._templates), "default")
+        return await self.queue(reader)._fetch(sql, params)
+
+    async def close(self) -> None:
+        """Close every queue opened here."""
+        for queue in self._queues.values():
+            await queue.disconnect()
+
+    def load(self, row: Sequence[t.Any]) -> Job:
+        """A Job from a row of ``queue, key, _LOAD_COLUMNS``; one whose data cannot be
+        read (another ``dump``) still shows its key, status and error."""
+        queue = self.queue(row[0])
+        try:
+            return queue._row_to_job(row[2:])
+        except (ValueError, TypeError, KeyError):
+            status, error = row[3], row[9]
+            return Job("?", queue=queue, key=row[1], status=status, error=error)
+
+
+def _open_store(target: str) -> _Store:
+    """The store for a path or ``sqlite:///`` URL; it must be a saqlite file.
+
+    Raises:
+        _OpsError: the file is missing or is not a saqlite database.
+    """
+    path = Queue.from_url(target).path if target.startswith("sqlite:") else target
+    if not os.path.isfile(path):
+        raise _OpsError(
+            f"{path} does not exist: give the path or sqlite:/// URL of a saqlite database"
+        )
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+        try:
+            found = conn.execute(_SQL_OPS_IS_SAQLITE).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise _OpsError(f"{path} is not a SQLite database ({exc})") from exc
+    if not found:
+        raise _OpsError(f"{path} is not a saqlite database: it has no saqlite_jobs table")
+    return _Store(path)
+
+
+# -- reading and changing jobs --------------------------------------------------
+
+
+async def _overview(store: _Store, queue: t.Optional[str] = None) -> dict[str, t.Any]:
+    """Per queue: job counts by status and live workers; and the live workers."""
+    current = time.time()
+    names = [name for (name,) in await store.fetch(_SQL_OPS_QUEUE_NAMES)]
+    counts = {row[0]: row[1:] for row in await store.fetch(_SQL_OPS_COUNTS, {"now": current})}
+    workers = []
+    for worker_id, name, host, pid, beat, expire_at, info in await store.fetch(_SQL_OPS_WORKERS):
+        if not _alive(host, pid, expire_at, current) or queue not in (None, name):
+            continue
+        stats = json.loads(info)
+        workers.append({
+            "id": worker_id, "queue": name, "host": host, "pid": pid, "beat": beat,
+            "stats": stats.get("stats", {}), "metadata": stats.get("metadata"),
+        })  # fmt: skip
+    queues = []
+    for name in names:
+        if queue not in (None, name):
+            continue
+        row = counts.get(name, (0,) * 6)
+        kinds = ("queued", "scheduled", "active", "complete", "failed", "aborted")
+        entry: dict[str, t.Any] = {"name": name, **{k: int(v) for k, v in zip(kinds, row)}}
+        entry["workers"] = sum(worker["queue"] == name for worker in workers)
+        queues.append(entry)
+    return {"path": store.path, "queues": queues, "workers": workers}
+
+
+async def _list_jobs(
+    store: _Store, where: _JobFilter, offset: int = 0, limit: int = 20
+) -> tuple[list[Job], bool]:
+    """Jobs matching a filter, newest first; and whether more follow."""
+    condition, params = where.where()
+    sql = _SQL_OPS_LIST_JOBS.format(where=condition)
+    rows = await store.fetch(sql, {**params, "limit": limit + 1, "offset": offset})
+    return [store.load(row) for row in rows[:limit]], len(rows) > limit
+
+
+async def _count_jobs(store: _Store, where: _JobFilter) -> int:
+    condition, params = where.where()
+    rows = await store.fetch(_SQL_OPS_COUNT_JOBS.format(where=condition), params)
+    return int(rows[0][0])
+
+
+async def _matching_jobs(store: _Store, where: _JobFilter) -> AsyncIterator[list[Job]]:
+    """Jobs matching a filter, a batch at a time, oldest first."""
+    condition, params = where.where()
+    sql = _SQL_OPS_SELECT_JOBS.format(where=condition)
+    after = 0
+    while True:
+        rows = await store.fetch(sql, {**params, "after": after, "limit": _OPS_BATCH})
+        if rows:
+            yield [store.load(row[1:]) for row in rows]
+        if len(rows) < _OPS_BATCH:
+            return
+        after = rows[-1][0]
+
+
+async def _find_jobs(store: _Store, ref: str, queue: t.Optional[str] = None) -> list[Job]:
+    """The jobs a key (or a ``saqlite:job:<queue>:<key>`` id) names, in any queue."""
+    candidates: list[tuple[str, str]] = []
+    prefix = "saqlite:job:"
+    if ref.startswith(prefix):  # queue names may hold ':' too: try every split
+        rest = ref[len(prefix) :]
+        candidates += [(rest[:i], rest[i + 1 :]) for i, c in enumerate(rest) if c == ":"]
+    names = [queue] if queue else [name for (name,) in await store.fetch(_SQL_OPS_QUEUE_NAMES)]
+    candidates += [(name, ref) for name in names]
+    found = []
+    for name, key in candidates:
+        if queue in (None, name):
+            rows = await store.fetch(_SQL_OPS_FIND_JOB, {"queue": name, "key": key})
+            found += [store.load(row) for row in rows]
+    return list({(job.get_queue().name, job.key): job for job in found}.values())
+
+
+async def _retry_job(job: Job, error: str) -> bool:
+    """Put a failed or aborted job back in its queue (see ``Queue.retry``: after its
+    ``retry_delay``, as in SAQ); whether it was."""
+    if job.status not in UNSUCCESSFUL_TERMINAL_STATUSES:
+        return False
+    return await job.get_queue()._retry(job, error)
+
+
+async def _abort_job(job: Job, error: str) -> bool:
+    """Abort a waiting or running job (see ``Queue.abort``); whether it was."""
+    if job.status in TERMINAL_STATUSES or job.status == Status.ABORTING:
+        return False
+    await job.get_queue().abort(job, error)
+    return job.status in (Status.ABORTED, Status.ABORTING)
+
+
+async def _purge(
+    store: _Store, where: _JobFilter, before_ms: int, progress: t.Optional[_Progress] = None
+) -> int:
+    """Delete finished jobs (of a filter) completed before a time; how many."""
+    condition, params = where.where()
+    params = {**params, "before": before_ms, "limit": _OPS_BATCH}
+    total = int((await store.fetch(_SQL_OPS_COUNT_OLD_JOBS.format(where=condition), params))[0][0])
+    if progress is not None:
+        progress.total = total
+    deleted = 0
+    sql = _SQL_OPS_PURGE.format(where=condition)
+    while deleted < total:
+        rows = await store.fetch(sql, params)
+        if not rows:
+            break
+        deleted += len(rows)
+        if progress is not None:
+            progress.update(deleted)
+    return deleted
+
+
+# -- text output -------------------------------------------------------------
+
+# Control characters would move the cursor or recolour the terminal: show them escaped.
+_CONTROL_CHARS = {
+    code: f"\\x{code:02x}" for code in (*range(9), *range(11, 32), 127, *range(0x80, 0xA0))
+}
+
+
+def _clean(text: object, one_line: bool = False) -> str:
+    """Text safe to print on a terminal (and on one line if asked)."""
+    cleaned = str(text).translate(_CONTROL_CHARS)
+    return " ".join(cleaned.split()) if one_line else cleaned
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _error_line(error: t.Optional[str]) -> str:
+    """The last line of an error (a traceback's exception), on one line."""
+    lines = [line for line in (error or "").splitlines() if line.strip()]
+    return _clean(lines[-1], one_line=True) if lines else ""
+
+
+def _fmt_time(ms: float) -> str:
+    if not ms:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _fmt_span(ms: t.Optional[float]) -> str:
+    """A duration for people: 340 ms, 2.5 s, 3m 12s, 2h 05m, 4d 2h."""
+    if ms is None:
+        return "-"
+    if ms < 1000:
+        return f"{ms:.0f} ms"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h {minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d {hours}h"
+
+
+def _fmt_ago(ms: float, current_ms: t.Optional[float] = None) -> str:
+    if not ms:
+        return "-"
+    delta = (current_ms if current_ms is not None else now()) - ms
+    return f"{_fmt_span(delta)} ago" if delta >= 0 else f"in {_fmt_span(-delta)}"
+
+
+def _progress_bar(fraction: float, width: int = 20) -> str:
+    filled = round(max(0.0, min(fraction, 1.0)) * width)
+    return "[" + "#" * filled + "-" * (width - filled) + "]"
+
+
+def _table(
+    headers: Sequence[str], rows: Sequence[Sequence[object]], right: Iterable[int] = ()
+) -> str:
+    """Rows in aligned columns; the columns in ``right`` are aligned right."""
+    cells = [[_clean(cell, one_line=True) for cell in row] for row in rows]
+    widths = [max(len(str(c)) for c in column) for column in zip(headers, *cells)]
+    numeric = set(right)
+    lines = []
+    for row in [list(headers), *cells]:
+        parts = [
+            cell.rjust(width) if i in numeric else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths))
+        ]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def _job_json(job: Job) -> dict[str, t.Any]:
+    """Every field of a job, for ``--json`` and the page's API."""
+    data = {field.name: getattr(job, field.name) for field in dataclasses.fields(job)}
+    data["queue"] = job.queue.name if job.queue else None
+    data["status"] = job.status.value
+    data["id"] = job.id if job.queue else None
+    kinds = ["start", "process", "total"]
+    if job.status in (Status.ACTIVE, Status.ABORTING):
+        kinds.append("running")
+    data["durations_ms"] = {kind: job.duration(kind) for kind in kinds}
+    return data
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def _format_overview(overview: dict[str, t.Any]) -> str:
+    current = now()
+    lines = [_clean(overview["path"])]
+    if not overview["queues"]:
+        return lines[0] + "\nno jobs or workers"
+    headers: tuple[str, ...] = ("QUEUE", "QUEUED", "SCHEDULED", "ACTIVE", "COMPLETE", "FAILED")
+    headers += ("ABORTED", "WORKERS")
+    kinds = ("queued", "scheduled", "active", "complete", "failed", "aborted", "workers")
+    rows = [[q["name"], *(q[kind] for kind in kinds)] for q in overview["queues"]]
+    lines.append(_table(headers, rows, right=range(1, 8)))
+    workers = overview["workers"]
+    lines.append(f"\n{len(workers)} live worker{'' if len(workers) == 1 else 's'}")
+    if workers:
+        headers = ("WORKER", "QUEUE", "HOST:PID", "BEAT", "UPTIME", "COMPLETE", "FAILED",
+                   "RETRIED", "ABORTED")  # fmt: skip
+        rows = []
+        for w in workers:
+            stats = w["stats"]
+            rows.append([
+                w["id"], w["queue"], f"{w['host']}:{w['pid']}", _fmt_ago(w["beat"] * 1000, current),
+                _fmt_span(stats.get("uptime")), stats.get("complete", 0), stats.get("failed", 0),
+                stats.get("retried", 0), stats.get("aborted", 0),
+            ])  # fmt: skip
+        lines.append(_table(headers, rows, right=range(5, 9)))
+    return "\n".join(lines)
+
+
+def _format_jobs(jobs: Sequence[Job], page: int, limit: int, more: bool) -> str:
+    if not jobs:
+        return "no jobs match" if page == 1 else f"no jobs on page {page}"
+    current = now()
+    headers = ("QUEUE", "KEY", "FUNCTION", "STATUS", "TRIES", "QUEUED", "TOOK", "ERROR")
+    rows = [
+        [
+            job.get_queue().name, job.key, job.function, job.status.value, job.attempts,
+            _fmt_ago(job.queued, current), _fmt_span(job.duration("process")),
+            _cut(_error_line(job.error), 60),
+        ]
+        for job in jobs
+    ]  # fmt: skip
+    first = (page - 1) * limit + 1
+    footer = f"page {page}: jobs {first}-{first + len(jobs) - 1}"
+    if more:
+        footer += f"; more with --page {page + 1}"
+    return _table(headers, rows, right=[4]) + "\n" + footer
+
+
+def _job_facts(job: Job) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """A job's settings and its times, as (label, text) pairs for people."""
+    current = now()
+    running = job.duration("running") if job.status in (Status.ACTIVE, Status.ABORTING) else None
+    ttl = {0: "keep", -1: "delete when finished"}.get(job.ttl, f"{job.ttl} s")
+    settings = [
+        ("id", job.id), ("function", job.function), ("queue", job.get_queue().name),
+        ("status", job.status.value), ("attempts", f"{job.attempts} of {job.retries}"),
+        ("priority", str(job.priority)), ("group key", job.group_key or "-"),
+        ("worker", job.worker_id or "-"),
+        ("timeout", f"{job.timeout} s" if job.timeout else "none"),
+        ("heartbeat", f"{job.heartbeat} s" if job.heartbeat else "off"), ("TTL", ttl),
+    ]  # fmt: skip
+    times = [
+        ("scheduled", _fmt_time(job.scheduled * 1000) if job.scheduled else "-"),
+        ("queued", f"{_fmt_time(job.queued)} ({_fmt_ago(job.queued, current)})"),
+        ("started", _fmt_time(job.started)), ("touched", _fmt_time(job.touched)),
+        ("completed", _fmt_time(job.completed)), ("waited", _fmt_span(job.duration("start"))),
+        ("ran", _fmt_span(job.duration("process") or running)),
+        ("total", _fmt_span(job.duration("total"))),
+    ]  # fmt: skip
+    return settings, times
+
+
+def _format_job(job: Job) -> str:
+    settings, times = _job_facts(job)
+    progress = ("progress", f"{_progress_bar(job.progress)} {job.progress * 100:.0f}%")
+    fields = [*settings[:5], progress, *settings[5:], *times]
+    width = max(len(name) for name, _ in fields)
+    lines = [
+        f"{name.lower().ljust(width)}  {_clean(value, one_line=True)}" for name, value in fields
+    ]
+    for name, value in (("kwargs", job.kwargs), ("result", job.result), ("meta", job.meta)):
+        if value not in (None, {}):
+            lines += [f"\n{name}:", _indent(_clean(_pretty(value)))]
+    if job.error:
+        lines += ["\nerror:", _indent(_clean(job.error.rstrip()))]
+    return "\n".join(lines)
+
+
+def _pretty(value: object) -> str:
+    return json.dumps(value, indent=2, default=str, ensure_ascii=False)
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())
+
+
+class _Progress:
+    """Progress of a long operation on stderr: a line rewritten in place on a
+    terminal, else a line at most every ``interval`` seconds (none for a short one).
+
+    Args:
+        label: what is done, e.g. ``"purge"``.
+        total: how many items there are (None = unknown).
+        enabled: False shows nothing (``--quiet``).
+    """
+
+    def __init__(
+        self,
+        label: str,
+        total: t.Optional[int] = None,
+        *,
+        enabled: bool = True,
+        stream: t.Optional[t.TextIO] = None,
+        interval: float = 1.0,
+    ) -> None:
+        self.label = label
+        self.total = total
+        self.enabled = enabled
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.interval = 0.1 if self.tty else interval
+        self._last = time.monotonic()
+        self._shown = False
+        self._text = ""
+
+    def update(self, done: int, detail: str = "") -> None:
+        """Show that ``done`` items are done (at most every ``interval`` seconds)."""
+        self._text = self._line(done, detail)
+        current = time.monotonic()
+        if not self.enabled or current - self._last < self.interval:
+            return
+        self._last = current
+        self._show()
+
+    def close(self) -> None:
+        """End the progress line (a last line if any was shown)."""
+        if self.enabled and self._shown:
+            self._show()
+            if self.tty:
+                self.stream.write("\n")
+                self.stream.flush()
+
+    def _line(self, done: int, detail: str) -> str:
+        if self.total:
+            fraction = done / self.total
+            text = f"{self.label}: {done}/{self.total} {_progress_bar(fraction)} {fraction:.0%}"
+        else:
+            text = f"{self.label}: {done}"
+        return f"{text} {detail}".rstrip()
+
+    def _show(self) -> None:
+        self._shown = True
+        if self.tty:
+            self.stream.write("\r\x1b[K" + self._text)
+        else:
+            self.stream.write(self._text + "\n")
+        self.stream.flush()
+
+
+# -- the commands --------------------------------------------------------------
+
+
+def _statuses(
+    values: t.Optional[list[str]], allowed: Sequence[str], default: Sequence[str]
+) -> tuple[str, ...]:
+    """Statuses from repeated or comma-separated ``--status`` options.
+
+    Raises:
+        _OpsError: a status is not one of ``allowed``.
+    """
+    if not values:
+        return tuple(default)
+    statuses = [s.strip().lower() for value in values for s in value.split(",") if s.strip()]
+    for status in statuses:
+        if status not in allowed:
+            raise _OpsError(f"Status {status!r} is not allowed here: use {', '.join(allowed)}")
+    return tuple(dict.fromkeys(statuses))
+
+
+def _parse_age(text: str) -> float:
+    """Seconds from ``90``, ``30s``, ``15m``, ``12h``, ``7d`` or ``2w``.
+
+    Raises:
+        _OpsError: another form.
+    """
+    value = text.strip().lower()
+    unit = value[-1:] if value[-1:] in _AGE_UNITS else "s"
+    number = value[:-1] if value[-1:] in _AGE_UNITS else value
+    try:
+        seconds = float(number) * _AGE_UNITS[unit]
+    except ValueError:
+        seconds = -1
+    if not 0 <= seconds < math.inf:  # also refuses nan
+        raise _OpsError(f"Age {text!r} is not valid: use a number with s, m, h, d or w, e.g. 7d")
+    return seconds
+
+
+def _run_on_store(target: str, action: Callable[[_Store], Awaitable[int]]) -> int:
+    store = _open_store(target)
+
+    async def run() -> int:
+        try:
+            return await action(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    async def action(store: _Store) -> int:
+        overview = await _overview(store, args.queue)
+        if args.queue and not overview["queues"]:
+            raise _OpsError(f"{store.path} has no queue named {args.queue!r}")
+        if args.json:
+            _print_json(overview)
+        else:
+            print(_format_overview(overview))
+        return 0
+
+    return _run_on_store(args.file, action)
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    if args.page < 1 or not 1 <= args.limit <= 1000:
+        raise _OpsError("--page must be >= 1 and --limit between 1 and 1000")
+    where = _JobFilter(args.queue, _statuses(args.status, _STATUS_NAMES, ()), args.function)
+
+    async def action(store: _Store) -> int:
+        offset = (args.page - 1) * args.limit
+        jobs, more = await _list_jobs(store, where, offset, args.limit)
+        if args.json:
+            _print_json({"jobs": [_job_json(job) for job in jobs], "page": args.page,
+                         "limit": args.limit, "more": more})  # fmt: skip
+        else:
+            print(_format_jobs(jobs, args.page, args.limit, more))
+        return 0
+
+    return _run_on_store(args.file, action)
+
+
+async def _one_job(store: _Store, ref: str, queue: t.Optional[str]) -> Job:
+    """The one job a key names.
+
+    Raises:
+        _OpsError: none, or several (in different queues) without ``--queue``.
+    """
+    jobs = await _find_jobs(store, ref, queue)
+    if not jobs:
+        where = f" in queue {queue!r}" if queue else ""
+        raise _OpsError(f"No job {ref!r}{where} in {store.path}")
+    if len(jobs) > 1:
+        names = ", ".join(sorted(job.get_queue().name for job in jobs))
+        raise _OpsError(f"Key {ref!r} is in several queues ({names}): add --queue")
+    return jobs[0]
+
+
+def _cmd_job(args: argparse.Namespace) -> int:
+    async def action(store: _Store) -> int:
+        job = await _one_job(store, args.key, args.queue)
+        if args.json:
+            _print_json(_job_json(job))
+        else:
+            print(_format_job(job))
+        return 0
+
+    return _run_on_store(args.file, action)
+
+
+def _cmd_change(args: argparse.Namespace) -> int:
+    """``retry`` and ``abort``: the keys given, or ``--all`` the filter matches."""
+    retry = args.command == "retry"
+    allowed = _RETRYABLE if retry else _ABORTABLE
+    if bool(args.keys) == bool(args.all):
+        raise _OpsError("Name the jobs by key, or give --all (with --queue, --status, --function)")
+    if args.keys and (args.status or args.function):
+        raise _OpsError("--status and --function select jobs with --all; drop them or the keys")
+    where = _JobFilter(args.queue, _statuses(args.status, allowed, allowed), args.function)
+    error = args.error or f"{'retried' if retry else 'aborted'} by saqlite {args.command}"
+    change = _retry_job if retry else _abort_job
+    verb = "retried" if retry else "aborted"
+
+    async def action(store: _Store) -> int:
+        done: list[Job] = []
+        skipped: list[Job] = []
+        missing: list[str] = []
+        if args.keys:
+            for ref in args.keys:
+                try:
+                    job = await _one_job(store, ref, args.queue)
+                except _OpsError as exc:
+                    print(f"saqlite {args.command}: {exc}", file=sys.stderr)
+                    missing.append(ref)
+                    continue
+                (done if await change(job, error) else skipped).append(job)
+        else:
+            progress = _Progress(f"{args.command}", await _count_jobs(store, where),
+                                 enabled=not args.quiet)  # fmt: skip
+            async for batch in _matching_jobs(store, where):
+                results = await asyncio.gather(*(change(job, error) for job in batch))
+                for job, ok in zip(batch, results):
+                    (done if ok else skipped).append(job)
+                progress.update(len(done) + len(skipped))
+            progress.close()
+        if args.json:
+            _print_json({
+                verb: [{"queue": j.get_queue().name, "key": j.key, "status": j.status.value}
+                       for j in done],
+                "skipped": [{"queue": j.get_queue().name, "key": j.key, "status": j.status.value}
+                            for j in skipped],
+                "missing": missing,
+            })  # fmt: skip
+        else:
+            if args.keys:
+                for job in done:
+                    print(
+                        f"{verb} {_clean(job.get_queue().name)} {_clean(job.key)}: now {job.status}"
+                    )
+            for job in skipped:
+                print(
+                    f"skipped {_clean(job.get_queue().name)} {_clean(job.key)}: it is "
+                    f"{job.status}; only {' or '.join(allowed)} jobs can be {verb}",
+                    file=sys.stderr,
+                )
+            print(f"{verb} {len(done)} job{'' if len(done) == 1 else 's'}")
+        return 1 if missing or (args.keys and skipped) else 0
+
+    return _run_on_store(args.file, action)
+
+
+def _cmd_purge(args: argparse.Namespace) -> int:
+    age = _parse_age(args.older_than)
+    where = _JobFilter(args.queue, _statuses(args.status, _FINISHED, _FINISHED), args.function)
+    before_ms = int((time.time() - age) * 1000)
+
+    async def action(store: _Store) -> int:
+        if args.dry_run:
+            condition, params = where.where()
+            sql = _SQL_OPS_COUNT_OLD_JOBS.format(where=condition)
+            count = int((await store.fetch(sql, {**params, "before": before_ms}))[0][0])
+        else:
+            progress = _Progress("purge", enabled=not args.quiet)
+            count = await _purge(store, where, before_ms, progress)
+            progress.close()
+        if args.json:
+            _print_json({"purged": 0 if args.dry_run else count, "matched": count,
+                         "dry_run": args.dry_run})  # fmt: skip
+        else:
+            would = "would delete" if args.dry_run else "deleted"
+            statuses = "/".join(where.statuses)
+            print(f"{would} {count} {statuses} job{'' if count == 1 else 's'} finished before "
+                  f"{_fmt_time(before_ms)}")  # fmt: skip
+        return 0
+
+    return _run_on_store(args.file, action)
+
+
+def _cmd_burst(args: argparse.Namespace) -> int:
+    """Run a worker in burst mode; exit 1 if any job failed or was aborted."""
+    _configure_logging(-1 if args.quiet else args.verbose)
+    settings = _import_settings(args.settings)
+    queue = _settings_queue(settings)
+    settings.pop("queue", None)
+    settings["burst"] = True
+    settings["dequeue_timeout"] = args.wait
+    if args.max_jobs is not None:
+        settings["max_burst_jobs"] = args.max_jobs
+    worker = Worker(queue, **settings)
+    progress = _Progress("burst", enabled=not args.quiet)
+
+    def detail() -> tuple[int, str]:
+        done = queue.complete + queue.failed + queue.aborted
+        return done, (f"jobs ({queue.complete} complete, {queue.failed} failed, "
+                      f"{queue.aborted} aborted, {queue.retried} retried)")  # fmt: skip
+
+    async def watch() -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            progress.update(*detail())
+
+    async def run() -> list[t.Any]:
+        watcher = asyncio.create_task(watch())
+        try:
+            await worker.start()
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+        try:
+            params = {"queue": queue.name, "worker_id": worker.id}
+            return await queue._fetch(_SQL_OPS_WORKER_FAILURES, params)
+        finally:
+            await queue.disconnect()
+
+    started = time.monotonic()
+    failures = asyncio.run(run())
+    progress.update(*detail())
+    progress.close()
+    seconds = time.monotonic() - started
+    done = queue.complete + queue.failed + queue.aborted
+    ok = not (queue.failed or queue.aborted)
+    if args.json:
+        _print_json({
+            "jobs": done, "complete": queue.complete, "failed": queue.failed,
+            "aborted": queue.aborted, "retried": queue.retried, "seconds": round(seconds, 3),
+            "failures": [{"key": k, "status": s, "error": e} for k, s, e in failures],
+        })  # fmt: skip
+    else:
+        for key, status, error in failures[:20]:
+            print(f"{status} {_clean(key)}: {_error_line(error)}", file=sys.stderr)
+        if len(failures) > 20:
+            print(f"... and {len(failures) - 20} more", file=sys.stderr)
+        print(
+            f"burst {'ok' if ok else 'FAILED'}: {done} job{'' if done == 1 else 's'} in "
+            f"{seconds:.2f} s: {queue.complete} complete, {queue.failed} failed, "
+            f"{queue.aborted} aborted, {queue.retried} retried"
+        )
+    return 0 if ok else 1
+
+
+def _cmd_web(args: argparse.Namespace) -> int:
+    stores = [_open_store(target) for target in args.files]
+    app = web_app([store.path for store in stores], refresh_s=args.refresh)
+
+    async def run() -> None:
+        try:
+            await _serve_web(app, args.host, args.port)
+        finally:
+            await app.close()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+    return 0
+
+
+def _ops_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="saqlite", description="Operate saqlite queues.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help: str, run: Callable[[argparse.Namespace], int]) -> t.Any:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.set_defaults(run=run)
+        if name != "burst":
+            sub.add_argument("file", metavar="FILE", help="saqlite database path or sqlite:/// URL")
+        if name != "web":
+            sub.add_argument("--json", action="store_true", help="print JSON for scripts")
+        return sub
+
+    def filters(sub: t.Any, statuses: Sequence[str]) -> None:
+        sub.add_argument("--queue", help="only this queue")
+        sub.add_argument(
+            "--status",
+            action="append",
+            metavar="STATUS",
+            help=f"only these statuses, comma-separated ({', '.join(statuses)})",
+        )
+        sub.add_argument("--function", help="only jobs of this function")  # fmt: skip
+
+    sub = command("info", "Queues with their job counts, and the live workers.", _cmd_info)
+    sub.add_argument("--queue", help="only this queue")
+    sub = command("jobs", "Jobs, newest first, a page at a time.", _cmd_jobs)
+    filters(sub, _STATUS_NAMES)
+    sub.add_argument("--limit", type=int, default=20, help="jobs per page (default 20)")
+    sub.add_argument("--page", type=int, default=1, help="page number, from 1")
+    sub = command("job", "One job in full.", _cmd_job)
+    sub.add_argument("key", help="the job's key (or its id, saqlite:job:QUEUE:KEY)")
+    sub.add_argument("--queue", help="the job's queue, when the key is in several")
+    for name, help, statuses in (
+        ("retry", "Put failed or aborted jobs back in the queue, due at once.", _RETRYABLE),
+        ("abort", "Abort waiting or running jobs.", _ABORTABLE),
+    ):
+        sub = command(name, help, _cmd_change)
+        sub.add_argument("keys", nargs="*", metavar="KEY", help="the jobs' keys")
+        sub.add_argument("--all", action="store_true", help="every job the filters match")
+        filters(sub, statuses)
+        sub.add_argument("--error", help="the error to store (default: who did it)")
+        sub.add_argument("-q", "--quiet", action="store_true", help="no progress")
+    sub = command("purge", "Delete finished jobs that finished longer ago than an age.", _cmd_purge)
+    sub.add_argument("--older-than", required=True, metavar="AGE",
+                     help="e.g. 30s, 15m, 12h, 7d, 2w (0 = all)")  # fmt: skip
+    filters(sub, _FINISHED)
+    sub.add_argument("--dry-run", action="store_true", help="only count them")
+    sub.add_argument("-q", "--quiet", action="store_true", help="no progress")
+    sub = command(
+        "burst", "Run the queued jobs with a settings dict's worker, then stop; exit 1 if "
+        "any failed or was aborted (for CI).", _cmd_burst,
+    )  # fmt: skip
+    sub.add_argument("settings", help="module.attribute naming a dict of Worker arguments")
+    sub.add_argument("--max-jobs", type=int, help="stop after this many jobs")
+    sub.add_argument("--wait", type=float, default=1.0,
+                     help="seconds to wait for a new job before stopping (default 1)")  # fmt: skip
+    sub.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
+    sub.add_argument("-q", "--quiet", action="store_true", help="no progress, log only errors")
+    sub = command("web", "Serve the monitoring page for saqlite files.", _cmd_web)
+    sub.add_argument("files", nargs="*", metavar="FILE", help="more files to show")
+    sub.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    sub.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 = any free)")
+    sub.add_argument("--refresh", type=float, default=3.0, help="seconds between refreshes")
+    return parser
+
+
+def _ops_main(argv: list[str]) -> t.Optional[int]:
+    """Run an operations command; None when ``argv`` is not one (then it names settings).
+
+    Returns:
+        The exit code: 0 ok, 1 failed (a job missing, a burst with failures ...).
+    """
+    if not argv or argv[0] not in _OPS_COMMANDS:
+        return None
+    args = _ops_parser().parse_args(argv)
+    if args.command == "web":
+        args.files = [args.file, *args.files]
+    try:
+        return int(args.run(args))
+    except (_OpsError, StorageError) as exc:
+        print(f"saqlite {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+# =============================================================================
+# Web page
+# =============================================================================
+
+if t.TYPE_CHECKING:
+    _ASGIMessage = t.MutableMapping[str, t.Any]
+    _ASGIReceive = Callable[[], Awaitable[_ASGIMessage]]
+    _ASGISend = Callable[[_ASGIMessage], Awaitable[None]]
+
+_WEB_PAGE_SIZE = 20
+_WEB_MAX_BODY = 64 * 1024
+_HTTP_READ_TIMEOUT_S = 30.0
+_HTTP_MAX_HEADERS = 100
+_WEB_NOTICES = {
+    "retried": "The job is back in the queue.",
+    "aborted": "The job was aborted (a running one stops when its worker sees it).",
+    "not-retried": "Only failed or aborted jobs can be retried.",
+    "not-aborted": "Only waiting or running jobs can be aborted.",
+}
+
+_WEB_CSS = """
+body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#1d2433;background:#f6f7f9}
+header{display:flex;gap:1.2em;align-items:center;padding:.6em 1.2em;background:#1d2433;color:#fff}
+header a{color:#fff;text-decoration:none}header .brand{font-weight:700;font-size:1.1em}
+header label{margin-left:auto;font-size:.9em}
+main{padding:1em 1.2em;max-width:1200px}
+h2{font-size:1.15em;margin:1.2em 0 .5em}h2:first-child{margin-top:0}
+table{border-collapse:collapse;background:#fff;width:100%;margin-bottom:1em}
+th,td{text-align:left;padding:.35em .6em;border-bottom:1px solid #e3e6eb;vertical-align:top}
+th{background:#eef0f4;font-weight:600}td.n,th.n{text-align:right}
+pre{background:#fff;border:1px solid #e3e6eb;padding:.7em;overflow:auto;white-space:pre-wrap}
+pre.error{border-color:#e4a2a2;background:#fff5f5}
+.status{padding:.05em .45em;border-radius:.6em;font-size:.85em;background:#e3e6eb}
+.status.complete{background:#d3f2dc}.status.failed{background:#f8d4d4}
+.status.aborted,.status.aborting{background:#f7e5c8}.status.active{background:#d6e6fb}
+.notice{padding:.5em .8em;background:#fff8d8;border:1px solid #eedc82;margin-bottom:1em}
+.muted{color:#6a7385}.err{color:#a12b2b}
+form.inline{display:inline}button{cursor:pointer;padding:.3em .9em}
+form.filters{display:flex;gap:.6em;align-items:end;margin-bottom:.8em;flex-wrap:wrap}
+progress{width:16em}.paging{display:flex;gap:1em}
+div.facts{display:flex;gap:1em;flex-wrap:wrap;align-items:flex-start}
+table.facts{width:auto;flex:1;min-width:24em}table.facts th{width:8em}
+"""
+
+# Refreshes <main> in place every few seconds while the page is open and the box
+# is ticked; keeps the URL (so the filters), and waits while a field has focus.
+_WEB_JS = """
+(function () {
+  var box = document.getElementById("auto-refresh");
+  var saved = sessionStorage.getItem("saqlite-auto-refresh");
+  if (saved !== null) box.checked = saved === "1";
+  box.addEventListener("change", function () {
+    sessionStorage.setItem("saqlite-auto-refresh", box.checked ? "1" : "0");
+  });
+  setInterval(function () {
+    var main = document.getElementById("main"), active = document.activeElement;
+    if (!box.checked || document.hidden) return;
+    if (active && main.contains(active) && /INPUT|SELECT|TEXTAREA/.test(active.tagName)) return;
+    fetch(location.href, {cache: "no-store", credentials: "same-origin"})
+      .then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (text) {
+        if (!text) return;
+        var fresh = new DOMParser().parseFromString(text, "text/html").getElementById("main");
+        if (fresh) document.getElementById("main").replaceWith(fresh);
+      })
+      .catch(function () {});
+  }, REFRESH_MS);
+})();
+"""
+
+
+def _e(value: object) -> str:
+    """A value as HTML text (attribute-safe)."""
+    return html.escape(str(value), quote=True)
+
+
+@dataclasses.dataclass
+class _WebRequest:
+    """An HTTP request as the page sees it."""
+
+    method: str
+    path: str  # below the mount point
+    base: str  # the mount point (ASGI root_path), "" at the root
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+
+    def form(self) -> dict[str, str]:
+        pairs = urllib.parse.parse_qsl(self.body.decode("utf-8", "replace"))
+        return dict(pairs)
+
+
+@dataclasses.dataclass
+class _WebResponse:
+    status: int
+    body: bytes
+    content_type: str = "text/html; charset=utf-8"
+    headers: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+
+class _WebApp:
+    """The monitoring page as an ASGI application: see ``web_app``."""
+
+    def __init__(
+        self,
+        stores: list[_Store],
+        auth_user: str,
+        auth_password: t.Optional[str],
+        refresh_s: float,
+    ) -> None:
+        self.stores = stores
+        self.auth_user = auth_user
+        self.auth_password = auth_password
+        self.refresh_s = refresh_s
+        self._routes: dict[tuple[str, str], Callable[[_WebRequest, str], Awaitable[_WebResponse]]]
+        self._routes = {
+            ("GET", "/"): self._overview_page,
+            ("GET", "/jobs"): self._jobs_page,
+            ("GET", "/job"): self._job_page,
+            ("POST", "/retry"): self._change,
+            ("POST", "/abort"): self._change,
+            ("GET", "/api/queues"): self._api_queues,
+            ("GET", "/api/jobs"): self._api_jobs,
+            ("GET", "/api/job"): self._api_job,
+        }
+
+    async def __call__(self, scope: _ASGIMessage, receive: _ASGIReceive, send: _ASGISend) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            raise ValueError(f"The saqlite page serves HTTP only, not {scope['type']!r}")
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body") or len(body) > _WEB_MAX_BODY:
+                break
+        base = scope.get("root_path", "").rstrip("/")
+        path = scope["path"]
+        if base and path.startswith(base):  # servers that keep the mount in the path
+            path = path[len(base) :]
+        request = _WebRequest(
+            method=scope["method"],
+            path=path or "/",
+            base=base,
+            query=dict(urllib.parse.parse_qsl(scope.get("query_string", b"").decode("latin-1"))),
+            headers={k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]},
+            body=body,
+        )
+        if len(body) > _WEB_MAX_BODY:
+            response = _WebResponse(413, b"Request body too large", "text/plain")
+        else:
+            response = await self.handle(request)
+        headers = [("content-type", response.content_type),
+                         ("content-length", str(len(response.body))),
+                         ("x-content-type-options", "nosniff"),
+                         ("referrer-policy", "same-origin"),
+                         ("cache-control", "no-store"), *response.headers]  # fmt: skip
+        await send({
+            "type": "http.response.start",
+            "status": response.status,
+            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+        })  # fmt: skip
+        await send({
+            "type": "http.response.body",
+            "body": b"" if request.method == "HEAD" else response.body,
+        })  # fmt: skip
+
+    async def _lifespan(self, receive: _ASGIReceive, send: _ASGISend) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def close(self) -> None:
+        """Close the files' connections (the app opens them again if used)."""
+        for store in self.stores:
+            await store.close()
+
+    async def handle(self, request: _WebRequest) -> _WebResponse:
+        """The response to one request."""
+        if not self._authorised(request):
+            challenge = 'Basic realm="saqlite", charset="UTF-8"'
+            return _WebResponse(
+                401, b"Authentication required", "text/plain", [("www-authenticate", challenge)]
+            )
+        method = "GET" if request.method == "HEAD" else request.method
+        handler = self._routes.get((method, request.path))
+        if handler is None:
+            allowed = [m for m, path in self._routes if path == request.path]
+            if allowed:
+                return _WebResponse(405, b"Method not allowed", "text/plain",
+                                    [("allow", ", ".join(allowed))])  # fmt: skip
+            return self._error_page(request, 404, "No such page.")
+        if method == "POST" and not _same_origin(request):
+            return _WebResponse(403, b"Cross-site request refused", "text/plain")
+        nonce = secrets.token_urlsafe(12)
+        try:
+            response = await handler(request, nonce)
+        except _WebError as exc:
+            return self._error_page(request, exc.status, str(exc))
+        except StorageError as exc:
+            return self._error_page(request, 503, str(exc))
+        if response.content_type.startswith("text/html"):
+            response.headers.append(("content-security-policy", _csp(nonce)))
+        return response
+
+    def _authorised(self, request: _WebRequest) -> bool:
+        if not self.auth_password:
+            return True
+        kind, _, encoded = request.headers.get("authorization", "").partition(" ")
+        if kind.lower() != "basic":
+            return False
+        try:
+            user, _, password = base64.b64decode(encoded).decode("utf-8").partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return False
+        return hmac.compare_digest(user.encode(), self.auth_user.encode()) & hmac.compare_digest(
+            password.encode(), self.auth_password.encode()
+        )
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _store(self, request: _WebRequest, params: t.Optional[dict[str, str]] = None) -> _Store:
+        value = (params or request.query).get("db", "0")
+        if not value.isdigit() or int(value) >= len(self.stores):
+            raise _WebError(404, f"No saqlite file number {value}.")
+        return self.stores[int(value)]
+
+    def _url(self, request: _WebRequest, path: str, **params: object) -> str:
+        """A link below the mount point; parameters that are None, "" or db=0 are left out."""
+        kept = {k: str(v) for k, v in params.items() if v not in (None, "")}
+        if kept.get("db") == "0":
+            del kept["db"]
+        return request.base + path + ("?" + urllib.parse.urlencode(kept) if kept else "")
+
+    def _render(self, request: _WebRequest, nonce: str, title: str, body: str) -> _WebResponse:
+        script = _WEB_JS.replace("REFRESH_MS", str(int(self.refresh_s * 1000)))
+        page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_e(title)} - saqlite</title><style nonce="{_e(nonce)}">{_WEB_CSS}</style></head>
+<body><header><a class="brand" href="{_e(self._url(request, "/"))}">saqlite</a>
+<a href="{_e(self._url(request, "/"))}">Queues</a>
+<a href="{_e(self._url(request, "/jobs"))}">Jobs</a>
+<a href="{_e(self._url(request, "/jobs", status="failed"))}">Failed</a>
+<label title="every {self.refresh_s:g} s"><input type="checkbox" id="auto-refresh" checked>
+auto-refresh</label>
+</header>
+<main id="main">{body}</main>
+<script nonce="{_e(nonce)}">{script}</script></body></html>"""
+        return _WebResponse(200, page.encode("utf-8"))
+
+    def _error_page(self, request: _WebRequest, status: int, message: str) -> _WebResponse:
+        if request.path.startswith("/api/"):
+            return _json_response({"error": message}, status)
+        nonce = secrets.token_urlsafe(12)
+        phrase = http.HTTPStatus(status).phrase
+        body = f'<h2>{status} {_e(phrase)}</h2><p class="err">{_e(message)}</p>'
+        response = self._render(request, nonce, "Error", body)
+        response.status = status
+        response.headers.append(("content-security-policy", _csp(nonce)))
+        return response
+
+    def _filter(self, request: _WebRequest) -> tuple[_JobFilter, int, int]:
+        query = request.query
+        try:
+            page = max(int(query.get("page", "1")), 1)
+            limit = min(max(int(query.get("limit", str(_WEB_PAGE_SIZE))), 1), 500)
+            chosen = [query["status"]] if query.get("status") else None
+            statuses = _statuses(chosen, _STATUS_NAMES, ())
+        except (ValueError, _OpsError) as exc:
+            raise _WebError(400, f"Bad filter: {exc}") from None
+        where = _JobFilter(query.get("queue") or None, statuses, query.get("function") or None)
+        return where, page, limit
+
+    async def _job(self, request: _WebRequest, params: dict[str, str]) -> Job:
+        store = self._store(request, params)
+        queue, key = params.get("queue", ""), params.get("key", "")
+        jobs = await _find_jobs(store, key, queue) if queue and key else []
+        if not jobs:
+            raise _WebError(404, f"No job {key!r} in queue {queue!r}: it may have expired.")
+        return jobs[0]
+
+    # -- pages -------------------------------------------------------------------
+
+    async def _overview_page(self, request: _WebRequest, nonce: str) -> _WebResponse:
+        parts = []
+        for db, store in enumerate(self.stores):
+            overview = await _overview(store)
+            parts.append(self._overview_html(request, db, overview))
+        return self._render(request, nonce, "Queues", "".join(parts))
+
+    def _overview_html(self, request: _WebRequest, db: int, overview: dict[str, t.Any]) -> str:
+        current = now()
+        rows = []
+        for q in overview["queues"]:
+            cells = [f'<td><a href="{_e(self._url(request, "/jobs", db=db, queue=q["name"]))}">'
+                     f'{_e(q["name"])}</a></td>']  # fmt: skip
+            for kind, status in (("queued", "queued"), ("scheduled", "queued"),
+                                 ("active", "active,aborting"), ("complete", "complete"),
+                                 ("failed", "failed"), ("aborted", "aborted")):  # fmt: skip
+                url = self._url(request, "/jobs", db=db, queue=q["name"], status=status)
+                cells.append(f'<td class="n"><a href="{_e(url)}">{_e(q[kind])}</a></td>')
+            cells.append(f'<td class="n">{_e(q["workers"])}</td>')
+            rows.append("<tr>" + "".join(cells) + "</tr>")
+        if not rows:
+            rows.append('<tr><td colspan="8" class="muted">No jobs or workers yet.</td></tr>')
+        workers = []
+        for w in overview["workers"]:
+            stats = w["stats"]
+            metadata = _pretty(w["metadata"]) if w["metadata"] else ""
+            workers.append(
+                f"<tr><td>{_e(w['id'])}</td><td>{_e(w['queue'])}</td>"
+                f"<td>{_e(w['host'])}:{_e(w['pid'])}</td>"
+                f"<td>{_e(_fmt_ago(w['beat'] * 1000, current))}</td>"
+                f"<td class=n>{_e(_fmt_span(stats.get('uptime')))}</td>"
+                + "".join(f"<td class=n>{_e(stats.get(k, 0))}</td>"
+                          for k in ("complete", "failed", "retried", "aborted"))
+                + f"<td><code>{_e(metadata)}</code></td></tr>"
+            )  # fmt: skip
+        if not workers:
+            workers.append('<tr><td colspan="10" class="muted">No live worker.</td></tr>')
+        return f"""<h2>Queues <span class="muted">{_e(overview["path"])}</span></h2>
+<table id="queues"><tr><th>Queue</th><th class="n">Queued</th><th class="n">Scheduled</th>
+<th class="n">Active</th><th class="n">Complete</th><th class="n">Failed</th>
+<th class="n">Aborted</th><th class="n">Workers</th></tr>{"".join(rows)}</table>
+<h2>Workers</h2>
+<table id="workers"><tr><th>Worker</th><th>Queue</th><th>Host:pid</th><th>Last beat</th>
+<th class="n">Uptime</th><th class="n">Complete</th><th class="n">Failed</th>
+<th class="n">Retried</th><th class="n">Aborted</th><th>Metadata</th></tr>
+{"".join(workers)}</table>"""
+
+    async def _jobs_page(self, request: _WebRequest, nonce: str) -> _WebResponse:
+        store = self._store(request)
+        db = self.stores.index(store)
+        where, page, limit = self._filter(request)
+        jobs, more = await _list_jobs(store, where, (page - 1) * limit, limit)
+        names = [name for (name,) in await store.fetch(_SQL_OPS_QUEUE_NAMES)]
+        current = now()
+
+        def options(values: Iterable[str], chosen: t.Optional[str], everything: str) -> str:
+            items = [f'<option value="">{_e(everything)}</option>']
+            for value in values:
+                selected = " selected" if value == chosen else ""
+                items.append(f'<option value="{_e(value)}"{selected}>{_e(value)}</option>')
+            return "".join(items)
+
+        status = request.query.get("status", "")
+        status_values = list(_STATUS_NAMES) + (
+            [status] if status and status not in _STATUS_NAMES else []
+        )
+        rows = []
+        for job in jobs:
+            url = self._url(request, "/job", db=db, queue=job.get_queue().name, key=job.key)
+            rows.append(
+                f'<tr><td>{_e(job.get_queue().name)}</td><td><a href="{_e(url)}">{_e(job.key)}</a>'
+                f"</td><td>{_e(job.function)}</td>"
+                f"<td>{_status_html(job.status)}</td>"
+                f'<td class="n">{_e(job.attempts)}</td>'
+                f"<td>{_e(_fmt_ago(job.queued, current))}</td>"
+                f'<td class="n">{_e(_fmt_span(job.duration("process")))}</td>'
+                f'<td class="err">{_e(_cut(_error_line(job.error), 90))}</td></tr>'
+            )
+        if not rows:
+            rows.append('<tr><td colspan="8" class="muted">No jobs match.</td></tr>')
+        paging = []
+        params = {"db": db, "queue": where.queue, "status": status, "function": where.function}
+        if page > 1:
+            url = self._url(request, "/jobs", **params, page=page - 1)
+            paging.append(f'<a href="{_e(url)}" rel="prev">&larr; Newer</a>')
+        paging.append(f"<span>Page {page}</span>")
+        if more:
+            url = self._url(request, "/jobs", **params, page=page + 1)
+            paging.append(f'<a href="{_e(url)}" rel="next">Older &rarr;</a>')
+        db_field = f'<input type="hidden" name="db" value="{db}">' if db else ""
+        body = f"""<h2>Jobs</h2>
+<form class="filters" method="get" action="{_e(self._url(request, "/jobs"))}">{db_field}
+<label>Queue<br><select name="queue">{options(names, where.queue, "all queues")}</select></label>
+<label>Status<br><select name="status">{options(status_values, status, "any status")}
+</select></label>
+<label>Function<br><input name="function" value="{_e(where.function or "")}"></label>
+<button type="submit">Filter</button></form>
+<table id="jobs"><tr><th>Queue</th><th>Key</th><th>Function</th><th>Status</th>
+<th class="n">Tries</th><th>Queued</th><th class="n">Took</th><th>Error</th></tr>
+{"".join(rows)}</table><div class="paging">{"".join(paging)}</div>"""
+        return self._render(request, nonce, "Jobs", body)
+
+    async def _job_page(self, request: _WebRequest, nonce: str) -> _WebResponse:
+        job = await self._job(request, request.query)
+        db = self.stores.index(self._store(request))
+        notice = _WEB_NOTICES.get(request.query.get("done", ""))
+        actions = []
+        for action, label, statuses in (
+            ("retry", "Retry", _RETRYABLE),
+            ("abort", "Abort", _ABORTABLE),
+        ):
+            if job.status.value in statuses:
+                actions.append(
+                    f'<form class="inline" method="post" '
+                    f'action="{_e(self._url(request, "/" + action))}">'
+                    f'<input type="hidden" name="db" value="{db}">'
+                    f'<input type="hidden" name="queue" value="{_e(job.get_queue().name)}">'
+                    f'<input type="hidden" name="key" value="{_e(job.key)}">'
+                    f'<button type="submit" id="{action}">{label}</button></form> '
+                )
+        tables = "".join(
+            f'<table class="facts" id="{name}">'
+            + "".join(
+                f"<tr><th>{_e(label[:1].upper() + label[1:])}</th><td>{_e(text)}</td></tr>"
+                for label, text in facts
+            )
+            + "</table>"
+            for name, facts in zip(("job", "times"), _job_facts(job))
+        )
+        sections = []
+        for name, value in (("Kwargs", job.kwargs), ("Result", job.result), ("Meta", job.meta)):
+            if value not in (None, {}):
+                sections.append(
+                    f'<h2>{name}</h2><pre class="{name.lower()}">{_e(_pretty(value))}</pre>'
+                )
+        if job.error:
+            sections.append(f'<h2>Error</h2><pre class="error">{_e(job.error)}</pre>')
+        progress = max(0.0, min(float(job.progress or 0), 1.0))
+        body = f"""{f'<p class="notice">{_e(notice)}</p>' if notice else ""}
+<h2>Job {_e(job.key)} {_status_html(job.status, "status")}</h2>
+<p>{"".join(actions)}</p>
+<p>Progress <progress max="1" value="{progress:.4f}"></progress> {progress * 100:.0f}%</p>
+<div class="facts">{tables}</div>{"".join(sections)}"""
+        return self._render(request, nonce, f"Job {job.key}", body)
+
+    async def _change(self, request: _WebRequest, nonce: str) -> _WebResponse:
+        params = request.form()
+        job = await self._job(request, params)
+        if request.path == "/retry":
+            done = (
+                "retried" if await _retry_job(job, "retried from the web page") else "not-retried"
+            )
+        else:
+            done = (
+                "aborted" if await _abort_job(job, "aborted from the web page") else "not-aborted"
+            )
+        url = self._url(request, "/job", db=params.get("db", "0"), queue=job.get_queue().name,
+                        key=job.key, done=done)  # fmt: skip
+        return _WebResponse(303, b"", "text/plain", [("location", url)])
+
+    # -- JSON ---------------------------------------------------------------------
+
+    async def _api_queues(self, request: _WebRequest, nonce: str) -> _WebResponse:
+        queues, workers = [], []
+        for db, store in enumerate(self.stores):
+            overview = await _overview(store)
+            queues += [{"db": db, "path": store.path, **q} for q in overview["queues"]]
+            workers += [{"db": db, **w} for w in overview["workers"]]
+        return _json_response({"queues": queues, "workers": workers})
+
+    async def _api_jobs(self, request: _WebRequest, nonce: str) -> _WebResponse:
+        where, page, limit = self._filter(request)
+        jobs, more = await _list_jobs(self._store(request), where, (page - 1) * limit, limit)
+        return _json_response({"jobs": [_job_json(job) for job in jobs], "page": page,
+                               "limit": limit, "more": more})  # fmt: skip
+
+    async def _api_job(self, request: _WebRequest, nonce: str) -> _WebResponse:
+        return _json_response(_job_json(await self._job(request, request.query)))
+
+
+class _WebError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _status_html(status: Status, id: str = "") -> str:
+    """A status as a coloured badge."""
+    id_attribute = f' id="{_e(id)}"' if id else ""
+    return f'<span class="status {_e(status.value)}"{id_attribute}>{_e(status.value)}</span>'
+
+
+def _json_response(value: object, status: int = 200) -> _WebResponse:
+    body = json.dumps(value, default=str).encode("utf-8")
+    return _WebResponse(status, body, "application/json")
+
+
+def _csp(nonce: str) -> str:
+    """Only this page's own style and script run, whatever a job's values hold."""
+    return (
+        f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+        "connect-src 'self'; form-action 'self'; img-src 'self' data:; "
+        "base-uri 'none'; frame-ancestors 'none'"
+    )
+
+
+def _same_origin(request: _WebRequest) -> bool:
+    """Whether a POST comes from this page (a cross-site form is refused)."""
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        return False
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    hosts = (request.headers.get("host"), request.headers.get("x-forwarded-host"))
+    return urllib.parse.urlsplit(origin).netloc in hosts
+
+
+def web_app(
+    sources: t.Union[str, Queue, Sequence[t.Union[str, Queue]]],
+    *,
+    auth_user: t.Optional[str] = None,
+    auth_password: t.Optional[str] = None,
+    refresh_s: float = 3.0,
+) -> _WebApp:
+    """The monitoring page as an ASGI application, to serve or to mount in Starlette
+    or FastAPI (``app.mount("/saqlite", web_app("jobs.db"))``).
+
+    Args:
+        sources: saqlite files (paths or ``sqlite:///`` URLs) or Queues; every queue
+            in their files is shown (a Queue's ``dump``/``load`` are used for its name).
+        auth_user: the basic-auth user (default: env ``AUTH_USER``, else ``admin``).
+        auth_password: with one (default: env ``AUTH_PASSWORD``) every request needs it.
+        refresh_s: seconds between refreshes of an open page.
+
+    The app closes its connections on ASGI lifespan shutdown; where it gets none (a
+    mounted app), ``await app.close()`` on shutdown.
+    """
+    items = [sources] if isinstance(sources, (str, Queue)) else list(sources)
+    by_path: dict[str, list[Queue]] = {}
+    for item in items:
+        queue = item if isinstance(item, Queue) else None
+        path = item.path if isinstance(item, Queue) else (
+            Queue.from_url(item).path if item.startswith("sqlite:") else item)  # fmt: skip
+        queues = by_path.setdefault(os.path.abspath(path), [])
+        if queue is not None:
+            queues.append(queue)
+    stores = [_Store(path, queues) for path, queues in by_path.items()]
+    return _WebApp(
+        stores,
+        auth_user if auth_user is not None else os.environ.get("AUTH_USER", "admin"),
+        auth_password if auth_password is not None else os.environ.get("AUTH_PASSWORD"),
+        refresh_s,
+    )
+
+
+# -- a small HTTP/1.1 server on asyncio, for the ASGI app ---------------------
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+async def _read_request(
+    reader: asyncio.StreamReader,
+) -> tuple[str, str, list[tuple[bytes, bytes]], bytes]:
+    """Method, target, headers and body of one request.
+
+    Raises:
+        _BadRequest: a malformed or too large request.
+        asyncio.IncompleteReadError: the client went away.
+    """
+    line = await reader.readuntil(b"\r\n")
+    parts = line.decode("latin-1").split()
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise _BadRequest(400)
+    method, target, _version = parts
+    headers: list[tuple[bytes, bytes]] = []
+    while True:
+        line = await reader.readuntil(b"\r\n")
+        if line == b"\r\n":
+            break
+        name, sep, value = line.partition(b":")
+        if not sep or len(headers) >= _HTTP_MAX_HEADERS:
+            raise _BadRequest(400)
+        headers.append((name.strip().lower(), value.strip()))
+    length = next((value for name, value in headers if name == b"content-length"), b"0")
+    if not length.isdigit():
+        raise _BadRequest(400)
+    if int(length) > _WEB_MAX_BODY:
+        raise _BadRequest(413)
+    body = await reader.readexactly(int(length))
+    return method, target, headers, body
+
+
+async def _handle_http(
+    app: _WebApp, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """Serve one request on a connection (then close it), through the ASGI app."""
+    try:
+        try:
+            method, target, headers, body = await asyncio.wait_for(
+                _read_request(reader), _HTTP_READ_TIMEOUT_S
+            )
+        except _BadRequest as exc:
+            phrase = http.HTTPStatus(exc.status).phrase
+            writer.write(f"HTTP/1.1 {exc.status} {phrase}\r\nConnection: close\r\n"
+                         "Content-Length: 0\r\n\r\n".encode())  # fmt: skip
+            await writer.drain()
+            return
+        path, _, query = target.partition("?")
+        scope = {
+            "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1", "method": method.upper(), "scheme": "http",
+            "path": urllib.parse.unquote(path), "raw_path": path.encode("latin-1"),
+            "query_string": query.encode("latin-1"), "root_path": "", "headers": headers,
+            "client": writer.get_extra_info("peername"),
+            "server": writer.get_extra_info("sockname"),
+        }  # fmt: skip
+        sent = False
+
+        async def receive() -> _ASGIMessage:
+            nonlocal sent
+            if sent:
+                await asyncio.Event().wait()  # no disconnect news: the request is whole
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: _ASGIMessage) -> None:
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                lines = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}"]
+                lines += [f"{k.decode('latin-1')}: {v.decode('latin-1')}"
+                          for k, v in message.get("headers", [])]  # fmt: skip
+                lines.append("connection: close")
+                writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+            elif message["type"] == "http.response.body":
+                writer.write(message.get("body", b""))
+                await writer.drain()
+
+        await app(scope, receive, send)
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError,
+            ConnectionError):  # fmt: skip
+        pass  # the client went away or was too slow
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await writer.wait_closed()
+
+
+async def _start_http(
+    app: _WebApp, host: str = "127.0.0.1", port: int = 8080
+) -> asyncio.AbstractServer:
+    """Listen for HTTP on ``host:port`` (port 0 = any free one), serving the app."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _handle_http(app, reader, writer)
+
+    server = await asyncio.start_server(handle, host, port)
+    address = server.sockets[0].getsockname()
+    if not app.auth_password and host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"saqlite: warning: the page on {host} lets anyone retry and abort jobs; "
+              "set AUTH_PASSWORD", file=sys.stderr)  # fmt: skip
+    print(f"saqlite: serving the page at http://{address[0]}:{address[1]}/", flush=True)
+    return server
+
+
+async def _serve_web(app: _WebApp, host: str = "127.0.0.1", port: int = 8080) -> None:
+    """Serve the page until cancelled (binds 127.0.0.1 unless told otherwise)."""
+    server = await _start_http(app, host, port)
+    async with server:
+        await server.serve_forever()
+
+
+def _serve_web_with_worker(
+    settings_name: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    extra_settings: Sequence[str] = (),
+    verbose: int = 0,
+) -> int:
+    """``saqlite module.settings --web``: a worker, and the page for its queue (and
+    the queues of ``extra_settings``), in one process until SIGINT or SIGTERM."""
+    _configure_logging(verbose)
+    settings = _import_settings(settings_name)
+    queue = _settings_queue(settings)
+    settings.pop("queue", None)
+    extra = [_settings_queue(_import_settings(name)) for name in extra_settings]
+    worker = Worker(queue, **settings)
+    app = web_app([queue, *extra])
+
+    async def run() -> None:
+        server = await _start_http(app, host, port)
+        try:
+            await worker.start()
+        finally:
+            server.close()
+            await server.wait_closed()
+            await app.close()
+
+    asyncio.run(run())
+    return 0
+
+
+# =============================================================================
 # Command line
 # =============================================================================
 
@@ -3001,8 +4608,15 @@ def _configure_logging(verbose: int) -> None:
 
 def main(argv: t.Optional[list[str]] = None) -> int:
     """The ``saqlite`` command: run workers from a settings dict, as ``saq`` does."""
+    argv = sys.argv[1:] if argv is None else argv
+    code = _ops_main(argv)
+    if code is not None:
+        return code
     parser = argparse.ArgumentParser(
-        prog="saqlite", description="Start saqlite workers from a settings dict."
+        prog="saqlite",
+        description="Start saqlite workers from a settings dict, as `saq` does.",
+        epilog=_OPS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("settings", help="module.attribute naming a dict of Worker arguments")
     parser.add_argument("--workers", type=int, default=1, help="worker processes to start")
@@ -3012,6 +4626,15 @@ def main(argv: t.Optional[list[str]] = None) -> int:
         "--check", action="store_true",
         help="exit 0 when a live worker is registered for the queue, else 1",
     )  # fmt: skip
+    parser.add_argument("--web", action="store_true", help="also serve the monitoring page")
+    parser.add_argument(
+        "-e",
+        "--extra-web-settings",
+        action="append",
+        default=[],
+        help="more settings whose queues the page shows (repeatable)",
+    )
+    parser.add_argument("--port", type=int, default=8080, help="the page's port (default 8080)")
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
@@ -3027,7 +4650,15 @@ def main(argv: t.Optional[list[str]] = None) -> int:
         child.start()
         children.append(child)
     try:
-        _run_worker(args.settings, verbose)
+        if args.web:
+            _serve_web_with_worker(
+                args.settings,
+                port=args.port,
+                extra_settings=args.extra_web_settings,
+                verbose=verbose,
+            )
+        else:
+            _run_worker(args.settings, verbose)
     finally:
         for child in children:  # this process was told to stop: so are they
             if child.is_alive():

@@ -1,0 +1,722 @@
+"""Tests of saqlite's operations: every terminal command on a real file, the web page
+over real HTTP, and in a real headless browser (skipped when none is installed)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import http.client
+import io
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import typing as t
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+import saqlite as ops
+from saqlite import Job, Queue, Status, Worker
+
+HERE = Path(__file__).resolve().parent
+CLI = "import sys, saqlite; sys.exit(saqlite.main(sys.argv[1:]))"
+XSS = "<script>alert('x')</script>"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+TASKS = """
+import os
+from saqlite import Queue
+
+async def ok(ctx, n=0):
+    return {"n": n}
+
+async def boom(ctx, **kwargs):
+    raise RuntimeError("kaput")
+
+settings = {
+    "queue": Queue(os.environ["SAQLITE_TEST_DB"]),
+    "functions": [ok, boom],
+    "concurrency": 2,
+    "timers": {"worker_info": 0.2},
+}
+"""
+
+_R = t.TypeVar("_R")
+
+
+def run(coroutine: t.Awaitable[_R]) -> _R:
+    async def main() -> _R:
+        return await coroutine
+
+    return asyncio.run(main())
+
+
+def env(**extra: str) -> dict[str, str]:
+    variables = dict(os.environ)
+    variables["PYTHONPATH"] = os.pathsep.join([str(HERE), variables.get("PYTHONPATH", "")])
+    variables.update(extra)
+    return variables
+
+
+def cli(*args: str, cwd: t.Optional[Path] = None, **extra: str) -> subprocess.CompletedProcess[str]:
+    """Run a terminal command as a real process."""
+    return subprocess.run(
+        [sys.executable, "-c", CLI, *args],
+        capture_output=True, text=True, timeout=60, cwd=cwd, env=env(**extra), check=False,
+    )  # fmt: skip
+
+
+async def ok(ctx: t.Any, n: int = 0) -> dict[str, int]:
+    return {"n": n}
+
+
+async def boom(ctx: t.Any, **kwargs: t.Any) -> None:
+    raise ValueError(f"bad input {XSS}")
+
+
+async def make_jobs(path: Path) -> None:
+    """3 complete, 1 failed (key 'bad'), 1 waiting ('waiting'), 1 scheduled ('later'),
+    and 1 in queue 'emails'; and a live worker."""
+    queue = Queue(path)
+    emails = Queue(path, name="emails")
+    try:
+        for n in range(3):
+            await queue.enqueue("ok", n=n, key=f"ok{n}")
+            await asyncio.sleep(0.002)  # distinct enqueue times: a stable newest-first order
+        await queue.enqueue("boom", key="bad", html=XSS)
+        worker = Worker(queue, [ok, boom], burst=True, dequeue_timeout=0.2)
+        await worker.start()
+        await queue.enqueue("ok", key="waiting", n=9)
+        await queue.enqueue("ok", key="later", scheduled=int(time.time()) + 3600)
+        await emails.enqueue("send", key="mail1", to="a@example.com")
+        await queue.worker_info("worker-1", "default", {"host": "test"}, ttl=600)
+    finally:
+        await queue.disconnect()
+        await emails.disconnect()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "jobs.db"
+    run(make_jobs(path))
+    return path
+
+
+def stored(path: Path, key: str, queue: str = "default") -> t.Optional[Job]:
+    async def load() -> t.Optional[Job]:
+        q = Queue(path, name=queue)
+        try:
+            return await q.job(key)
+        finally:
+            await q.disconnect()
+
+    return run(load())
+
+
+# -- terminal commands ---------------------------------------------------------------
+
+
+def test_dispatch_leaves_settings_paths_to_the_worker_runner() -> None:
+    assert ops._ops_main([]) is None
+    assert ops._ops_main(["myapp.tasks.settings", "--web"]) is None
+    assert ops._ops_main(["info.settings"]) is None  # a settings path has a dot
+
+
+def test_info_shows_counts_per_queue_and_live_workers(db: Path) -> None:
+    result = cli("info", str(db))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[1].split() == [
+        "QUEUE", "QUEUED", "SCHEDULED", "ACTIVE", "COMPLETE", "FAILED", "ABORTED", "WORKERS"
+    ]  # fmt: skip
+    assert lines[2].split() == ["default", "1", "1", "0", "3", "1", "0", "1"]
+    assert lines[3].split() == ["emails", "1", "0", "0", "0", "0", "0", "0"]
+    assert "1 live worker" in result.stdout
+    assert "worker-1" in result.stdout
+
+    result = cli("info", f"sqlite:///{db}", "--json", "--queue", "emails")
+    data = json.loads(result.stdout)
+    assert data["queues"] == [{"name": "emails", "queued": 1, "scheduled": 0, "active": 0,
+                               "complete": 0, "failed": 0, "aborted": 0, "workers": 0}]  # fmt: skip
+    assert data["workers"] == []
+
+
+def test_jobs_lists_newest_first_with_filters_and_pages(db: Path) -> None:
+    result = cli("jobs", str(db))
+    assert result.returncode == 0, result.stderr
+    keys = [line.split()[1] for line in result.stdout.splitlines()[1:-1]]
+    assert keys == ["mail1", "later", "waiting", "bad", "ok2", "ok1", "ok0"]
+    assert "ValueError: bad input <script>" in result.stdout
+
+    result = cli("jobs", str(db), "--status", "failed")
+    assert [line.split()[1] for line in result.stdout.splitlines()[1:-1]] == ["bad"]
+    result = cli("jobs", str(db), "--function", "ok", "--status", "complete,queued",
+                 "--queue", "default", "--limit", "2")  # fmt: skip
+    assert [line.split()[1] for line in result.stdout.splitlines()[1:-1]] == ["later", "waiting"]
+    assert result.stdout.splitlines()[-1] == "page 1: jobs 1-2; more with --page 2"
+    result = cli("jobs", str(db), "--function", "ok", "--limit", "2", "--page", "3", "--json")
+    data = json.loads(result.stdout)
+    assert [job["key"] for job in data["jobs"]] == ["ok0"]
+    assert data["more"] is False
+    assert data["jobs"][0]["result"] == {"n": 0}
+
+    result = cli("jobs", str(db), "--status", "sleeping")
+    assert result.returncode == 1
+    assert "Status 'sleeping' is not allowed here" in result.stderr
+
+
+def test_job_shows_one_job_in_full(db: Path) -> None:
+    result = cli("job", str(db), "bad")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "function   boom" in out
+    assert "status     failed" in out
+    assert "attempts   1 of 1" in out
+    assert "progress   [--------------------] 0%" in out
+    assert '"html": "<script>alert(\'x\')</script>"' in out
+    assert "Traceback (most recent call last)" in out
+    assert "ValueError: bad input <script>" in out
+
+    async def half_done() -> None:
+        queue = Queue(db)
+        job = await queue.job("waiting")
+        assert job is not None
+        await queue.update(job, progress=0.5, meta={"step": "upload"})
+        await queue.disconnect()
+
+    run(half_done())
+    out = cli("job", str(db), "saqlite:job:default:waiting").stdout
+    assert "progress   [##########----------] 50%" in out
+    assert '"step": "upload"' in out
+    data = json.loads(cli("job", str(db), "ok1", "--json").stdout)
+    assert data["status"] == "complete"
+    assert data["result"] == {"n": 1}
+    assert data["durations_ms"]["total"] >= 0
+
+
+def test_job_missing_or_ambiguous(db: Path) -> None:
+    result = cli("job", str(db), "nope")
+    assert result.returncode == 1
+    assert f"No job 'nope' in {db}" in result.stderr
+
+    async def same_key_elsewhere() -> None:
+        other = Queue(db, name="other")
+        await other.enqueue("ok", key="waiting")
+        await other.disconnect()
+
+    run(same_key_elsewhere())
+    result = cli("job", str(db), "waiting")
+    assert result.returncode == 1
+    assert "Key 'waiting' is in several queues (default, other): add --queue" in result.stderr
+    assert cli("job", str(db), "waiting", "--queue", "other").returncode == 0
+
+
+def test_jobs_another_dump_wrote_still_show_key_status_and_error(tmp_path: Path) -> None:
+    async def scrambled() -> None:
+        queue = Queue(tmp_path / "s.db", dump=lambda d: json.dumps(d)[::-1], load=lambda s: {})
+        job = await queue.enqueue("secret", key="s1")
+        assert job is not None
+        await queue.finish(job, Status.FAILED, error="it broke")
+        await queue.disconnect()
+
+    run(scrambled())
+    result = cli("jobs", str(tmp_path / "s.db"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1].split() == [
+        "default", "s1", "?", "failed", "0", "-", "-", "it", "broke"
+    ]  # fmt: skip
+
+
+def test_terminal_output_escapes_control_characters(tmp_path: Path) -> None:
+    async def evil() -> None:
+        queue = Queue(tmp_path / "e.db")
+        job = await queue.enqueue("f", key="k")
+        assert job is not None
+        await queue.finish(job, Status.FAILED, error="Boom \x1b[2J\x1b[31mred")
+        await queue.disconnect()
+
+    run(evil())
+    out = (
+        cli("job", str(tmp_path / "e.db"), "k").stdout + cli("jobs", str(tmp_path / "e.db")).stdout
+    )
+    assert "\x1b" not in out
+    assert "Boom \\x1b[2J\\x1b[31mred" in out
+
+
+def test_retry_one_job_puts_it_back_in_the_queue(db: Path) -> None:
+    result = cli("retry", str(db), "bad")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "retried default bad: now queued\nretried 1 job\n"
+    job = stored(db, "bad")
+    assert job is not None
+    assert job.status == Status.QUEUED
+    assert job.error == "retried by saqlite retry"
+
+    result = cli("retry", str(db), "ok1", "nope")
+    assert result.returncode == 1
+    assert "skipped default ok1: it is complete; only failed or aborted jobs" in result.stderr
+    assert "No job 'nope'" in result.stderr
+
+
+def test_retry_all_matching_a_filter(db: Path) -> None:
+    async def fail_more() -> None:
+        queue = Queue(db)
+        for n in range(3):
+            job = await queue.enqueue("boom", key=f"x{n}")
+            assert job is not None
+            await queue.finish(job, Status.FAILED, error="nope")
+        job = await queue.enqueue("other", key="y")
+        assert job is not None
+        await queue.finish(job, Status.ABORTED, error="stop")
+        await queue.disconnect()
+
+    run(fail_more())
+    result = cli("retry", str(db), "--all", "--function", "boom", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert sorted(job["key"] for job in data["retried"]) == ["bad", "x0", "x1", "x2"]
+    y = stored(db, "y")
+    assert y is not None and y.status == Status.ABORTED
+    result = cli("retry", str(db), "--all", "--status", "aborted")
+    assert result.stdout == "retried 1 job\n"
+    result = cli("retry", str(db), "--all", "--status", "complete")
+    assert result.returncode == 1
+    assert "Status 'complete' is not allowed here: use failed, aborted" in result.stderr
+    result = cli("retry", str(db), "bad", "--all")
+    assert "Name the jobs by key, or give --all" in result.stderr
+
+
+def test_abort_waiting_and_running_jobs(db: Path) -> None:
+    result = cli("abort", str(db), "waiting", "--error", "not needed")
+    assert result.returncode == 0, result.stderr
+    assert "aborted default waiting: now aborted" in result.stdout
+    job = stored(db, "waiting")
+    assert job is not None
+    assert (job.status, job.error) == (Status.ABORTED, "not needed")
+
+    async def claim() -> None:
+        queue = Queue(db, name="emails")
+        assert await queue.dequeue(timeout=1) is not None
+        await queue.disconnect()
+
+    run(claim())
+    result = cli("abort", str(db), "--all", "--queue", "emails")
+    assert result.stdout == "aborted 1 job\n"
+    mail = stored(db, "mail1", "emails")
+    assert mail is not None and mail.status == Status.ABORTING  # its worker finishes it
+    result = cli("abort", str(db), "ok0")
+    assert result.returncode == 1
+    assert "only queued or active jobs can be aborted" in result.stderr
+
+
+def test_purge_deletes_finished_jobs_older_than_an_age(db: Path) -> None:
+    result = cli("purge", str(db), "--older-than", "1h")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("deleted 0 complete/failed/aborted jobs finished before")
+    result = cli("purge", str(db), "--older-than", "0", "--dry-run", "--json")
+    assert json.loads(result.stdout) == {"purged": 0, "matched": 4, "dry_run": True}
+    result = cli("purge", str(db), "--older-than", "0s", "--status", "failed")
+    assert result.stdout.startswith("deleted 1 failed job finished before")
+    assert stored(db, "bad") is None
+    result = cli("purge", f"sqlite:///{db}", "--older-than", "0")
+    assert result.stdout.startswith("deleted 3 complete/failed/aborted jobs")
+    assert stored(db, "waiting") is not None  # unfinished jobs stay
+    result = cli("purge", str(db), "--older-than", "soon")
+    assert "Age 'soon' is not valid: use a number with s, m, h, d or w" in result.stderr
+
+
+def test_purge_of_many_jobs_goes_in_batches_with_progress(tmp_path: Path) -> None:
+    path = tmp_path / "many.db"
+
+    async def many() -> None:
+        queue = Queue(path)
+        jobs = await queue.enqueue_many([Job("f", ttl=0) for _ in range(1200)])
+        await asyncio.gather(*(queue.finish(job, Status.COMPLETE) for job in jobs if job))
+        await queue.disconnect()
+
+    run(many())
+    stream = io.StringIO()
+    progress = ops._Progress("purge", stream=stream, interval=0)
+    later = int(time.time() * 1000) + 1000
+
+    async def purge() -> int:
+        store = ops._open_store(str(path))
+        try:
+            return await ops._purge(store, ops._JobFilter(statuses=ops._FINISHED), later, progress)
+        finally:
+            await store.close()
+
+    assert run(purge()) == 1200
+    progress.close()
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("purge: 500/1200 [########")
+    assert "purge: 1200/1200 [####################] 100%" in lines[-1]
+
+
+def test_progress_is_quiet_for_short_operations_off_a_terminal() -> None:
+    stream = io.StringIO()
+    progress = ops._Progress("retry", 10, stream=stream, interval=60)
+    progress.update(5)
+    progress.close()
+    assert stream.getvalue() == ""
+    progress = ops._Progress("retry", 10, stream=stream, interval=0, enabled=False)
+    progress.update(5)
+    progress.close()
+    assert stream.getvalue() == ""
+
+
+def test_commands_refuse_missing_or_foreign_files(tmp_path: Path) -> None:
+    result = cli("info", str(tmp_path / "none.db"))
+    assert result.returncode == 1
+    assert "none.db does not exist: give the path or sqlite:/// URL" in result.stderr
+    assert not (tmp_path / "none.db").exists()
+    (tmp_path / "text.db").write_text("hello " * 200)
+    assert "is not a SQLite database" in cli("jobs", str(tmp_path / "text.db")).stderr
+    sqlite3.connect(tmp_path / "other.db").execute("CREATE TABLE t (x)").connection.close()
+    result = cli("info", str(tmp_path / "other.db"))
+    assert "is not a saqlite database: it has no saqlite_jobs table" in result.stderr
+
+
+def write_tasks(tmp_path: Path) -> None:
+    (tmp_path / "tasks.py").write_text(TASKS)
+
+
+def test_burst_runs_the_jobs_and_exits_nonzero_on_failure(tmp_path: Path) -> None:
+    write_tasks(tmp_path)
+    path = tmp_path / "ci.db"
+
+    async def enqueue(functions: list[str]) -> None:
+        queue = Queue(path)
+        for function in functions:
+            await queue.enqueue(function, retries=1)
+        await queue.disconnect()
+
+    run(enqueue(["ok", "ok", "ok"]))
+    result = cli(
+        "burst", "tasks.settings", "--wait", "0.2", cwd=tmp_path, SAQLITE_TEST_DB=str(path)
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("burst ok: 3 jobs in ")
+    assert result.stdout.endswith("s: 3 complete, 0 failed, 0 aborted, 0 retried\n")
+
+    run(enqueue(["ok", "boom"]))
+    result = cli(
+        "burst", "tasks.settings", "--wait", "0.2", cwd=tmp_path, SAQLITE_TEST_DB=str(path)
+    )
+    assert result.returncode == 1
+    assert len(result.stdout.splitlines()) == 1
+    assert result.stdout.startswith("burst FAILED: 2 jobs in ")
+    assert "1 complete, 1 failed, 0 aborted" in result.stdout
+    assert "RuntimeError: kaput" in result.stderr
+
+    run(enqueue(["ok", "ok", "ok"]))
+    result = cli("burst", "tasks.settings", "--max-jobs", "2", "--json", cwd=tmp_path,
+                 SAQLITE_TEST_DB=str(path))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["complete"] == 2
+
+
+# -- the web page over HTTP ------------------------------------------------------------
+
+
+class Server:
+    def __init__(self, process: subprocess.Popen[str], url: str) -> None:
+        self.process = process
+        self.url = url
+
+    def request(
+        self,
+        path: str,
+        method: str = "GET",
+        form: t.Optional[dict[str, str]] = None,
+        headers: t.Optional[dict[str, str]] = None,
+    ) -> tuple[int, dict[str, str], str]:
+        address = urllib.parse.urlsplit(self.url)
+        conn = http.client.HTTPConnection(address.hostname or "", address.port, timeout=30)
+        body = urllib.parse.urlencode(form) if form is not None else None
+        all_headers = {"content-type": "application/x-www-form-urlencoded", **(headers or {})}
+        try:
+            conn.request(method, path, body=body, headers=all_headers)
+            response = conn.getresponse()
+            text = response.read().decode()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, text
+        finally:
+            conn.close()
+
+
+def start(args: list[str], cwd: t.Optional[Path] = None, **extra: str) -> Server:
+    """Start a server process and read the URL it prints."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, cwd=cwd, env=env(**extra),
+    )  # fmt: skip
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if "serving the page at" not in line:
+        process.kill()
+        _, err = process.communicate()
+        pytest.fail(f"the server did not start: {line}{err}")
+    return Server(process, line.split()[-1])
+
+
+def stop(server: Server) -> int:
+    server.process.send_signal(signal.SIGINT)
+    try:
+        code = server.process.wait(timeout=20)
+    finally:
+        server.process.kill()
+        server.process.communicate()
+    return code
+
+
+@pytest.fixture
+def web(db: Path) -> t.Iterator[Server]:
+    server = start([CLI, "web", str(db), "--port", "0", "--refresh", "0.5"])
+    yield server
+    assert stop(server) == 0
+
+
+def test_web_pages_show_queues_workers_jobs_and_escape_every_value(web: Server) -> None:
+    status, headers, page = web.request("/")
+    assert status == 200
+    assert headers["content-type"] == "text/html; charset=utf-8"
+    assert "script-src 'nonce-" in headers["content-security-policy"]
+    assert '<a href="/jobs?queue=default">default</a>' in page
+    assert '<a href="/jobs?queue=default&amp;status=failed">1</a>' in page
+    assert "worker-1" in page
+
+    status, _, page = web.request("/jobs?status=failed")
+    assert status == 200
+    assert '<a href="/job?queue=default&amp;key=bad">bad</a>' in page
+    assert "ValueError: bad input &lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+    assert page.count("<script") == 1  # the page's own
+
+    status, _, page = web.request("/job?queue=default&key=bad")
+    assert status == 200
+    assert "Traceback (most recent call last)" in page
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+    assert page.count("<script") == 1
+    assert '<button type="submit" id="retry">Retry</button>' in page
+    assert 'id="abort"' not in page
+
+    status, _, page = web.request("/jobs?queue=default&function=ok&limit=2&page=2")
+    assert ">waiting<" not in page and ">ok2<" in page
+    assert 'rel="prev"' in page and 'rel="next"' in page
+    assert web.request("/job?queue=default&key=gone")[0] == 404
+    assert web.request("/nowhere")[0] == 404
+    assert web.request("/jobs?page=x")[0] == 400
+
+
+def test_web_retry_and_abort_are_post_forms(web: Server, db: Path) -> None:
+    assert web.request("/retry?queue=default&key=bad")[0] == 405
+    cross_site = {"origin": "http://evil.example", "host": "127.0.0.1"}
+    form = {"queue": "default", "key": "bad"}
+    assert web.request("/retry", "POST", form, cross_site)[0] == 403
+    job = stored(db, "bad")
+    assert job is not None and job.status == Status.FAILED
+
+    status, headers, _ = web.request("/retry", "POST", form)
+    assert status == 303
+    assert headers["location"] == "/job?queue=default&key=bad&done=retried"
+    job = stored(db, "bad")
+    assert job is not None and job.status == Status.QUEUED
+    page = web.request(headers["location"])[2]
+    assert "The job is back in the queue." in page
+    assert 'id="abort"' in page
+
+    status, headers, _ = web.request("/abort", "POST", {"queue": "default", "key": "bad"})
+    assert headers["location"].endswith("done=aborted")
+    job = stored(db, "bad")
+    assert job is not None and job.status == Status.ABORTED
+    status, headers, _ = web.request("/abort", "POST", {"queue": "default", "key": "bad"})
+    assert headers["location"].endswith("done=not-aborted")
+
+
+def test_web_json_api(web: Server) -> None:
+    status, headers, body = web.request("/api/queues")
+    assert headers["content-type"] == "application/json"
+    data = json.loads(body)
+    assert [(q["name"], q["failed"]) for q in data["queues"]] == [("default", 1), ("emails", 0)]
+    assert data["workers"][0]["id"] == "worker-1"
+    data = json.loads(web.request("/api/jobs?status=failed,aborted")[2])
+    assert [job["key"] for job in data["jobs"]] == ["bad"]
+    data = json.loads(web.request("/api/job?queue=emails&key=mail1")[2])
+    assert data["kwargs"] == {"to": "a@example.com"}
+    status, _, body = web.request("/api/job?queue=emails&key=nope")
+    assert status == 404
+    assert "No job 'nope'" in json.loads(body)["error"]
+
+
+def test_web_basic_auth(db: Path) -> None:
+    server = start([CLI, "web", str(db), "--port", "0"], AUTH_USER="ops", AUTH_PASSWORD="s3cret")
+    try:
+        status, headers, _ = server.request("/")
+        assert status == 401
+        assert headers["www-authenticate"].startswith('Basic realm="saqlite"')
+        assert server.request("/api/queues")[0] == 401
+        wrong = base64.b64encode(b"ops:guess").decode()
+        assert server.request("/", headers={"authorization": f"Basic {wrong}"})[0] == 401
+        right = base64.b64encode(b"ops:s3cret").decode()
+        assert server.request("/", headers={"authorization": f"Basic {right}"})[0] == 200
+        form = {"queue": "default", "key": "bad"}
+        assert server.request("/retry", "POST", form)[0] == 401
+    finally:
+        assert stop(server) == 0
+
+
+def test_web_page_binds_localhost_by_default(web: Server) -> None:
+    assert web.url.startswith("http://127.0.0.1:")
+
+
+def test_asgi_app_mounted_below_a_prefix(db: Path) -> None:
+    app = ops.web_app(f"sqlite:///{db}")
+    sent: list[t.MutableMapping[str, t.Any]] = []
+
+    async def call(scope: dict[str, t.Any], body: bytes = b"") -> None:
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> t.MutableMapping[str, t.Any]:
+            return messages.pop(0)
+
+        async def send(message: t.MutableMapping[str, t.Any]) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+
+    def scope(method: str, path: str, query: bytes = b"") -> dict[str, t.Any]:
+        return {"type": "http", "method": method, "path": path, "root_path": "/saqlite",
+                "query_string": query, "headers": [(b"host", b"testserver")]}  # fmt: skip
+
+    async def requests() -> None:
+        try:
+            await call(scope("GET", "/saqlite/jobs", b"status=failed"))  # Starlette >= 0.33
+            await call(scope("GET", "/jobs", b"status=failed"))  # path below the mount
+            await call(scope("POST", "/saqlite/retry"), b"queue=default&key=bad")
+        finally:
+            await app.close()
+
+    run(requests())
+    pages = [m["body"].decode() for m in sent if m["type"] == "http.response.body"]
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [200, 200, 303]
+    assert pages[0] == pages[1] or pages[0].split("nonce")[0] == pages[1].split("nonce")[0]
+    assert '<a href="/saqlite/job?queue=default&amp;key=bad">bad</a>' in pages[0]
+    assert (b"location", b"/saqlite/job?queue=default&key=bad&done=retried") in sent[4]["headers"]
+
+
+def test_asgi_lifespan_closes_the_file(db: Path) -> None:
+    app = ops.web_app(str(db))
+    messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent: list[str] = []
+
+    async def receive() -> t.MutableMapping[str, t.Any]:
+        return messages.pop(0)
+
+    async def send(message: t.MutableMapping[str, t.Any]) -> None:
+        sent.append(message["type"])
+
+    run(app({"type": "lifespan"}, receive, send))
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+
+def test_worker_with_web_page(tmp_path: Path) -> None:
+    write_tasks(tmp_path)
+    path = tmp_path / "app.db"
+    code = "import sys, saqlite; sys.exit(saqlite._serve_web_with_worker('tasks.settings', port=0))"
+    server = start([code], cwd=tmp_path, SAQLITE_TEST_DB=str(path))
+    try:
+        deadline = time.monotonic() + 20
+        while not json.loads(server.request("/api/queues")[2])["workers"]:
+            assert time.monotonic() < deadline, "the worker did not register"
+            time.sleep(0.1)
+
+        async def apply() -> t.Any:
+            queue = Queue(path)
+            try:
+                return await queue.apply("ok", n=7, timeout=20)
+            finally:
+                await queue.disconnect()
+
+        assert run(apply()) == {"n": 7}
+        page = server.request("/")[2]
+        assert "<td>default</td>" in page  # the worker's row
+    finally:
+        assert stop(server) == 0
+
+
+# -- the page in a real browser ----------------------------------------------------------
+
+
+def chromium() -> str:
+    """The browser's path, or skip the test with the reason."""
+    try:
+        import playwright.sync_api  # noqa: F401, PLC0415
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install playwright)")
+    path = os.environ.get("SAQLITE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    if not os.path.exists(path):
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    return path
+
+
+async def enqueue_mail(path: Path) -> None:
+    queue = Queue(path, name="emails")
+    await queue.enqueue("send", to="b@example.com")
+    await queue.disconnect()
+
+
+def test_page_in_a_headless_browser(web: Server, db: Path) -> None:
+    executable = chromium()
+    from playwright.sync_api import Dialog, expect, sync_playwright  # noqa: PLC0415
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            dialogs: list[str] = []
+
+            def on_dialog(dialog: Dialog) -> None:  # an alert() would mean a script ran
+                dialogs.append(dialog.message)
+                dialog.dismiss()
+
+            page.on("dialog", on_dialog)
+            page.goto(web.url)
+            assert "default" in page.inner_text("table#queues")
+            assert "worker-1" in page.inner_text("table#workers")
+            emails_queued = "#queues tr:nth-child(3) td:nth-child(2)"
+            assert page.inner_text(emails_queued) == "1"
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:  # playwright runs a loop here
+                pool.submit(run, enqueue_mail(db)).result()
+            expect(page.locator(emails_queued)).to_have_text("2", timeout=10_000)  # refreshed
+
+            page.click("header >> text=Failed")
+            page.click("table#jobs >> text=bad")
+            page.wait_for_selector("pre.error")
+            error = page.inner_text("pre.error")
+            assert "Traceback (most recent call last)" in error
+            assert f"ValueError: bad input {XSS}" in error
+            assert XSS in page.inner_text("pre.kwargs")
+            assert page.locator("script").count() == 1
+            assert page.inner_text("#status") == "failed"
+            if os.environ.get("SAQLITE_SCREENSHOT"):
+                (HERE / "docs").mkdir(exist_ok=True)
+                page.screenshot(path=str(HERE / "docs" / "web.png"), full_page=True)
+
+            page.click("button#retry")
+            page.wait_for_selector("p.notice")
+            assert "The job is back in the queue." in page.inner_text("p.notice")
+            assert page.inner_text("#status") == "queued"
+            assert dialogs == []
+        finally:
+            browser.close()
+    job = stored(db, "bad")
+    assert job is not None
+    assert job.status == Status.QUEUED
