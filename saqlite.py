@@ -11,7 +11,8 @@ copy it into your project (keep this notice); nothing in it depends on its own n
 
 Sections, in reading order (search for the banners):
     Constants and SQL / Errors / Types / Status, Job, CronJob / Queue /
-    Storage internals / Worker / Command line
+    Storage steps / Storage internals / Sync client / Worker /
+    Operations: terminal commands / Web page / Command line
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ _ROWS_PER_STATEMENT = 500
 # on, and those the claim and abort statements change in place (status, attempts,
 # worker_id, started, touched, completed, error) win over `data` on load.
 _JOB_COLUMNS = (
-    "queue", "key", "status", "priority", "run_at", "group_key", "worker_id",
+    "queue", "key", "function", "status", "priority", "run_at", "group_key", "worker_id",
     "attempts", "queued", "started", "touched", "completed", "error", "ttl",
     "expire_at", "data",
 )  # fmt: skip
@@ -121,6 +122,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         CREATE TABLE saqlite_jobs (
             queue     TEXT    NOT NULL,
             key       TEXT    NOT NULL,
+            function  TEXT    NOT NULL,
             status    TEXT    NOT NULL,
             priority  INTEGER NOT NULL DEFAULT 0,
             run_at    REAL    NOT NULL,  -- epoch s: Job.scheduled, or enqueue time
@@ -1395,7 +1397,7 @@ class Queue:
             expire_at = None
         run_at = job.scheduled or _seconds(job.queued or now())
         return (
-            self.name, job.key, job.status.value, job.priority, run_at, job.group_key,
+            self.name, job.key, job.function, job.status.value, job.priority, run_at, job.group_key,
             job.worker_id, job.attempts, job.queued, job.started, job.touched,
             job.completed, job.error, job.ttl, expire_at, self.serialize(job),
         )  # fmt: skip
@@ -2994,9 +2996,7 @@ _SQL_OPS_WORKERS = (
 # Job filters: the conditions a _JobFilter uses, joined with AND (all bound parameters).
 _SQL_OPS_WHERE_QUEUE = "queue = :queue"
 _SQL_OPS_WHERE_STATUSES = "status IN (SELECT value FROM json_each(:statuses))"
-_SQL_OPS_WHERE_FUNCTION = (
-    "CASE WHEN json_valid(data) THEN json_extract(data, '$.function') END = :function"
-)
+_SQL_OPS_WHERE_FUNCTION = "function = :function"
 _SQL_OPS_LIST_JOBS = f"""
 SELECT queue, key, {_LOAD_COLUMNS} FROM saqlite_jobs WHERE {{where}}
 ORDER BY queued DESC, rowid DESC LIMIT :limit OFFSET :offset

@@ -2138,3 +2138,72 @@ def test_web_example_starts_a_job_and_shows_its_progress(tmp_path: Path) -> None
         for process in (server, worker):
             process.send_signal(signal.SIGTERM)
             process.wait(30)
+
+
+# =============================================================================
+# The README tells the truth
+# =============================================================================
+
+
+def readme() -> str:
+    return (HERE / "README.md").read_text()
+
+
+def readme_python_blocks() -> list[str]:
+    blocks = readme().split("```python\n")[1:]
+    return [block.split("```", 1)[0] for block in blocks]
+
+
+def test_readme_tour_runs_as_printed(tmp_path: Path) -> None:
+    tour = readme_python_blocks()[0]
+    result = subprocess.run(
+        [sys.executable, "-c", tour],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(HERE)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["complete 3", "hello Ada", "[2, 4]"]
+    assert (tmp_path / "jobs.db").exists()
+
+
+def test_readme_sync_snippet_runs_as_printed_beside_a_worker(tmp_path: Path) -> None:
+    (tmp_path / "readme_settings.py").write_text(
+        "from saqlite import Queue\n\n"
+        "async def add(ctx, *, a, b):\n    return a + b\n\n"
+        'settings = {"queue": Queue("jobs.db"), "functions": [add]}\n'
+    )
+    env = {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{tmp_path}"}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "saqlite", "readme_settings.settings"], cwd=tmp_path, env=env
+    )
+    try:
+        snippet = readme_python_blocks()[1]
+        assert "SyncQueue" in snippet
+        result = subprocess.run(
+            [sys.executable, "-c", snippet],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert lines[:2] == ["complete 3", "4"], lines
+        assert lines[2].startswith("0 dict_keys(['"), lines  # one live worker
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(30)
+
+
+def test_readme_names_every_command() -> None:
+    text = readme()
+    for command in saqlite._OPS_COMMANDS:
+        assert f"saqlite {command} " in text, command
+    for option in ("--workers", "--check", "--web", "--port", "--json"):
+        assert option in text, option

@@ -44,9 +44,13 @@ async def slow(ctx, *, n):
 async def stamp(ctx):
     return time.time()
 
+async def block(ctx):
+    time.sleep(float(os.environ.get("SLOW_S", "0")))  # holds the worker's event loop
+    return ctx["worker"].id
+
 settings = {{
     "queue": queue,
-    "functions": [record, slow, stamp],
+    "functions": [record, slow, stamp, block],
     "concurrency": 10,
     "timers": {{"sweep": 0.5, "worker_info": 0.5, "abort": 0.2}},
 }}
@@ -295,6 +299,55 @@ def test_workers_option_starts_that_many_processes(folder: Path, workers: Worker
             return not (await queue.info())["workers"]
 
         await wait_until(none_left)
+        await queue.disconnect()
+
+    run(scenario())
+
+
+def test_a_swept_worker_that_finishes_late_does_not_overwrite_the_new_run(
+    folder: Path, workers: Workers
+) -> None:
+    """SAQ #126: a worker whose job was swept while it was still alive (its event loop
+    blocked) must not overwrite the outcome of the job's next run."""
+
+    async def scenario() -> None:
+        queue = Queue(folder / "jobs.db")
+        workers.start(env={"SLOW_S": "4"})
+        await wait_until(live_workers(queue, 1))
+        job = await queue.enqueue("block", heartbeat=1, timeout=0, retries=2)
+        assert job is not None
+
+        async def state(*statuses: Status) -> bool:
+            stored = await queue.job(job.key)
+            return stored is not None and stored.status in statuses
+
+        await wait_until(lambda: state(Status.ACTIVE))
+        blocked = await queue.job(job.key)
+        assert blocked is not None
+        await asyncio.sleep(1.5)  # past its heartbeat; its worker can't answer an abort
+        assert await queue.sweep(lock=1, abort=0.3) == [job.id]
+        assert await state(Status.QUEUED)
+
+        rescuer = workers.start(env={"SLOW_S": "0"})
+        await wait_until(lambda: state(Status.COMPLETE))
+        done = await queue.job(job.key)
+        assert done is not None and done.attempts == 2 and done.result != blocked.worker_id
+
+        def late_finish_refused() -> Any:
+            async def check() -> bool:
+                return "changed while it ran" in workers.logs()
+
+            return check()
+
+        await wait_until(late_finish_refused, timeout=30)
+        final = await queue.job(job.key)
+        assert final is not None
+        assert (final.status, final.result, final.attempts) == (
+            Status.COMPLETE,
+            done.result,
+            2,
+        )
+        assert rescuer.poll() is None
         await queue.disconnect()
 
     run(scenario())
