@@ -2207,3 +2207,13 @@ def test_readme_names_every_command() -> None:
         assert f"saqlite {command} " in text, command
     for option in ("--workers", "--check", "--web", "--port", "--json"):
         assert option in text, option
+
+
+def test_sqlite_older_than_3_35_is_refused_with_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 31, 1))
+    monkeypatch.setattr(sqlite3, "sqlite_version", "3.31.1")
+    with pytest.raises(StorageError, match=r"needs SQLite 3\.35\.0 or newer .* has 3\.31\.1"):
+        saqlite.SyncQueue(tmp_path / "jobs.db").connect()
+    assert not (tmp_path / "jobs.db").exists()  # refused before anything was written

@@ -385,6 +385,9 @@ async def _with_children(
         await wait_incomplete_zero(queue, timeout_for(n, 100), interval=0.05)
         stats = [child.finish() for child in children]
         result: dict[str, Any] = {"maxrss_kb": max(s["maxrss_kb"] for s in stats)}
+        waits = [s["worst_lock_wait_ms"] for s in stats if "worst_lock_wait_ms" in s]
+        if waits:
+            result["worst_lock_wait_ms"] = max(waits)
         if function in ("noop_mp", "cpu"):
             result.update(_stamped_throughput(await queue.jobs(keys), t0))
         else:

@@ -76,7 +76,11 @@ async def main(args: argparse.Namespace) -> None:
     for left in pending:
         left.cancel()
     await queue.disconnect()
-    print(json.dumps(usage()), flush=True)
+    result = usage()
+    worst_wait = getattr(queue, "worst_lock_wait", None)  # saqlite: seconds, longest lock wait
+    if worst_wait is not None:
+        result["worst_lock_wait_ms"] = worst_wait * 1000
+    print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -182,8 +182,14 @@ def pickup_suite(col: Collector, b: Backend, plan: Plan) -> None:
     measure(col, b, subproc, metrics, plan.runs)
 
 
-def procs_metrics(wl: str) -> Metrics:
-    return {"jobs_s": (wl, "jobs/s", True), "not_complete": (wl, "jobs not complete", False)}
+def procs_metrics(wl: str, b: Backend) -> Metrics:
+    metrics: Metrics = {
+        "jobs_s": (wl, "jobs/s", True),
+        "not_complete": (wl, "jobs not complete", False),
+    }
+    if b.system == "saqlite":  # the longest any worker process waited for the write lock
+        metrics["worst_lock_wait_ms"] = (wl, "worst lock wait ms", False)
+    return metrics
 
 
 def processes_suite(col: Collector, b: Backend, plan: Plan, iters: int) -> None:
@@ -194,9 +200,9 @@ def processes_suite(col: Collector, b: Backend, plan: Plan, iters: int) -> None:
         return lambda i: bench_queue.run_processes(b, procs, plan.procs_cpu_n, "cpu", iters)
 
     for p in plan.procs:
-        measure(col, b, noop(p), procs_metrics(procs_noop_wl(plan).format(p=p)), plan.runs)
+        measure(col, b, noop(p), procs_metrics(procs_noop_wl(plan).format(p=p), b), plan.runs)
     for p in plan.procs:
-        measure(col, b, cpu(p), procs_metrics(procs_cpu_wl(plan).format(p=p)), plan.runs)
+        measure(col, b, cpu(p), procs_metrics(procs_cpu_wl(plan).format(p=p), b), plan.runs)
 
 
 def memory_suite(col: Collector, b: Backend, plan: Plan) -> None:
