@@ -106,15 +106,17 @@ _MAX_BUSY_PAUSE_S = 0.004
 _ROWS_PER_STATEMENT = 500
 
 # The columns of saqlite_jobs that a full write of a job sets, in order. The job
-# itself is stored serialised in `data`; the columns beside it are what SQL filters
-# on, and those the claim and abort statements change in place (status, attempts,
-# worker_id, started, touched, completed, error) win over `data` on load.
+# itself is stored serialised in `data`, but for its result (in `result`); the columns
+# beside it are what SQL filters on, and those that the claim, abort and finish
+# statements change in place (_LOAD_COLUMNS) win over `data` on load.
 _JOB_COLUMNS = (
     "queue", "key", "function", "status", "priority", "run_at", "group_key", "worker_id",
     "attempts", "queued", "started", "touched", "completed", "error", "ttl",
-    "expire_at", "data",
+    "expire_at", "progress", "result", "data",
 )  # fmt: skip
-_LOAD_COLUMNS = "data, status, attempts, worker_id, started, touched, completed, error"
+_LOAD_COLUMNS = (
+    "data, status, attempts, worker_id, started, touched, completed, error, progress, result"
+)
 
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (  # version 1
@@ -136,6 +138,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             error     TEXT,
             ttl       INTEGER NOT NULL DEFAULT 600,
             expire_at REAL,  -- epoch s after which a finished job is deleted
+            progress  REAL    NOT NULL DEFAULT 0,
+            result    BLOB,  -- {"result": ...} through Queue.dump; NULL for None
             data      BLOB    NOT NULL,
             UNIQUE (queue, key)
         )
@@ -240,6 +244,18 @@ _SQL_WRITE_JOBS = (
     " WHERE saqlite_jobs.queue = v.column4 AND saqlite_jobs.key = v.column5"
     " AND saqlite_jobs.status = v.column1 AND saqlite_jobs.worker_id IS v.column2"
     " AND saqlite_jobs.attempts = v.column3"
+    " RETURNING saqlite_jobs.key"
+)
+# A worker's finish: only the fields a finish changes, so the job is not serialised
+# again (see Queue._finish). Guarded like _SQL_WRITE_JOBS.
+_FINISH_COLUMNS = ("status", "completed", "error", "progress", "result", "expire_at")
+_SQL_FINISH_JOBS = (
+    "UPDATE saqlite_jobs SET "
+    + ", ".join(f"{c} = v.column{i}" for i, c in enumerate(_FINISH_COLUMNS, 6))
+    + " FROM (VALUES {rows}) AS v"
+    " WHERE saqlite_jobs.queue = v.column1 AND saqlite_jobs.key = v.column2"
+    " AND saqlite_jobs.status = v.column3 AND saqlite_jobs.worker_id IS v.column4"
+    " AND saqlite_jobs.attempts = v.column5"
     " RETURNING saqlite_jobs.key"
 )
 _SQL_DELETE_JOBS = (
@@ -1142,11 +1158,19 @@ class Queue:
         await self._finish(job, status, result, error)
 
     async def _finish(
-        self, job: Job, status: Status, result: t.Any = None, error: t.Optional[str] = None
+        self,
+        job: Job,
+        status: Status,
+        result: t.Any = None,
+        error: t.Optional[str] = None,
+        *,
+        finish_only: bool = False,
     ) -> bool:
+        """Finish a job; whether it was still as expected. ``finish_only`` writes only
+        what a finish changes, for a caller that knows nothing else changed."""
         expected = _Expected.of(job)
         self._set_finished(job, status, result, error)
-        stored = await self._write(job, expected)
+        stored = await self._write(job, expected, finish_only=finish_only)
         if stored:
             self._count(job.status)
         return stored
@@ -1327,13 +1351,20 @@ class Queue:
         Raises:
             TypeError: when ``dump`` cannot encode it, naming the job.
         """
+        return self._encode(job.to_dict(), job)
+
+    def _encode(self, value: dict[str, t.Any], job: Job) -> t.Union[str, bytes]:
         try:
-            return self._dump(job.to_dict())
+            return self._dump(value)
         except (TypeError, ValueError, OverflowError) as exc:
             raise TypeError(
                 f"Cannot serialise {job.info()} for queue {self.name!r}: {exc}. Job kwargs, "
                 "meta and results must be JSON-encodable, or give the Queue dump= and load="
             ) from exc
+
+    def _encode_result(self, job: Job) -> t.Union[str, bytes, None]:
+        """The value of the result column: the result as ``{"result": ...}``."""
+        return None if job.result is None else self._encode({"result": job.result}, job)
 
     def deserialize(self, payload: t.Union[str, bytes, None]) -> t.Optional[Job]:
         """A Job from what ``serialize`` made (None for None).
@@ -1391,20 +1422,21 @@ class Queue:
 
     def _job_row(self, job: Job) -> tuple[t.Any, ...]:
         """The values of _JOB_COLUMNS for a job."""
-        if job.status in TERMINAL_STATUSES:
-            expire_at = time.time() + job.ttl if job.ttl > 0 else None
-        else:
-            expire_at = None
+        fields = job.to_dict()
+        fields.pop("result", None)  # it has a column of its own
         run_at = job.scheduled or _seconds(job.queued or now())
         return (
             self.name, job.key, job.function, job.status.value, job.priority, run_at, job.group_key,
             job.worker_id, job.attempts, job.queued, job.started, job.touched,
-            job.completed, job.error, job.ttl, expire_at, self.serialize(job),
+            job.completed, job.error, job.ttl, _expire_at(job), job.progress,
+            self._encode_result(job), self._encode(fields, job),
         )  # fmt: skip
 
     def _row_to_job(self, row: t.Sequence[t.Any]) -> Job:
         """A Job from the _LOAD_COLUMNS of a row."""
-        data, status, attempts, worker_id, started, touched, completed, error = row
+        data, status, attempts, worker_id, started, touched, completed, error, progress, result = (
+            row
+        )
         job = self.deserialize(data)
         assert job is not None
         job.status = Status(status)
@@ -1414,6 +1446,9 @@ class Queue:
         job.touched = touched
         job.completed = completed
         job.error = error
+        job.progress = progress
+        if result is not None:
+            job.result = self._load(result)["result"]
         return job
 
     async def _insert_rows(self, rows: list[tuple[t.Any, ...]]) -> list[bool]:
@@ -1423,9 +1458,9 @@ class Queue:
             await self._wakeup.notify("jobs")
         return results
 
-    async def _write(self, job: Job, expected: _Expected) -> bool:
+    async def _write(self, job: Job, expected: _Expected, *, finish_only: bool = False) -> bool:
         """Store a job's new state if it is still as expected; whether it was."""
-        return await self._writes.submit(_write_item(self, job, expected))
+        return await self._writes.submit(_write_item(self, job, expected, finish_only=finish_only))
 
     async def _write_rows(self, items: list[tuple[str, tuple[t.Any, ...]]]) -> list[bool]:
         """Apply guarded writes gathered while the previous batch was in flight.
@@ -1535,11 +1570,17 @@ def _insert_steps(rows: list[tuple[t.Any, ...]]) -> _Steps[list[bool]]:
     return results
 
 
-def _write_item(queue: Queue, job: Job, expected: _Expected) -> tuple[str, tuple[t.Any, ...]]:
-    """A guarded write of a job's state, for _write_steps."""
+def _write_item(
+    queue: Queue, job: Job, expected: _Expected, *, finish_only: bool = False
+) -> tuple[str, tuple[t.Any, ...]]:
+    """A guarded write of a job's state, for _write_steps; with ``finish_only``, only
+    the fields a finish changes (see Queue._finish)."""
     guard = expected.values(queue.name, job.key)
     if job.ttl == -1 and job.status in TERMINAL_STATUSES:
         return "delete", guard
+    if finish_only:
+        finished = (job.status.value, job.completed, job.error, job.progress)
+        return "finish", (*guard, *finished, queue._encode_result(job), _expire_at(job))
     return "update", (*guard[2:], *queue._job_row(job))
 
 
@@ -1563,6 +1604,7 @@ def _write_steps(items: list[tuple[str, tuple[t.Any, ...]]]) -> _Steps[list[bool
         written: set[str] = set()
         for kind, sql, width in (
             ("update", _SQL_WRITE_JOBS, len(_GUARD_COLUMNS) + len(_JOB_COLUMNS)),
+            ("finish", _SQL_FINISH_JOBS, 2 + len(_GUARD_COLUMNS) + len(_FINISH_COLUMNS)),
             ("delete", _SQL_DELETE_JOBS, 2 + len(_GUARD_COLUMNS)),
         ):
             rows = [values for item_kind, values in items[start:end] if item_kind == kind]
@@ -1728,7 +1770,14 @@ class _Expected:
 
 def _written_key(item: tuple[str, tuple[t.Any, ...]]) -> str:
     kind, values = item
-    return str(values[1] if kind == "delete" else values[4])
+    return str(values[4] if kind == "update" else values[1])
+
+
+def _expire_at(job: Job) -> t.Optional[float]:
+    """When a finished job is to be deleted (None: not finished, or kept forever)."""
+    if job.status in TERMINAL_STATUSES and job.ttl > 0:
+        return time.time() + job.ttl
+    return None
 
 
 # =============================================================================
@@ -2846,11 +2895,14 @@ class Worker:
     async def _finish(
         self, job: Job, status: Status, *, result: t.Any = None, error: t.Optional[str] = None
     ) -> None:
-        expected = _Expected.of(job)
+        # A job's function may change its meta in place and expect it kept (as SAQ
+        # stores the whole job); other fields change only through job.update().
+        finish_only = not job.meta
+        status_before = job.status
         try:
-            stored = await self.queue._finish(job, status, result, error)
+            stored = await self.queue._finish(job, status, result, error, finish_only=finish_only)
         except TypeError as exc:  # the result cannot be serialised
-            job.status = Status(expected.status)
+            job.status = status_before
             stored = await self.queue._finish(job, Status.FAILED, None, str(exc))
         await self._settle(job, stored)
 

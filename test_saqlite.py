@@ -2217,3 +2217,27 @@ def test_sqlite_older_than_3_35_is_refused_with_a_clear_error(
     with pytest.raises(StorageError, match=r"needs SQLite 3\.35\.0 or newer .* has 3\.31\.1"):
         saqlite.SyncQueue(tmp_path / "jobs.db").connect()
     assert not (tmp_path / "jobs.db").exists()  # refused before anything was written
+
+
+@async_test
+async def test_meta_changed_in_place_by_a_job_is_kept_with_its_result(queue: Queue) -> None:
+    async def annotate(ctx: Context) -> str:
+        ctx["job"].meta["pages"] = 3  # no job.update(): SAQ stores the whole job at the end
+        return "ok"
+
+    async def plain(ctx: Context) -> dict[str, int]:
+        return {"n": 1}
+
+    async with running(worker_for(queue, [annotate, plain])):
+        first = await queue.enqueue("annotate")
+        second = await queue.enqueue("plain", meta={"source": "test"})
+        assert first is not None and second is not None
+        await first.refresh(until_complete=10)
+        await second.refresh(until_complete=10)
+    assert (first.status, first.result, first.meta, first.progress) == (
+        Status.COMPLETE,
+        "ok",
+        {"pages": 3},
+        1.0,
+    )
+    assert (second.result, second.meta) == ({"n": 1}, {"source": "test"})
