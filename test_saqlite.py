@@ -2228,7 +2228,7 @@ async def test_meta_changed_in_place_by_a_job_is_kept_with_its_result(queue: Que
     async def plain(ctx: Context) -> dict[str, int]:
         return {"n": 1}
 
-    async with running(worker_for(queue, [annotate, plain])):
+    async with running(worker_for(queue, [("annotate", annotate), ("plain", plain)])):
         first = await queue.enqueue("annotate")
         second = await queue.enqueue("plain", meta={"source": "test"})
         assert first is not None and second is not None
