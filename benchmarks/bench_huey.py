@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 try:
-    from huey import SqliteHuey  # type: ignore[import-untyped]
+    from huey import SqliteHuey
 except ImportError:  # optional peer: skipped
     SqliteHuey = None
 

@@ -21,7 +21,7 @@ from bench_common import stop_process
 try:
     import redis
 except ImportError:  # optional peer: the SAQ comparison is skipped
-    redis = None  # type: ignore[assignment]
+    redis = None
 
 REDIS_CONFIGS: dict[str, list[str]] = {
     "redis-mem": ["--save", "", "--appendonly", "no"],
@@ -89,7 +89,7 @@ def flush(url: str) -> None:
 def used_memory(url: str) -> int:
     client = redis.Redis.from_url(url)
     try:
-        info: dict[str, Any] = client.info("memory")  # type: ignore[assignment]
+        info: dict[str, Any] = client.info("memory")
         return int(info["used_memory"])
     finally:
         client.close()
