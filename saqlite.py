@@ -824,6 +824,13 @@ class Queue:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, _prepare_database, self)
             conn = aiosqlite.connect(self.path, isolation_level=None, check_same_thread=False)
+            # A queue nobody disconnected (say, used again after Worker.stop) must not keep
+            # the process from exiting: its thread is a daemon. Every statement commits
+            # on its own, so being stopped at exit is no worse than a crash: nothing is
+            # half-written. (aiosqlite before 0.20 is itself the thread.)
+            thread = getattr(conn, "_thread", conn)
+            if isinstance(thread, threading.Thread):
+                thread.daemon = True
             try:
                 await conn
                 for pragma in _connection_pragmas(self.synchronous):
@@ -4691,10 +4698,16 @@ def main(argv: t.Optional[list[str]] = None) -> int:
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     verbose = -1 if args.quiet else args.verbose
+    try:  # here, not in every worker process, if the settings are wrong
+        queue = _settings_queue(_import_settings(args.settings))
+    except (ValueError, TypeError) as exc:
+        parser.error(str(exc))
+    except ModuleNotFoundError as exc:
+        if not exc.name or not args.settings.startswith(exc.name):
+            raise  # a module that the settings module itself imports: show where
+        parser.error(f"cannot import the settings {args.settings!r}: {exc}")
     if args.check:
-        settings = _import_settings(args.settings)
-        return 0 if asyncio.run(_check(_settings_queue(settings))) else 1
-    _import_settings(args.settings)  # fail here, not in every child, if it is wrong
+        return 0 if asyncio.run(_check(queue)) else 1
     children = []
     context = multiprocessing.get_context("spawn")  # the same on every OS
     for _ in range(args.workers - 1):

@@ -2241,3 +2241,68 @@ async def test_meta_changed_in_place_by_a_job_is_kept_with_its_result(queue: Que
         1.0,
     )
     assert (second.result, second.meta) == ({"n": 1}, {"source": "test"})
+
+
+@async_test
+async def test_a_scheduled_job_starts_when_due_not_a_polling_period_later(queue: Queue) -> None:
+    starts: list[float] = []
+
+    async def stamp(ctx: Context) -> None:
+        starts.append(time.time())
+
+    async with running(worker_for(queue, [("stamp", stamp)])):
+        await asyncio.sleep(0.3)  # the worker is idle, waiting
+        due = int(time.time()) + 2
+        job = await queue.enqueue("stamp", scheduled=due)
+        assert job is not None
+        await job.refresh(until_complete=10)
+    assert due <= starts[0] < due + 0.5, starts[0] - due  # generous; typically ~1 ms
+
+
+def test_a_vendored_copy_under_another_name_runs_jobs(tmp_path: Path) -> None:
+    vendor = tmp_path / "myapp" / "_vendor"
+    vendor.mkdir(parents=True)
+    for package in (tmp_path / "myapp", vendor):
+        (package / "__init__.py").write_text("")
+    shutil.copy(HERE / "saqlite.py", vendor / "saqlite.py")
+    program = textwrap.dedent(
+        """
+        import asyncio
+        from myapp._vendor.saqlite import Queue, Worker
+
+        async def double(ctx, *, n):
+            return 2 * n
+
+        async def main():
+            queue = Queue("vendored.db")
+            worker = Worker(queue, [double], burst=True, dequeue_timeout=0.5)
+            job = await queue.enqueue("double", n=21)
+            await worker.start()
+            await job.refresh()
+            print(job.status, job.result)
+
+        asyncio.run(main())
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["complete", "42"]
+    check = subprocess.run(
+        [sys.executable, "-m", "myapp._vendor.saqlite", "nosuch.settings", "--check"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "No module named 'nosuch'" in check.stderr
