@@ -102,6 +102,9 @@ _FORCED_CLAIM_S = 1.0
 #: pauses keep lock waits fair between processes (SQLite's own busy handler sleeps
 #: up to 100 ms and lets one process win every race).
 _MAX_BUSY_PAUSE_S = 0.004
+#: What a stopping worker allows its cancelled jobs for being written back as queued,
+#: beyond cancellation_hard_deadline_s (more than a write needs, even waiting for a lock).
+_WRITE_BACK_S = 5.0
 #: Rows per multi-row statement; keeps under SQLite's bound-parameter limit.
 _ROWS_PER_STATEMENT = 500
 
@@ -287,7 +290,11 @@ _SQL_LIST_JOBS = f"""
 SELECT {_LOAD_COLUMNS} FROM saqlite_jobs WHERE queue = ?
 ORDER BY rowid DESC LIMIT ? OFFSET ?
 """
-_SQL_NEXT_RUN_AT = "SELECT MIN(run_at) FROM saqlite_jobs WHERE queue = ? AND status = 'queued'"
+# When the next scheduled job falls due (jobs due now but not claimed wait for their
+# group: the end of the group's running job wakes the claimers).
+_SQL_NEXT_RUN_AT = """
+SELECT MIN(run_at) FROM saqlite_jobs WHERE queue = ? AND status = 'queued' AND run_at > ?
+"""
 _SQL_COUNTS = """
 SELECT
     COALESCE(SUM(status = 'queued' AND run_at <= :now), 0),
@@ -1180,6 +1187,8 @@ class Queue:
         stored = await self._write(job, expected, finish_only=finish_only)
         if stored:
             self._count(job.status)
+            if job.group_key is not None:  # the next job of its group may run now
+                await self._wakeup.notify("jobs")
         return stored
 
     def _set_finished(
@@ -1517,7 +1526,7 @@ class Queue:
         """
         version = await self._data_version()
         deadline = time.monotonic() + min(limit, _FORCED_CLAIM_S)
-        rows = await self._fetch(_SQL_NEXT_RUN_AT, (self.name,))
+        rows = await self._fetch(_SQL_NEXT_RUN_AT, (self.name, time.time()))
         if rows and rows[0][0] is not None:
             deadline = min(deadline, time.monotonic() + max(rows[0][0] - time.time(), 0))
         while True:
@@ -2704,8 +2713,9 @@ class Worker:
             await asyncio.wait(set(self._job_tasks), timeout=self.shutdown_grace_period_s)
         for running in list(self._running.values()):
             running.cancel("stop")
-        if self._job_tasks:
-            await asyncio.wait(set(self._job_tasks), timeout=self.cancellation_hard_deadline_s + 5)
+        if self._job_tasks:  # the cancelled jobs stop, then are written back as queued
+            deadline = self.cancellation_hard_deadline_s + _WRITE_BACK_S
+            await asyncio.wait(set(self._job_tasks), timeout=deadline)
         try:
             await _call_hooks(self.shutdown, self.context)
         finally:

@@ -2306,3 +2306,29 @@ def test_a_vendored_copy_under_another_name_runs_jobs(tmp_path: Path) -> None:
         check=False,
     )
     assert "No module named 'nosuch'" in check.stderr
+
+
+@async_test
+async def test_a_job_waiting_for_its_group_starts_promptly_and_the_worker_does_not_spin(
+    queue: Queue,
+) -> None:
+    release = asyncio.Event()
+    starts: dict[str, float] = {}
+
+    async def member(ctx: Context) -> None:
+        starts[ctx["job"].key] = time.monotonic()
+        if ctx["job"].key == "first":
+            await release.wait()
+
+    async with running(worker_for(queue, [("member", member)], concurrency=10)):
+        await queue.enqueue("member", key="first", group_key="g")
+        await wait_for(lambda: "first" in starts)
+        await queue.enqueue("member", key="second", group_key="g")  # due, but its group is busy
+        cpu_before = time.process_time()
+        await asyncio.sleep(1.0)
+        assert time.process_time() - cpu_before < 0.5  # waited, did not poll in a loop
+        assert "second" not in starts
+        released = time.monotonic()
+        release.set()
+        await wait_for(lambda: "second" in starts)
+    assert starts["second"] - released < 0.5  # woken by the end of "first", not a slow poll
