@@ -2025,7 +2025,7 @@ class _Wakeup:
 
     Two kinds of news: ``"jobs"`` (work was enqueued or retried) for workers, and
     ``"changes"`` (a job changed state) for ``listen`` and ``apply``. Waiters in this
-    process are told at once through asyncio events. Other processes are told by a
+    process are told at once (a future per waiter). Other processes are told by a
     UDP datagram to the port each registered in the file (``saqlite_wakeup``); a
     datagram can be lost, so waiters also check the file's data_version now and then.
     """
@@ -2040,7 +2040,7 @@ class _Wakeup:
         self._port = 0
         self._wanted: set[str] = set()
         self._announcer = _Announcer()
-        self._ports_lock: t.Optional[asyncio.Lock] = None
+        self._want_lock: t.Optional[asyncio.Lock] = None
 
     def generation(self, kind: str) -> int:
         return self._generations[kind]
@@ -2097,9 +2097,9 @@ class _Wakeup:
         self._loop = asyncio.get_running_loop()
         if kind in self._wanted:
             return
-        if self._ports_lock is None:
-            self._ports_lock = asyncio.Lock()
-        async with self._ports_lock:
+        if self._want_lock is None:
+            self._want_lock = asyncio.Lock()
+        async with self._want_lock:
             if self._transport is None:
                 try:
                     transport, _ = await self._loop.create_datagram_endpoint(
