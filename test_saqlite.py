@@ -2332,3 +2332,37 @@ async def test_a_job_waiting_for_its_group_starts_promptly_and_the_worker_does_n
         release.set()
         await wait_for(lambda: "second" in starts)
     assert starts["second"] - released < 0.5  # woken by the end of "first", not a slow poll
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 400 KiB file system (tmpfs), where the machine lets this user mount one."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(folder)],
+        capture_output=True,
+        check=False,
+    )
+    if sys.platform != "linux" or mounted.returncode != 0:
+        pytest.skip("a full disk needs a small tmpfs, which only root on Linux can mount")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@async_test
+async def test_a_full_disk_is_a_clear_error_and_loses_nothing_stored(small_disk: Path) -> None:
+    queue = make_queue(small_disk / "jobs.db")
+    stored_jobs = 0
+    with pytest.raises(StorageError, match=r"disk is full \(free disk space; nothing was changed"):
+        for _ in range(10_000):
+            await queue.enqueue("f", padding="x" * 2000)
+            stored_jobs += 1
+    assert stored_jobs > 0
+    assert await queue.count("queued") == stored_jobs
+    await queue.disconnect()
+    reopened = make_queue(small_disk / "jobs.db")
+    assert await reopened.count("queued") == stored_jobs
+    assert len([job async for job in reopened.iter_jobs()]) == stored_jobs
