@@ -167,6 +167,19 @@ async def noop(ctx: Context) -> None:
     return None
 
 
+def sleeps_until_cancelled(cancelled: asyncio.Event) -> Callable[[Context], Awaitable[None]]:
+    """A job function that sleeps 30 s, and sets ``cancelled`` when it is cancelled."""
+
+    async def job(ctx: Context) -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    return job
+
+
 async def sleeper(ctx: Context, seconds: float = 30.0) -> str:
     await asyncio.sleep(seconds)
     return "slept"
@@ -1060,13 +1073,7 @@ async def test_timeout_cancels_job_retries_then_fails_with_timeout_error(queue: 
 @async_test
 async def test_heartbeat_missed_is_swept_and_kept_heartbeat_completes(queue: Queue) -> None:
     cancelled = asyncio.Event()
-
-    async def silent(ctx: Context) -> None:
-        try:
-            await asyncio.sleep(30)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
+    silent = sleeps_until_cancelled(cancelled)
 
     async def beating(ctx: Context) -> str:
         for i in range(12):
@@ -1284,13 +1291,7 @@ async def test_abort_of_a_job_in_a_sync_function(queue: Queue) -> None:
 @async_test
 async def test_stop_requeues_running_job_as_cancelled(queue: Queue) -> None:
     cancelled = asyncio.Event()
-
-    async def long(ctx: Context) -> None:
-        try:
-            await asyncio.sleep(30)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
+    long = sleeps_until_cancelled(cancelled)
 
     worker = worker_for(queue, [("long", long)])
     async with running(worker):
