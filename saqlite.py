@@ -1158,6 +1158,8 @@ class Queue:
         current, changed = await self._drive(_abort_steps(self, job.key, error))
         if changed:
             await self._wakeup.notify("changes")
+            if current is not None and current.status == Status.ABORTING:
+                await self._wakeup.notify("aborts")
         if current is not None:
             job.replace(current)
 
@@ -2020,11 +2022,15 @@ class _Batcher(t.Generic[_T, _R]):
             self._task = None
 
 
+_NEWS = ("jobs", "changes", "aborts")
+
+
 class _Wakeup:
     """How waiters of a queue learn that something changed, without polling hard.
 
-    Two kinds of news: ``"jobs"`` (work was enqueued or retried) for workers, and
-    ``"changes"`` (a job changed state) for ``listen`` and ``apply``. Waiters in this
+    Three kinds of news (_NEWS): ``"jobs"`` (work was enqueued or retried) and
+    ``"aborts"`` (a running job is to be aborted) for workers, and ``"changes"`` (a job
+    changed state) for ``listen`` and ``apply``. Waiters in this
     process are told at once (a future per waiter). Other processes are told by a
     UDP datagram to the port each registered in the file (``saqlite_wakeup``); a
     datagram can be lost, so waiters also check the file's data_version now and then.
@@ -2033,8 +2039,8 @@ class _Wakeup:
     def __init__(self, queue: Queue) -> None:
         self._queue = queue
         self.place = queue._place
-        self._generations = {"jobs": 0, "changes": 0}
-        self._waiters: dict[str, list[asyncio.Future[None]]] = {"jobs": [], "changes": []}
+        self._generations = dict.fromkeys(_NEWS, 0)
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {kind: [] for kind in _NEWS}
         self._loop: t.Optional[asyncio.AbstractEventLoop] = None
         self._transport: t.Optional[asyncio.DatagramTransport] = None
         self._port = 0
@@ -2214,7 +2220,7 @@ class _WakeupProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: t.Any) -> None:
         kind, _, _queue = data.decode(errors="replace").partition("\0")
-        if kind in ("jobs", "changes"):
+        if kind in _NEWS:
             self._wakeup.news(kind)
 
 
@@ -2398,6 +2404,8 @@ class SyncQueue:
         current, changed = self._drive(_abort_steps(self.queue, job.key, error))
         if changed:
             self._wakeup.notify("changes")
+            if current is not None and current.status == Status.ABORTING:
+                self._wakeup.notify("aborts")
         if current is not None:
             job.replace(current)
 
@@ -2450,7 +2458,7 @@ class _SyncWakeup:
         self._client = client
         self.place = client.queue._place
         self._condition = threading.Condition()
-        self._generations = {"jobs": 0, "changes": 0}
+        self._generations = dict.fromkeys(_NEWS, 0)
         self._socket: t.Optional[socket.socket] = None
         self._reading = False
         self._wanted: set[str] = set()
@@ -2512,7 +2520,7 @@ class _SyncWakeup:
         except OSError:  # timed out, or closed meanwhile
             return None
         kind = data.decode(errors="replace").partition("\0")[0]
-        return kind if kind in ("jobs", "changes") else None
+        return kind if kind in _NEWS else None
 
     def notify(self, kind: str) -> None:
         """Tell waiters in this process and in other processes about news."""
@@ -2679,7 +2687,7 @@ class Worker:
             self._tasks = [
                 asyncio.create_task(self._every("worker_info", self._beat)),
                 asyncio.create_task(self._every("sweep", self._sweep)),
-                asyncio.create_task(self._every("abort", self.abort)),
+                asyncio.create_task(self._watch_aborts()),
             ]
             if self.cron_jobs:
                 self._tasks.append(asyncio.create_task(self._every("schedule", self.schedule)))
@@ -2760,6 +2768,21 @@ class Worker:
             except Exception:
                 logger.exception("Worker %s: %s failed", self.id, timer)
             await asyncio.sleep(period)
+
+    async def _watch_aborts(self) -> None:
+        """Cancel aborted jobs as soon as an abort is announced, and every
+        ``timers["abort"]`` seconds in case an announcement was lost."""
+        wakeup = self.queue._wakeup
+        await wakeup.want("aborts")
+        while True:
+            generation = wakeup.generation("aborts")
+            try:
+                await self.abort()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("Worker %s: abort failed", self.id)
+            await wakeup.wait("aborts", generation, float(self.timers["abort"]))
 
     async def _beat(self) -> None:
         await self.queue.worker_info(self.id, self.queue.name, self.metadata, self._info_ttl)

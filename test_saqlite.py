@@ -2367,3 +2367,37 @@ async def test_a_full_disk_is_a_clear_error_and_loses_nothing_stored(small_disk:
     reopened = make_queue(small_disk / "jobs.db")
     assert await reopened.count("queued") == stored_jobs
     assert len([job async for job in reopened.iter_jobs()]) == stored_jobs
+
+
+@async_test
+async def test_an_abort_from_another_queue_object_or_process_stops_the_job_at_once(
+    tmp_path: Path,
+) -> None:
+    queue = make_queue(tmp_path / "jobs.db")
+    cancelled = asyncio.Event()
+    slow = sleeps_until_cancelled(cancelled)
+    # With the abort timer at 10 minutes, only the announcement can stop the job in time.
+    timers: saqlite.TimersDict = {**NO_SWEEP, "abort": 600}
+    async with running(worker_for(queue, [("slow", slow)], timers=timers)):
+        for aborter in ("another Queue object", "another process"):
+            job = await queue.enqueue("slow", timeout=0)
+            assert job is not None
+            await wait_for(functools.partial(has_status, queue, job.key, Status.ACTIVE))
+            started = time.monotonic()
+            if aborter == "another Queue object":
+                await make_queue(tmp_path / "jobs.db").abort(job, "enough")
+            else:
+                code = (
+                    "import saqlite, sys; q = saqlite.SyncQueue(sys.argv[1]); "
+                    "q.abort(q.job(sys.argv[2]), 'enough'); q.close()"
+                )
+                aborted = await asyncio.create_subprocess_exec(
+                    sys.executable, "-c", code, str(tmp_path / "jobs.db"), job.key,
+                    env={**os.environ, "PYTHONPATH": str(HERE)},
+                )  # fmt: skip
+                assert await aborted.wait() == 0
+            await job.refresh(until_complete=10)
+            assert (job.status, job.error) == (Status.ABORTED, "enough"), aborter
+            assert time.monotonic() - started < 5, aborter  # not the 600 s timer
+            assert cancelled.is_set()
+            cancelled.clear()
