@@ -1302,15 +1302,12 @@ class Queue:
         return swept
 
     async def _wait_until_not_running(self, keys: list[str], timeout: float) -> None:
-        pending = set(keys)
-
-        def stopped(key: str, status: Status) -> bool:
-            if status not in (Status.ACTIVE, Status.ABORTING):
-                pending.discard(key)
-            return not pending
+        def stopped(statuses: dict[str, Status]) -> bool:
+            running = (Status.ACTIVE, Status.ABORTING)
+            return not any(statuses.get(key) in running for key in keys)
 
         with contextlib.suppress(asyncio.TimeoutError):
-            await self.listen(keys, stopped, timeout=timeout)
+            await self._wait_until(keys, stopped, timeout)
 
     async def _recover(self, job: Job) -> bool:
         """Retry or finish a swept job, unless it moved on since it was seen."""

@@ -1758,13 +1758,20 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": pythonpath, "PYTHONDONTWRITEBYTECODE": "1"}
 
 
+def run_python(
+    env: dict[str, str], *args: str, cwd: t.Optional[Path] = None
+) -> subprocess.CompletedProcess[str]:
+    """Run this Python with ``args`` to the end; its output as text."""
+    return subprocess.run(
+        [sys.executable, *args],
+        check=False, capture_output=True, text=True, env=env, timeout=60, cwd=cwd,
+    )  # fmt: skip
+
+
 def run_cli(
     env: dict[str, str], *args: str, cwd: t.Optional[Path] = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "saqlite", *args],
-        check=False, capture_output=True, text=True, env=env, timeout=60, cwd=cwd,
-    )  # fmt: skip
+    return run_python(env, "-m", "saqlite", *args, cwd=cwd)
 
 
 def start_cli(env: dict[str, str], *args: str, cwd: Path) -> subprocess.Popen[str]:
@@ -2157,15 +2164,7 @@ def readme_python_blocks() -> list[str]:
 
 def test_readme_tour_runs_as_printed(tmp_path: Path) -> None:
     tour = readme_python_blocks()[0]
-    result = subprocess.run(
-        [sys.executable, "-c", tour],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(HERE)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_python({**os.environ, "PYTHONPATH": str(HERE)}, "-c", tour, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["complete 3", "hello Ada", "[2, 4]"]
     assert (tmp_path / "jobs.db").exists()
@@ -2184,15 +2183,7 @@ def test_readme_sync_snippet_runs_as_printed_beside_a_worker(tmp_path: Path) -> 
     try:
         snippet = readme_python_blocks()[1]
         assert "SyncQueue" in snippet
-        result = subprocess.run(
-            [sys.executable, "-c", snippet],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = run_python(env, "-c", snippet, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         lines = result.stdout.splitlines()
         assert lines[:2] == ["complete 3", "4"], lines
@@ -2286,25 +2277,11 @@ def test_a_vendored_copy_under_another_name_runs_jobs(tmp_path: Path) -> None:
         """
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run(
-        [sys.executable, "-c", program],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_python(env, "-c", program, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["complete", "42"]
-    check = subprocess.run(
-        [sys.executable, "-m", "myapp._vendor.saqlite", "nosuch.settings", "--check"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    check = run_python(
+        env, "-m", "myapp._vendor.saqlite", "nosuch.settings", "--check", cwd=tmp_path
     )
     assert "No module named 'nosuch'" in check.stderr
 
