@@ -182,6 +182,13 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    (  # version 2
+        # How many times a job's worker died while running it (see Queue.sweep).
+        "ALTER TABLE saqlite_jobs ADD COLUMN deaths INTEGER NOT NULL DEFAULT 0",
+        # When the worker's process started, as the OS tells it (see _start_token):
+        # with the pid, it tells a worker from a later process given the same pid.
+        "ALTER TABLE saqlite_workers ADD COLUMN start_token TEXT",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -193,30 +200,43 @@ _SQL_SET_SCHEMA_VERSION = (
 
 _TERMINAL_SQL = "('complete', 'failed', 'aborted')"
 
+# Now, in epoch seconds, by SQLite's clock. Statements that compare times written by
+# different processes read it in the statement itself rather than trust the clock of
+# the process that runs them (works on SQLite >= 3.35, unlike unixepoch('subsec')).
+_SQL_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+_SQL_NOW_MS = f"CAST({_SQL_NOW} * 1000 AS INTEGER)"
+
 # Enqueue: a key that is waiting or running is left alone (no row comes back);
-# a finished one is replaced by the new job.
+# a finished one is replaced by the new job. An unscheduled job (run_at NULL) is due
+# from now by SQLite's clock.
 _SQL_INSERT_JOBS = (
-    f"INSERT INTO saqlite_jobs ({', '.join(_JOB_COLUMNS)}) VALUES {{rows}} "
-    "ON CONFLICT (queue, key) DO UPDATE SET "
+    f"INSERT INTO saqlite_jobs ({', '.join(_JOB_COLUMNS)}) SELECT "
+    + ", ".join(
+        f"COALESCE(column{i}, {_SQL_NOW})" if c == "run_at" else f"column{i}"
+        for i, c in enumerate(_JOB_COLUMNS, 1)
+    )
+    + " FROM (VALUES {rows}) WHERE true ON CONFLICT (queue, key) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in _JOB_COLUMNS[2:])
-    + f" WHERE saqlite_jobs.status IN {_TERMINAL_SQL} RETURNING key"
+    + f", deaths = 0 WHERE saqlite_jobs.status IN {_TERMINAL_SQL} RETURNING key"
 )
 
 # Claim up to N due jobs of a queue in one statement: by priority, then run_at,
 # then enqueue order. A job with a group_key is taken only when no job of its group
 # is running, and only the first of its group in one claim.
+# Only priorities from :low to :high are claimed; times are SQLite's (see _SQL_NOW).
 _SQL_CLAIM = f"""
 WITH ungrouped AS (
     SELECT rowid AS id, priority, run_at FROM saqlite_jobs
-    WHERE queue = :queue AND status = 'queued' AND run_at <= :now AND group_key IS NULL
+    WHERE queue = :queue AND status = 'queued' AND priority BETWEEN :low AND :high
+      AND run_at <= {_SQL_NOW} AND group_key IS NULL
     ORDER BY priority, run_at, rowid LIMIT :limit
 ), grouped AS (
     SELECT id, priority, run_at FROM (
         SELECT rowid AS id, priority, run_at, ROW_NUMBER() OVER (
             PARTITION BY group_key ORDER BY priority, run_at, rowid) AS n
         FROM saqlite_jobs
-        WHERE queue = :queue AND status = 'queued' AND run_at <= :now
-          AND group_key IS NOT NULL
+        WHERE queue = :queue AND status = 'queued' AND priority BETWEEN :low AND :high
+          AND run_at <= {_SQL_NOW} AND group_key IS NOT NULL
           AND group_key NOT IN (
               SELECT group_key FROM saqlite_jobs
               WHERE queue = :queue AND group_key IS NOT NULL
@@ -225,7 +245,7 @@ WITH ungrouped AS (
 )
 UPDATE saqlite_jobs
 SET status = 'active', worker_id = :worker_id, attempts = attempts + 1,
-    started = :now_ms, touched = :now_ms
+    started = {_SQL_NOW_MS}, touched = {_SQL_NOW_MS}
 WHERE rowid IN (
     SELECT id FROM (SELECT * FROM ungrouped UNION ALL SELECT * FROM grouped)
     ORDER BY priority, run_at, id LIMIT :limit)
@@ -239,7 +259,10 @@ _GUARD_COLUMNS = ("expected_status", "expected_worker", "expected_attempts")
 _SQL_WRITE_JOBS = (
     "UPDATE saqlite_jobs SET "
     + ", ".join(
-        f"{c} = v.column{i}"
+        # run_at NULL: an unscheduled job keeps the time it became due
+        f"{c} = COALESCE(v.column{i}, saqlite_jobs.run_at)"
+        if c == "run_at"
+        else f"{c} = v.column{i}"
         for i, c in enumerate(_JOB_COLUMNS, 1 + len(_GUARD_COLUMNS))
         if c not in ("queue", "key")
     )
@@ -286,37 +309,56 @@ SELECT rowid, {_LOAD_COLUMNS} FROM saqlite_jobs
 WHERE queue = ? AND rowid > ? AND status IN ({{statuses}})
 ORDER BY rowid LIMIT ?
 """
+# Unfinished jobs of one status (as info() lists them), in the order they are claimed.
 _SQL_LIST_JOBS = f"""
-SELECT {_LOAD_COLUMNS} FROM saqlite_jobs WHERE queue = ?
-ORDER BY rowid DESC LIMIT ? OFFSET ?
+SELECT {_LOAD_COLUMNS} FROM saqlite_jobs WHERE queue = ? AND status = ?
+ORDER BY priority, run_at, rowid LIMIT ? OFFSET ?
 """
 # When the next scheduled job falls due (jobs due now but not claimed wait for their
 # group: the end of the group's running job wakes the claimers).
-_SQL_NEXT_RUN_AT = """
-SELECT MIN(run_at) FROM saqlite_jobs WHERE queue = ? AND status = 'queued' AND run_at > ?
+# In seconds from now, by SQLite's clock.
+_SQL_NEXT_RUN_AT = f"""
+SELECT MIN(run_at) - {_SQL_NOW} FROM saqlite_jobs
+WHERE queue = ? AND status = 'queued' AND run_at > {_SQL_NOW}
 """
-_SQL_COUNTS = """
+# As in SAQ, an ABORTING job is neither active nor incomplete: it is on its way out.
+_SQL_COUNTS = f"""
 SELECT
-    COALESCE(SUM(status = 'queued' AND run_at <= :now), 0),
-    COALESCE(SUM(status = 'queued' AND run_at > :now), 0),
-    COALESCE(SUM(status IN ('active', 'aborting')), 0)
-FROM saqlite_jobs WHERE queue = :queue AND status IN ('queued', 'active', 'aborting')
+    COALESCE(SUM(status = 'queued' AND run_at <= {_SQL_NOW}), 0),
+    COALESCE(SUM(status = 'queued' AND run_at > {_SQL_NOW}), 0),
+    COALESCE(SUM(status = 'active'), 0)
+FROM saqlite_jobs WHERE queue = :queue AND status IN ('queued', 'active')
 """
-_SQL_RUNNING_JOBS = (
-    f"SELECT {_LOAD_COLUMNS} FROM saqlite_jobs WHERE queue = ? AND status IN ('active', 'aborting')"
-)
-_SQL_DELETE_EXPIRED_JOBS = "DELETE FROM saqlite_jobs WHERE expire_at <= ? RETURNING key"
+# Running jobs, with SQLite's now (epoch ms) to judge them stuck by, and their deaths.
+_SQL_RUNNING_JOBS = f"""
+SELECT {_LOAD_COLUMNS}, {_SQL_NOW_MS}, deaths FROM saqlite_jobs
+WHERE queue = ? AND status IN ('active', 'aborting')
+"""
+_SQL_DELETE_EXPIRED_JOBS = f"DELETE FROM saqlite_jobs WHERE expire_at <= {_SQL_NOW} RETURNING key"
+# A job whose worker died goes back to the queue without the attempt it was charged.
+_SQL_REQUEUE_ORPHAN = f"""
+UPDATE saqlite_jobs
+SET status = 'queued', attempts = attempts - 1, deaths = deaths + 1, error = :error,
+    started = 0, completed = 0, progress = 0, touched = {_SQL_NOW_MS}
+WHERE queue = :queue AND key = :key AND status = :status AND worker_id IS :worker_id
+  AND attempts = :attempts
+RETURNING key
+"""
 _SQL_DATA_VERSION = "PRAGMA data_version"
 _SQL_CHECKPOINT = "PRAGMA wal_checkpoint(TRUNCATE)"
 
-_SQL_UPSERT_WORKER = """
-INSERT INTO saqlite_workers (id, queue, host, pid, beat, expire_at, info)
-VALUES (:id, :queue, :host, :pid, :beat, :expire_at, :info)
+_SQL_UPSERT_WORKER = f"""
+INSERT INTO saqlite_workers (id, queue, host, pid, start_token, beat, expire_at, info)
+VALUES (:id, :queue, :host, :pid, :start_token, {_SQL_NOW}, {_SQL_NOW} + :ttl, :info)
 ON CONFLICT (id) DO UPDATE SET
     beat = excluded.beat, expire_at = excluded.expire_at, info = excluded.info
 """
 _SQL_DELETE_WORKER = "DELETE FROM saqlite_workers WHERE id = ?"
-_SQL_WORKERS = "SELECT id, host, pid, expire_at, info FROM saqlite_workers WHERE queue = ?"
+# Each worker, and whether its worker_info ttl has run out (by SQLite's clock).
+_SQL_WORKERS = f"""
+SELECT id, host, pid, start_token, expire_at <= {_SQL_NOW}, info FROM saqlite_workers
+WHERE queue = ?
+"""
 _SQL_DELETE_WORKERS = "DELETE FROM saqlite_workers WHERE id IN ({ids})"
 
 _SQL_REGISTER_WAKEUP = """
@@ -326,11 +368,11 @@ _SQL_UNREGISTER_WAKEUP = "DELETE FROM saqlite_wakeup WHERE queue = ? AND port = 
 _SQL_WAKEUP_PORTS = "SELECT kind, port, host, pid FROM saqlite_wakeup WHERE queue = ?"
 _SQL_DELETE_WAKEUP = "DELETE FROM saqlite_wakeup WHERE host = ? AND pid = ?"
 
-# A lease: taken when free, expired, or already ours.
-_SQL_TAKE_LOCK = """
-INSERT INTO saqlite_locks (name, owner, expire_at) VALUES (:name, :owner, :expire_at)
+# A lease: taken when free, expired, or already ours (by SQLite's clock).
+_SQL_TAKE_LOCK = f"""
+INSERT INTO saqlite_locks (name, owner, expire_at) VALUES (:name, :owner, {_SQL_NOW} + :seconds)
 ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expire_at = excluded.expire_at
-WHERE saqlite_locks.expire_at <= :now OR saqlite_locks.owner = excluded.owner
+WHERE saqlite_locks.expire_at <= {_SQL_NOW} OR saqlite_locks.owner = excluded.owner
 RETURNING owner
 """
 
@@ -499,6 +541,16 @@ def _node() -> int:
     return uuid.getnode()
 
 
+def _stuck_at(job: Job, current: int) -> bool:
+    """Whether a job is running and past its timeout or heartbeat at ``current`` (ms)."""
+    if job.status not in (Status.ACTIVE, Status.ABORTING):
+        return False
+    return bool(
+        (job.timeout and _seconds(current - job.started) > job.timeout)
+        or (job.heartbeat and _seconds(current - job.touched) > job.heartbeat)
+    )
+
+
 def _new_key() -> str:
     """A job key: a uuid1 as in SAQ, made in Python with the node given, which is
     several times faster than the C call behind a bare uuid1() (a lock on a clock file)."""
@@ -609,13 +661,7 @@ class Job:
     @property
     def stuck(self) -> bool:
         """Running, and past its timeout since start or its heartbeat since last touch."""
-        if self.status not in (Status.ACTIVE, Status.ABORTING):
-            return False
-        current = now()
-        return bool(
-            (self.timeout and _seconds(current - self.started) > self.timeout)
-            or (self.heartbeat and _seconds(current - self.touched) > self.heartbeat)
-        )
+        return _stuck_at(self, now())
 
     @property
     def retryable(self) -> bool:
@@ -756,6 +802,8 @@ class Queue:
             the last commits on power loss) or ``"FULL"`` (each commit reaches the disk).
         lock_timeout: seconds a write keeps trying while other processes hold the file
             before it raises StorageError.
+        priorities: ``(low, high)``: claim only jobs whose priority is in this range,
+            both ends included, as SAQ's SQL queues do (default: every priority).
     """
 
     def __init__(
@@ -767,6 +815,7 @@ class Queue:
         *,
         synchronous: str = "NORMAL",
         lock_timeout: float = 30.0,
+        priorities: t.Optional[tuple[int, int]] = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"Queue name must be a non-empty string, got {name!r}")
@@ -779,6 +828,7 @@ class Queue:
         self._place = (os.path.abspath(self.path), name)  # which queue, for wake-ups
         self.synchronous = synchronous.upper()
         self.lock_timeout = lock_timeout
+        self.priorities = _check_priorities(priorities)
         self._dump: DumpType = dump or json.dumps
         self._load: LoadType = load or json.loads
         self._conn: t.Optional[aiosqlite.Connection] = None
@@ -1254,10 +1304,16 @@ class Queue:
         """Delete expired jobs and workers, and recover stuck jobs.
 
         A job is stuck when it is past its timeout or heartbeat, or when the worker
-        running it has died (its process is gone or it stopped beating). A stuck job
-        of a live worker is first aborted and given ``abort`` seconds to stop. Each
-        stuck job is then retried if it may be, else finished ABORTED with error
-        ``"swept"``. One sweeper runs at a time across all processes.
+        running it has died: its process is gone (or the pid now belongs to another
+        process), or, where this process can't see it, it stopped beating. Times are
+        read from SQLite's clock, not this process's. One sweeper runs at a time across
+        all processes.
+
+        A job whose worker died goes back to the queue as it was, without charging
+        the attempt, up to 3 times; the third death fails it. A stuck job of a live
+        worker is first aborted and given ``abort`` seconds to stop, then retried if it
+        may be, else finished ABORTED with error ``"swept"``. A job that was being
+        aborted (``abort()``) ends ABORTED with the abort's error.
 
         Args:
             lock: seconds this sweeper holds the sweep lease.
@@ -1269,36 +1325,35 @@ class Queue:
         await self.connect()
         if not await self._take_lock(f"sweep:{self.name}", lock):
             return []
-        current = time.time()
-        expired = await self._fetch(_SQL_DELETE_EXPIRED_JOBS, (current,))
+        expired = await self._fetch(_SQL_DELETE_EXPIRED_JOBS)
         if expired:
             logger.info("Deleted %d expired job(s)", len(expired))
         # Running jobs first, then workers: a worker registers before it claims, so
         # every worker of these jobs is in the list read after them.
-        running = [
-            self._row_to_job(row) for row in await self._fetch(_SQL_RUNNING_JOBS, (self.name,))
-        ]
+        rows = await self._fetch(_SQL_RUNNING_JOBS, (self.name,))
         workers = await self._workers()
-        live = {worker_id for worker_id, _info, alive in workers if alive}
-        dead = [worker_id for worker_id, _info, alive in workers if not alive]
+        live = {worker.id for worker in workers if worker.alive}
+        dead = [worker.id for worker in workers if not worker.alive]
         if dead:
             await self._fetch(_SQL_DELETE_WORKERS.format(ids=_placeholders(len(dead))), dead)
         await self._wakeup.forget_dead()
         # Keep the -wal file from growing: copy it into the database and empty it (a
         # no-op while a reader still needs it; the next sweep tries again).
         await self._fetch(_SQL_CHECKPOINT)
-        orphans = [
-            job for job in running if job.worker_id is not None and job.worker_id not in live
-        ]
-        stuck = [job for job in running if job.stuck and job not in orphans]
+        orphans: list[tuple[Job, int]] = []
+        stuck: list[Job] = []
+        for row in rows:
+            job, current, deaths = self._row_to_job(row[:-2]), row[-2], row[-1]
+            if job.worker_id is not None and job.worker_id not in live:
+                orphans.append((job, deaths))
+            elif _stuck_at(job, current):
+                stuck.append(job)
         for job in stuck:
             await self.abort(job, swept_error_message)
         if stuck:
             await self._wait_until_not_running([job.key for job in stuck], abort)
-        swept = []
-        for job in orphans + stuck:
-            if await self._recover(job):
-                swept.append(job.id)
+        swept = [job.id for job, deaths in orphans if await self._recover_orphan(job, deaths)]
+        swept += [job.id for job in stuck if await self._recover(job)]
         return swept
 
     async def _wait_until_not_running(self, keys: list[str], timeout: float) -> None:
@@ -1310,18 +1365,48 @@ class Queue:
             await self._wait_until(keys, stopped, timeout)
 
     async def _recover(self, job: Job) -> bool:
-        """Retry or finish a swept job, unless it moved on since it was seen."""
+        """Retry or finish a stuck job the sweep aborted, unless it moved on since."""
         current = await self.job(job.key)
-        if current is None or current.attempts != job.attempts:
-            return False
-        if current.status not in (Status.ACTIVE, Status.ABORTING, Status.ABORTED):
+        if current is None or (current.attempts, current.worker_id) != (
+            job.attempts,
+            job.worker_id,
+        ):
             return False
         logger.info("Sweeping job %s", current.info(True))
-        if current.status == Status.ABORTED and not current.retryable:
-            return True  # its worker already finished it as the sweep would
-        if current.retryable:
-            return await self._retry(current, swept_error_message)
-        return await self._finish(current, Status.ABORTED, error=swept_error_message)
+        if current.status == Status.ABORTING:  # its worker did not stop it in time
+            return await self._end_aborted(current, current.error)
+        if current.status == Status.ABORTED and current.error == swept_error_message:
+            # Stopped by its worker: re-queued, unless an older worker finished it.
+            return current.retryable and await self._retry(current, swept_error_message)
+        return current.status == Status.QUEUED and current.error == swept_error_message
+
+    async def _recover_orphan(self, job: Job, deaths: int) -> bool:
+        """Put back a job whose worker died (uncharged), or fail it after _MAX_DEATHS;
+        a job being aborted ends ABORTED. Whether it was still as seen."""
+        logger.info("Sweeping job %s: its worker %s is gone", job.info(True), job.worker_id)
+        if job.status == Status.ABORTING:
+            return await self._end_aborted(job, job.error)
+        if deaths + 1 >= _MAX_DEATHS:
+            error = (
+                f"Its worker died {deaths + 1} times running it (killed, out of memory, "
+                "or a crash in the function?): saqlite does not run it again"
+            )
+            return await self._finish(job, Status.FAILED, error=error)
+        params = {"queue": self.name, "key": job.key, "status": job.status.value,
+                  "worker_id": job.worker_id, "attempts": job.attempts,
+                  "error": swept_error_message}  # fmt: skip
+        if not await self._fetch(_SQL_REQUEUE_ORPHAN, params):
+            return False
+        await self._wakeup.notify("jobs")
+        await self._wakeup.notify("changes")
+        return True
+
+    async def _end_aborted(self, job: Job, error: t.Optional[str]) -> bool:
+        """Write the end of a run stopped by an abort: the sweep's own abort
+        (``"swept"``) retries the job if it may; any other abort sticks (ABORTED)."""
+        if error == swept_error_message and job.retryable:
+            return await self._retry(job, error)
+        return await self._finish(job, Status.ABORTED, error=error)
 
     # -- workers -------------------------------------------------------------
 
@@ -1344,18 +1429,19 @@ class Queue:
             },
             "metadata": metadata,
         }
-        current = time.time()
+        pid = os.getpid()
         await self._fetch(_SQL_UPSERT_WORKER, {
-            "id": worker_id, "queue": self.name, "host": _HOST, "pid": os.getpid(),
-            "beat": current, "expire_at": current + ttl, "info": json.dumps(info, default=str),
+            "id": worker_id, "queue": self.name, "host": _HOST, "pid": pid,
+            "start_token": _start_token(pid), "ttl": ttl,
+            "info": json.dumps(info, default=str),
         })  # fmt: skip
         return info
 
     async def _forget_worker(self, worker_id: str) -> None:
         await self._fetch(_SQL_DELETE_WORKER, (worker_id,))
 
-    async def _workers(self) -> list[tuple[str, WorkerInfo, bool]]:
-        """Every registered worker of this queue: id, info, and whether it is alive."""
+    async def _workers(self) -> list[_WorkerState]:
+        """Every registered worker of this queue, and whether it is alive."""
         return await self._drive(_workers_steps(self))
 
     # -- serialisation -------------------------------------------------------
@@ -1439,7 +1525,7 @@ class Queue:
         """The values of _JOB_COLUMNS for a job."""
         fields = job.to_dict()
         fields.pop("result", None)  # it has a column of its own
-        run_at = job.scheduled or _seconds(job.queued or now())
+        run_at = job.scheduled or None  # None: due from now, by SQLite's clock
         return (
             self.name, job.key, job.function, job.status.value, job.priority, run_at, job.group_key,
             job.worker_id, job.attempts, job.queued, job.started, job.touched,
@@ -1489,8 +1575,8 @@ class Queue:
 
     async def _claim(self, limit: int, worker_id: t.Optional[str]) -> list[Job]:
         """Mark up to ``limit`` due jobs ACTIVE for a worker, in one statement."""
-        current = time.time()
-        params = {"queue": self.name, "now": current, "now_ms": int(current * 1000),
+        low, high = self.priorities
+        params = {"queue": self.name, "low": low, "high": high,
                   "worker_id": worker_id, "limit": limit}  # fmt: skip
         rows = await self._fetch(_SQL_CLAIM, params)
         if not rows:
@@ -1525,9 +1611,9 @@ class Queue:
         """
         version = await self._data_version()
         deadline = time.monotonic() + min(limit, _FORCED_CLAIM_S)
-        rows = await self._fetch(_SQL_NEXT_RUN_AT, (self.name, time.time()))
+        rows = await self._fetch(_SQL_NEXT_RUN_AT, (self.name,))
         if rows and rows[0][0] is not None:
-            deadline = min(deadline, time.monotonic() + max(rows[0][0] - time.time(), 0))
+            deadline = min(deadline, time.monotonic() + max(rows[0][0], 0))
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -1545,9 +1631,8 @@ class Queue:
         return [key for (key,) in await self._fetch(_SQL_ABORTING_KEYS, (self.name, worker_id))]
 
     async def _take_lock(self, name: str, seconds: float) -> bool:
-        current = time.time()
         params = {"name": name, "owner": f"{_HOST}:{os.getpid()}:{id(self)}",
-                  "expire_at": current + seconds, "now": current}  # fmt: skip
+                  "seconds": seconds}  # fmt: skip
         return bool(await self._fetch(_SQL_TAKE_LOCK, params))
 
 
@@ -1652,8 +1737,8 @@ def _statuses_steps(queue: Queue, keys: list[str]) -> _Steps[dict[str, Status]]:
 
 
 def _counts_steps(queue: Queue) -> _Steps[tuple[int, int, int]]:
-    """How many jobs are queued and due, scheduled for later, and running."""
-    rows = yield _SQL_COUNTS, {"queue": queue.name, "now": time.time()}
+    """How many jobs are queued and due, scheduled for later, and active."""
+    rows = yield _SQL_COUNTS, {"queue": queue.name}
     queued, scheduled, active = rows[0]
     return int(queued), int(scheduled), int(active)
 
@@ -1667,25 +1752,40 @@ def _count_steps(queue: Queue, kind: str) -> _Steps[int]:
     return {"queued": queued, "active": active, "incomplete": queued + scheduled + active}[kind]
 
 
-def _workers_steps(queue: Queue) -> _Steps[list[tuple[str, WorkerInfo, bool]]]:
-    """Every registered worker of a queue: id, info, and whether it is alive."""
+class _WorkerState(t.NamedTuple):
+    """A registered worker: alive (for the sweep), and listed (alive and within its
+    worker_info ttl, as SAQ lists workers)."""
+
+    id: str
+    info: WorkerInfo
+    alive: bool
+    listed: bool
+
+
+def _workers_steps(queue: Queue) -> _Steps[list[_WorkerState]]:
+    """Every registered worker of a queue."""
     rows = yield _SQL_WORKERS, (queue.name,)
-    current = time.time()
-    return [
-        (worker_id, json.loads(info), _alive(host, pid, expire_at, current))
-        for worker_id, host, pid, expire_at, info in rows
-    ]
+    workers = []
+    for worker_id, host, pid, start_token, expired, info in rows:
+        alive = _alive(host, pid, start_token, bool(expired))
+        workers.append(_WorkerState(worker_id, json.loads(info), alive, alive and not expired))
+    return workers
 
 
 def _info_steps(queue: Queue, jobs: bool, offset: int, limit: int) -> _Steps[QueueInfo]:
     queued, scheduled, active = yield from _counts_steps(queue)
     workers = yield from _workers_steps(queue)
     job_dicts: list[dict[str, t.Any]] = []
-    if jobs:
-        rows = yield _SQL_LIST_JOBS, (queue.name, limit, offset)
+    if jobs:  # unfinished jobs, as in SAQ: the running ones, then those waiting
+        rows: list[t.Any] = []
+        if offset < active:
+            rows = yield _SQL_LIST_JOBS, (queue.name, Status.ACTIVE.value, limit, offset)
+        if len(rows) < limit:
+            waiting = (queue.name, Status.QUEUED.value, limit - len(rows), max(offset - active, 0))
+            rows += yield _SQL_LIST_JOBS, waiting
         job_dicts = [queue._row_to_job(row).to_dict() for row in rows]
     return {
-        "workers": {worker_id: info for worker_id, info, alive in workers if alive},
+        "workers": {worker.id: worker.info for worker in workers if worker.listed},
         "name": queue.name,
         "queued": queued,
         "active": active,
@@ -1800,6 +1900,29 @@ def _expire_at(job: Job) -> t.Optional[float]:
 # =============================================================================
 
 _HOST = socket.gethostname()
+#: Times a job's worker may die while running it before the sweep gives up on it.
+_MAX_DEATHS = 3
+#: SQLite's INTEGER range: the priorities claimed when a Queue is given none.
+_ALL_PRIORITIES = (-(2**63), 2**63 - 1)
+
+
+def _check_priorities(priorities: t.Optional[tuple[int, int]]) -> tuple[int, int]:
+    """The range of priorities a queue claims; ValueError naming the problem."""
+    if priorities is None:
+        return _ALL_PRIORITIES
+    if (
+        not isinstance(priorities, (tuple, list))
+        or len(priorities) != 2
+        or not all(isinstance(p, int) and not isinstance(p, bool) for p in priorities)
+        or not _ALL_PRIORITIES[0] <= priorities[0] <= priorities[1] <= _ALL_PRIORITIES[1]
+    ):
+        raise ValueError(
+            f"priorities must be two ints (low, high) with low <= high, such as "
+            f"priorities=(0, 32767), got {priorities!r}"
+        )
+    return int(priorities[0]), int(priorities[1])
+
+
 #: The waiters (_Wakeup, _SyncWakeup) of this process, told of news directly.
 _local_wakeups: weakref.WeakSet[t.Any] = weakref.WeakSet()
 
@@ -1947,13 +2070,29 @@ def _chunks(items: t.Sequence[_T], size: int) -> t.Iterator[t.Sequence[_T]]:
         yield items[start : start + size]
 
 
-def _alive(host: str, pid: int, expire_at: float, current: float) -> bool:
-    """Whether a worker lives: by its process where we can see it, else by its beat."""
+def _alive(host: str, pid: int, start_token: t.Optional[str], expired: bool) -> bool:
+    """Whether a worker lives: by its process where we can see it (its pid, and when
+    that process started, so that a later process given the same pid is not taken
+    for it), else by its beat (``expired``: its worker_info ttl has run out)."""
     if host == _HOST:
         running = _pid_running(pid)
-        if running is not None:
-            return running
-    return expire_at > current
+        if running is False:
+            return False
+        if running and start_token is not None:
+            token = _start_token(pid)
+            if token is not None:
+                return token == start_token
+    return not expired
+
+
+def _start_token(pid: int) -> t.Optional[str]:
+    """When a process started, as a string to compare (None where not cheap to know):
+    on Linux, field 22 of /proc/<pid>/stat (clock ticks after boot)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
 
 
 def _pid_running(pid: int) -> t.Optional[bool]:
@@ -2244,10 +2383,12 @@ class SyncQueue:
         *,
         synchronous: str = "NORMAL",
         lock_timeout: float = 30.0,
+        priorities: t.Optional[tuple[int, int]] = None,
     ) -> None:
         self.queue = Queue(
-            path, name, dump, load, synchronous=synchronous, lock_timeout=lock_timeout
-        )
+            path, name, dump, load, synchronous=synchronous, lock_timeout=lock_timeout,
+            priorities=priorities,
+        )  # fmt: skip
         self._conn: t.Optional[sqlite3.Connection] = None
         self._lock = threading.RLock()  # one statement at a time on the connection
         self._wakeup = _SyncWakeup(self)
@@ -2781,8 +2922,14 @@ class Worker:
                 logger.exception("Worker %s: abort failed", self.id)
             await wakeup.wait("aborts", generation, float(self.timers["abort"]))
 
+    async def worker_info(self, ttl: int = 60) -> WorkerInfo:
+        """Store this worker's counters and metadata, listed for ``ttl`` seconds."""
+        return await self.queue.worker_info(
+            self.id, queue_key=self.queue.name, metadata=self.metadata, ttl=ttl
+        )
+
     async def _beat(self) -> None:
-        await self.queue.worker_info(self.id, self.queue.name, self.metadata, self._info_ttl)
+        await self.worker_info(self._info_ttl)
 
     async def _sweep(self) -> None:
         swept = await self.queue.sweep(lock=math.ceil(self.timers["sweep"]))
@@ -2920,8 +3067,10 @@ class Worker:
 
     async def _store(self, job: Job, outcome: str, value: t.Any) -> None:
         """Write a job's outcome: finished, or back in the queue."""
-        if outcome in ("retry", "cancelled"):
-            error = value if outcome == "retry" else "cancelled"
+        # The sweep aborts a stuck job to retry it: the job goes back if it may.
+        swept = outcome == "aborted" and value == swept_error_message and job.retryable
+        if outcome in ("retry", "cancelled") or swept:
+            error = "cancelled" if outcome == "cancelled" else value
             await self._settle(job, await self.queue._retry(job, error))
         elif outcome == "complete":
             await self._finish(job, Status.COMPLETE, result=value)
@@ -2955,7 +3104,7 @@ class Worker:
             and current.worker_id == self.id
             and current.attempts == job.attempts
         ):
-            await self.queue._finish(current, Status.ABORTED, None, current.error)
+            await self.queue._end_aborted(current, current.error)
             job.replace(current)
         else:
             logger.warning(
@@ -3224,7 +3373,7 @@ async def _overview(store: _Store, queue: t.Optional[str] = None) -> dict[str, t
     counts = {row[0]: row[1:] for row in await store.fetch(_SQL_OPS_COUNTS, {"now": current})}
     workers = []
     for worker_id, name, host, pid, beat, expire_at, info in await store.fetch(_SQL_OPS_WORKERS):
-        if not _alive(host, pid, expire_at, current) or queue not in (None, name):
+        if not _alive(host, pid, None, expire_at <= current) or queue not in (None, name):
             continue
         stats = json.loads(info)
         workers.append({

@@ -23,10 +23,11 @@ async def main() -> None:
     worker = Worker(queue, functions=[add])
     running = asyncio.create_task(worker.start())
     try:
-        result = await queue.apply("add", a=2, b=3, timeout=10)
-        stored = (await queue.info(jobs=True))["jobs"][0]
-        print(f"add(a=2, b=3) = {result}")
-        print(f"stored in {queue.path}: a {stored['status']} job with key {stored['key']}")
+        job = await queue.enqueue("add", a=2, b=3)
+        assert job is not None
+        await job.refresh(until_complete=10)
+        print(f"add(a=2, b=3) = {job.result}")
+        print(f"stored in {queue.path}: a {job.status} job with key {job.key}")
     finally:
         await worker.stop()
         await running

@@ -15,6 +15,7 @@ import asyncio
 import html
 import os
 import sys
+from collections import deque
 from collections.abc import Iterable
 from typing import Any, Callable
 from wsgiref.simple_server import make_server
@@ -37,6 +38,7 @@ async def render_report(ctx: dict[str, Any], *, pages: int) -> str:
 settings: SettingsDict = {"queue": Queue(DATABASE), "functions": [render_report]}
 
 jobs = SyncQueue(DATABASE)
+started: deque[str] = deque(maxlen=10)  # the keys of the jobs this page started, newest first
 
 Respond = Callable[[str, list[tuple[str, str]]], Any]
 
@@ -44,7 +46,9 @@ Respond = Callable[[str, list[tuple[str, str]]], Any]
 def app(environ: dict[str, Any], start_response: Respond) -> Iterable[bytes]:
     """The WSGI application: GET / shows the jobs, POST /start enqueues one."""
     if environ["REQUEST_METHOD"] == "POST" and environ["PATH_INFO"] == "/start":
-        jobs.enqueue("render_report", pages=5)
+        job = jobs.enqueue("render_report", pages=5)
+        if job is not None:
+            started.appendleft(job.key)
         start_response("303 See Other", [("Location", "/")])
         return [b""]
     if environ["PATH_INFO"] != "/":
@@ -65,7 +69,7 @@ def page() -> str:
             percent=round(100 * job.get("progress", 0)),
             result=html.escape(str(job.get("result", ""))),
         )
-        for job in jobs.info(jobs=True, limit=10)["jobs"]
+        for job in (found.to_dict() for found in jobs.jobs(list(started)) if found)
     )
     return f"""<!doctype html>
 <html><head><title>Reports</title><meta http-equiv="refresh" content="1"></head>
