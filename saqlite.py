@@ -224,6 +224,7 @@ _SQL_INSERT_JOBS = (
 # then enqueue order. A job with a group_key is taken only when no job of its group
 # is running, and only the first of its group in one claim.
 # Only priorities from :low to :high are claimed; times are SQLite's (see _SQL_NOW).
+# (+priority: grouped jobs are found through their own index, not among all queued.)
 _SQL_CLAIM = f"""
 WITH ungrouped AS (
     SELECT rowid AS id, priority, run_at FROM saqlite_jobs
@@ -235,7 +236,7 @@ WITH ungrouped AS (
         SELECT rowid AS id, priority, run_at, ROW_NUMBER() OVER (
             PARTITION BY group_key ORDER BY priority, run_at, rowid) AS n
         FROM saqlite_jobs
-        WHERE queue = :queue AND status = 'queued' AND priority BETWEEN :low AND :high
+        WHERE queue = :queue AND status = 'queued' AND +priority BETWEEN :low AND :high
           AND run_at <= {_SQL_NOW} AND group_key IS NOT NULL
           AND group_key NOT IN (
               SELECT group_key FROM saqlite_jobs

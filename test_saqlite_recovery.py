@@ -136,8 +136,8 @@ async def status_in(queue: Queue, key: str, *statuses: Status) -> bool:
     return job is not None and job.status in statuses
 
 
-async def listed_workers(queue: Queue) -> int:
-    return len((await queue.info())["workers"])
+async def has_workers(queue: Queue) -> bool:
+    return bool((await queue.info())["workers"])
 
 
 # =============================================================================
@@ -164,7 +164,7 @@ async def test_an_abort_of_a_job_whose_worker_died_sticks(
 
     await wait_for(swept, timeout=15, interval=0.1)
     processes.worker()  # a live worker must not run it either
-    await wait_for(lambda: listed_workers(queue), timeout=30)
+    await wait_for(lambda: has_workers(queue), timeout=30)
     await queue.sweep(abort=0.1)
     done = await stored(queue, job.key)
     assert (done.status, done.error, done.attempts) == (Status.ABORTED, "operator: not wanted", 1)
@@ -264,7 +264,7 @@ async def test_a_worker_an_hour_behind_starts_a_due_job_promptly(
 ) -> None:
     queue = make_queue(tmp_path / "jobs.db")
     processes.worker(shift=-3600)
-    await wait_for(lambda: listed_workers(queue), timeout=30)
+    await wait_for(lambda: has_workers(queue), timeout=30)
     job = await queue.enqueue("who")
     assert job is not None
     await wait_for(lambda: status_in(queue, job.key, Status.COMPLETE), timeout=30)
