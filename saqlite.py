@@ -1026,7 +1026,8 @@ class Queue:
             last = rows[-1][0]
 
     async def count(self, kind: CountKind) -> int:
-        """How many jobs: ``"queued"`` (due now), ``"active"`` or ``"incomplete"``.
+        """How many jobs: ``"queued"`` (due now), ``"active"`` or ``"incomplete"``. As in
+        SAQ, a job being aborted (ABORTING) is neither active nor incomplete.
 
         Raises:
             ValueError: for another kind.
@@ -1034,10 +1035,12 @@ class Queue:
         return await self._drive(_count_steps(self, kind))
 
     async def info(self, jobs: bool = False, offset: int = 0, limit: int = 10) -> QueueInfo:
-        """Live workers, counts, and (with ``jobs``) the newest jobs.
+        """Live workers (within their ``worker_info`` ttl), counts as ``count`` gives
+        them, and (with ``jobs``) the unfinished jobs, as in SAQ.
 
         Args:
-            jobs: include job dicts, newest first.
+            jobs: include job dicts: the running ones, then the waiting ones (scheduled
+                included) in the order they will be claimed.
             offset: skip this many jobs.
             limit: at most this many jobs.
         """
@@ -2475,7 +2478,7 @@ class SyncQueue:
         return self._drive(_count_steps(self.queue, kind))
 
     def info(self, jobs: bool = False, offset: int = 0, limit: int = 10) -> QueueInfo:
-        """Live workers, counts, and (with ``jobs``) the newest jobs: as ``Queue.info``."""
+        """Live workers, counts, and (with ``jobs``) unfinished jobs: as ``Queue.info``."""
         return self._drive(_info_steps(self.queue, jobs, offset, limit))
 
     def refresh(self, job: Job, until_complete: t.Optional[float] = None) -> Job:
