@@ -62,6 +62,7 @@ __all__ = [
     "CronJob",
     "DumpType",
     "Function",
+    "InvalidUrlError",
     "Job",
     "JobError",
     "ListenCallback",
@@ -76,6 +77,7 @@ __all__ = [
     "Worker",
     "WorkerInfo",
     "WorkerStats",
+    "exponential_backoff",
     "main",
     "web_app",
 ]
@@ -91,7 +93,8 @@ logger.addHandler(logging.NullHandler())
 DEFAULT_PATH = "saqlite.db"
 MIN_SQLITE_VERSION = (3, 35, 0)  # UPDATE ... RETURNING
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
-swept_error_message = "swept"
+#: The error of a job the sweeper retried or aborted (``Queue(swept_error_message=...)``).
+DEFAULT_SWEPT_JOB_ERROR = "swept"
 
 #: How long an idle waiter sleeps between checks of the file when no wake-up
 #: datagram arrives (a datagram is a hint and can be lost).
@@ -367,6 +370,10 @@ class StorageError(RuntimeError):
         self.path = path
 
 
+class InvalidUrlError(ValueError):
+    """``Queue.from_url`` or ``SyncQueue.from_url`` was given a URL it cannot open."""
+
+
 # =============================================================================
 # Types
 # =============================================================================
@@ -499,6 +506,23 @@ def _node() -> int:
     return uuid.getnode()
 
 
+def exponential_backoff(
+    attempts: int,
+    base_delay: float,
+    max_delay: t.Optional[float] = None,
+    jitter: bool = True,
+) -> float:
+    """Seconds to wait before a retry: ``base_delay * 2 ** (attempts - 1)``, at most
+    ``max_delay`` (None = no limit), times a random factor in [0, 1) with ``jitter``.
+    As SAQ's ``saq.utils.exponential_backoff``; ``Job.next_retry_delay`` calls it."""
+    if max_delay is None:
+        max_delay = float("inf")
+    backoff = min(max_delay, base_delay * 2 ** max(attempts - 1, 0))
+    if jitter:
+        backoff = backoff * random.random()
+    return backoff
+
+
 def _new_key() -> str:
     """A job key: a uuid1 as in SAQ, made in Python with the node given, which is
     several times faster than the C call behind a bare uuid1() (a lock on a clock file)."""
@@ -526,7 +550,6 @@ class Job:
     retry_backoff: t.Union[bool, float] = False
     scheduled: int = 0
     progress: float = 0.0
-    meta: dict[t.Any, t.Any] = dataclasses.field(default_factory=dict)
     attempts: int = 0
     completed: int = 0
     queued: int = 0
@@ -537,6 +560,7 @@ class Job:
     status: Status = Status.NEW
     priority: int = 0
     group_key: t.Optional[str] = None
+    meta: dict[t.Any, t.Any] = dataclasses.field(default_factory=dict)
     worker_id: t.Optional[str] = None
 
     def __post_init__(self) -> None:
@@ -626,10 +650,11 @@ class Job:
         """Seconds to wait before the next attempt, with backoff and jitter if asked."""
         if self.retry_backoff is False:
             return self.retry_delay
-        delay = float(self.retry_delay) * 2.0 ** max(self.attempts - 1, 0)
-        if self.retry_backoff is not True:
-            delay = min(delay, float(self.retry_backoff))
-        return delay * random.random()
+        max_delay = None if self.retry_backoff is True else self.retry_backoff
+        # Looked up in the module at each call, so a test may patch it as in SAQ.
+        return exponential_backoff(
+            attempts=self.attempts, base_delay=self.retry_delay, max_delay=max_delay, jitter=True
+        )
 
     def get_queue(self) -> Queue:
         """The job's queue.
@@ -756,6 +781,8 @@ class Queue:
             the last commits on power loss) or ``"FULL"`` (each commit reaches the disk).
         lock_timeout: seconds a write keeps trying while other processes hold the file
             before it raises StorageError.
+        swept_error_message: the error of a job the sweeper retries or aborts
+            (default ``"swept"``, as in SAQ).
     """
 
     def __init__(
@@ -767,6 +794,7 @@ class Queue:
         *,
         synchronous: str = "NORMAL",
         lock_timeout: float = 30.0,
+        swept_error_message: t.Optional[str] = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"Queue name must be a non-empty string, got {name!r}")
@@ -793,21 +821,36 @@ class Queue:
         self.failed = 0
         self.retried = 0
         self.aborted = 0
+        self._swept_error_message = swept_error_message or DEFAULT_SWEPT_JOB_ERROR
 
     def __repr__(self) -> str:
         return f"Queue<path={self.path!r}, name={self.name!r}>"
+
+    @property
+    def swept_error_message(self) -> str:
+        """The error of a job the sweeper retries or aborts."""
+        return self._swept_error_message
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The running event loop (as in SAQ)."""
+        return asyncio.get_running_loop()
 
     @classmethod
     def from_url(cls, url: str, **kwargs: t.Any) -> Queue:
         """A queue from ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``.
 
         Keyword arguments go to ``Queue()`` (``name``, ``dump``, ``synchronous`` ...).
+
+        Raises:
+            InvalidUrlError: for another URL (``redis://`` and ``postgres://`` are SAQ's).
         """
         prefix = "sqlite:///"
         if not url.startswith(prefix) or len(url) == len(prefix):
-            raise ValueError(
+            raise InvalidUrlError(
                 f"Unsupported queue URL {url!r}: use sqlite:///relative/path.db or "
-                "sqlite:////absolute/path.db"
+                "sqlite:////absolute/path.db (redis:// and postgres:// URLs are for SAQ's "
+                "Queue.from_url; `saqlite export` moves jobs there)"
             )
         return cls(url[len(prefix) :], **kwargs)
 
@@ -1250,6 +1293,19 @@ class Queue:
         job.touched = now()
         await self._write(job, expected)
 
+    async def schedule(self, _lock: int = 1) -> list[str]:
+        """As in SAQ, where Redis moves due scheduled jobs into the queue. Here a
+        scheduled job is claimable once due without a move: nothing to do.
+
+        Returns:
+            The ids of the jobs moved: always empty.
+        """
+        return []
+
+    async def finish_abort(self, job: Job) -> None:
+        """Finish an aborting job as ABORTED with its error (as in SAQ)."""
+        await job.finish(Status.ABORTED, error=job.error)
+
     async def sweep(self, lock: int = 60, abort: float = 5.0) -> list[str]:
         """Delete expired jobs and workers, and recover stuck jobs.
 
@@ -1257,7 +1313,7 @@ class Queue:
         running it has died (its process is gone or it stopped beating). A stuck job
         of a live worker is first aborted and given ``abort`` seconds to stop. Each
         stuck job is then retried if it may be, else finished ABORTED with error
-        ``"swept"``. One sweeper runs at a time across all processes.
+        ``swept_error_message``. One sweeper runs at a time across all processes.
 
         Args:
             lock: seconds this sweeper holds the sweep lease.
@@ -1292,7 +1348,7 @@ class Queue:
         ]
         stuck = [job for job in running if job.stuck and job not in orphans]
         for job in stuck:
-            await self.abort(job, swept_error_message)
+            await self.abort(job, self.swept_error_message)
         if stuck:
             await self._wait_until_not_running([job.key for job in stuck], abort)
         swept = []
@@ -1320,8 +1376,8 @@ class Queue:
         if current.status == Status.ABORTED and not current.retryable:
             return True  # its worker already finished it as the sweep would
         if current.retryable:
-            return await self._retry(current, swept_error_message)
-        return await self._finish(current, Status.ABORTED, error=swept_error_message)
+            return await self._retry(current, self.swept_error_message)
+        return await self._finish(current, Status.ABORTED, error=self.swept_error_message)
 
     # -- workers -------------------------------------------------------------
 
@@ -1381,18 +1437,27 @@ class Queue:
         """The value of the result column: the result as ``{"result": ...}``."""
         return None if job.result is None else self._encode({"result": job.result}, job)
 
-    def deserialize(self, payload: t.Union[str, bytes, None]) -> t.Optional[Job]:
-        """A Job from what ``serialize`` made (None for None).
+    def deserialize(
+        self,
+        payload: t.Union[dict[str, t.Any], str, bytes, None],
+        status: t.Union[Status, str, None] = None,
+    ) -> t.Optional[Job]:
+        """A Job from what ``serialize`` made, or from its dict (None for None).
+
+        Args:
+            status: the job's status instead of the one in the payload (as in SAQ).
 
         Raises:
             ValueError: the payload belongs to another queue.
         """
         if payload is None:
             return None
-        job_dict = self._load(payload)
+        job_dict = dict(payload) if isinstance(payload, dict) else self._load(payload)
         queue_name = job_dict.pop("queue", self.name)
         if queue_name != self.name:
             raise ValueError(f"Job {job_dict} belongs to queue {queue_name!r}, not {self.name!r}")
+        if status is not None:
+            job_dict["status"] = status
         return Job(**job_dict, queue=self)
 
     def copy(self, job: Job) -> Job:
@@ -2257,7 +2322,11 @@ class SyncQueue:
 
     @classmethod
     def from_url(cls, url: str, **kwargs: t.Any) -> SyncQueue:
-        """A client from ``sqlite:///relative.db`` or ``sqlite:////absolute.db``."""
+        """A client from ``sqlite:///relative.db`` or ``sqlite:////absolute.db``.
+
+        Raises:
+            InvalidUrlError: for another URL.
+        """
         queue = Queue.from_url(url)
         return cls(queue.path, **kwargs)
 
@@ -2980,8 +3049,12 @@ class Worker:
             running.job.status = Status.ABORTING
             running.cancel("abort")
 
-    async def schedule(self) -> None:
-        """Enqueue the next run of each cron job that is not scheduled yet."""
+    async def schedule(self, lock: int = 1) -> None:
+        """Enqueue the next run of each cron job that is not scheduled yet.
+
+        Args:
+            lock: kept for SAQ compatibility (a run's key makes it unique already).
+        """
         for cron_job in self.cron_jobs:
             name = _function_name(cron_job.function)
             start = datetime.fromtimestamp(time.time(), self.cron_tz)

@@ -1119,7 +1119,7 @@ async def test_sweep_retries_or_aborts_stuck_jobs(queue: Queue) -> None:
     aborted = await stored(queue, "final")
     assert (aborted.status, aborted.error) == (Status.ABORTED, "swept")
     assert (await stored(queue, "fine")).status is Status.ACTIVE
-    assert saqlite.swept_error_message == "swept"
+    assert queue.swept_error_message == "swept"
 
 
 @async_test
