@@ -19,7 +19,6 @@ import random
 import re
 import shutil
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,6 @@ from test_saqlite import (
     HERE,
     async_test,
     make_queue,
-    noop,
     running,
     sleeps_until_cancelled,
     stored,
@@ -137,7 +135,7 @@ def test_from_url_of_another_scheme_is_invalid_url_error(url: str) -> None:
     for from_url in (Queue.from_url, SyncQueue.from_url):
         with pytest.raises(InvalidUrlError, match=r"use sqlite:///relative/path\.db"):
             from_url(url)
-    with pytest.raises(InvalidUrlError, match="SAQ's Queue.from_url"):
+    with pytest.raises(InvalidUrlError, match=r"SAQ's Queue\.from_url"):
         Queue.from_url("redis://localhost")
 
 
@@ -327,3 +325,122 @@ async def test_dequeue_by_hand_counts_the_attempt(tmp_path: Path) -> None:
     assert job is not None
     assert job.attempts == 1 and (await stored(queue, "k")).attempts == 1
     assert not job.retryable
+
+
+# =============================================================================
+# Prove the move: the example app on saqlite and on SAQ with a real Redis
+# =============================================================================
+
+EXAMPLES = HERE / "examples"
+APP_FILES = ("app_tasks.py", "app_producer.py")
+SAQ_IMPORT = "from saq import CronJob, Queue"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """A real redis-server for this module: a free port, a temp dir, no snapshots."""
+    _import_saq()
+    server = shutil.which("redis-server")
+    if server is None:
+        _need("redis-server is not installed (apt-get install redis-server)")
+    assert server is not None
+    port = _free_port()
+    with tempfile.TemporaryDirectory() as folder:
+        process = subprocess.Popen(
+            [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", folder],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
+                    break
+                assert process.poll() is None, "redis-server exited at start"
+                assert time.monotonic() < deadline, "redis-server did not listen within 30 s"
+                time.sleep(0.05)
+            yield f"redis://127.0.0.1:{port}"
+        finally:
+            process.kill()
+            process.wait(30)
+
+
+def _python_env(folder: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": f"{folder}{os.pathsep}{HERE}",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+
+
+def _run_app(folder: Path, worker_module: str) -> dict[str, t.Any]:
+    """Run the app's worker through its system's CLI, then the producer; the summary."""
+    env = _python_env(folder)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", worker_module, "app_tasks.settings"],
+        cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        producer = subprocess.run(
+            [sys.executable, "app_producer.py"],
+            cwd=folder, env=env, capture_output=True, text=True, timeout=100, check=False,
+        )  # fmt: skip
+    finally:
+        worker.terminate()
+        try:
+            _, worker_log = worker.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            _, worker_log = worker.communicate()
+    assert producer.returncode == 0, producer.stderr + "\nworker:\n" + worker_log[-3000:]
+    return t.cast("dict[str, t.Any]", json.loads(producer.stdout))
+
+
+def _copy_app(folder: Path) -> None:
+    folder.mkdir()
+    for name in APP_FILES:
+        shutil.copy(EXAMPLES / name, folder / name)
+
+
+def _changed_lines(before: Path, after: Path) -> list[tuple[str, str]]:
+    old, new = before.read_text().splitlines(), after.read_text().splitlines()
+    assert len(old) == len(new)
+    return [(a, b) for a, b in zip(old, new) if a != b]
+
+
+def test_the_example_app_gives_the_same_outcome_on_saqlite_and_on_saq(
+    tmp_path: Path, redis_url: str
+) -> None:
+    _copy_app(tmp_path / "saqlite")
+    on_saqlite = _run_app(tmp_path / "saqlite", "saqlite")
+
+    _copy_app(tmp_path / "saq")
+    tasks = tmp_path / "saq" / "app_tasks.py"
+    text = tasks.read_text()
+    text = re.sub(r"^from saqlite import .*$", SAQ_IMPORT, text, count=1, flags=re.M)
+    text = re.sub(r"^URL = .*$", f'URL = "{redis_url}"', text, count=1, flags=re.M)
+    tasks.write_text(text)
+    # Only the import and the URL differ; the producer is the same file.
+    assert _changed_lines(EXAMPLES / "app_tasks.py", tasks) == [
+        ("from saqlite import CronJob, Queue  # SAQ: from saq import CronJob, Queue", SAQ_IMPORT),
+        ('URL = "sqlite:///app.db"  # SAQ: URL = "redis://localhost:6379"', f'URL = "{redis_url}"'),
+    ]
+    assert _changed_lines(EXAMPLES / "app_producer.py", tmp_path / "saq" / "app_producer.py") == []
+    on_saq = _run_app(tmp_path / "saq", "saq")
+
+    assert on_saqlite == on_saq
+    assert on_saqlite == {
+        "apply": 5,
+        "map": [3, 7],
+        "retried": {"status": "complete", "result": 3, "attempts": 3},
+        "failed": {"status": "failed", "error": "RuntimeError: broken on purpose"},
+        "report": {"result": "report ready", "progress_seen": [0.0, 0.5, 1.0]},
+        "aborted": {"status": "aborted", "error": "user abort"},
+        "scheduled": {"result": 30, "waited": True},
+        "cron": ["tick"],
+    }

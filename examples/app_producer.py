@@ -1,0 +1,110 @@
+"""The example app's producer: enqueues work for a worker of ``app_tasks.settings``
+and prints a JSON summary of what came back. The same file runs against saqlite or
+SAQ: only app_tasks.py names the queue (see its docstring).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from app_tasks import queue
+
+
+async def _until(check: Any, timeout: float = 30.0) -> None:
+    """Poll an async check until it is true (both systems' refresh, no waiting API)."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the worker did not get there in time: is it running?")
+        await asyncio.sleep(0.05)
+
+
+def _lines(path: str) -> list[str]:
+    return Path(path).read_text().split() if Path(path).exists() else []
+
+
+def _touch(path: str) -> None:
+    Path(path).touch()
+
+
+async def main() -> dict[str, Any]:
+    await queue.connect()
+    summary: dict[str, Any] = {}
+
+    async def worker_up() -> bool:
+        return bool((await queue.info())["workers"])
+
+    await _until(worker_up)
+
+    summary["apply"] = await queue.apply("add", a=2, b=3, timeout=30)
+    summary["map"] = await queue.map("add", [{"a": 1, "b": 2}, {"a": 3, "b": 4}], timeout=30)
+
+    job = await queue.enqueue("flaky", failures=2, retries=3, timeout=30)
+    assert job is not None
+    await job.refresh(until_complete=30)
+    summary["retried"] = {
+        "status": job.status.value,
+        "result": job.result,
+        "attempts": job.attempts,
+    }
+
+    [failure] = await queue.map("broken", [{}], timeout=30, return_exceptions=True)
+    summary["failed"] = {
+        "status": failure.job.status.value,
+        "error": failure.job.error.strip().splitlines()[-1],
+    }
+
+    gate = "report.go"  # the worker runs in this folder too
+    job = await queue.enqueue("report", gate=gate, timeout=30)
+    assert job is not None
+    progress = [job.progress]
+
+    async def half_done() -> bool:
+        await job.refresh()
+        return bool(job.progress == 0.5)
+
+    await _until(half_done)
+    progress.append(job.progress)
+    _touch(gate)
+    await job.refresh(until_complete=30)
+    progress.append(job.progress)
+    summary["report"] = {"result": job.result, "progress_seen": progress}
+
+    job = await queue.enqueue("wait_forever", timeout=60)
+    assert job is not None
+
+    async def running() -> bool:
+        await job.refresh()
+        return bool(job.status.value == "active")
+
+    async def finished() -> bool:
+        await job.refresh()
+        return bool(job.status.value in ("complete", "failed", "aborted"))
+
+    await _until(running)
+    await job.abort("user abort")
+    await _until(finished)
+    summary["aborted"] = {"status": job.status.value, "error": job.error}
+
+    start = time.time()
+    job = await queue.enqueue("add", a=10, b=20, scheduled=int(start) + 2)
+    assert job is not None
+    await job.refresh(until_complete=30)
+    summary["scheduled"] = {"result": job.result, "waited": job.started / 1000 >= int(start) + 2}
+
+    async def ticked_twice() -> bool:
+        return len(_lines("ticks.txt")) >= 2
+
+    await _until(ticked_twice)
+    summary["cron"] = sorted(set(_lines("ticks.txt")))
+
+    await queue.disconnect()
+    return summary
+
+
+if __name__ == "__main__":
+    print(json.dumps(asyncio.run(main()), sort_keys=True))
