@@ -517,7 +517,7 @@ def exponential_backoff(
     As SAQ's ``saq.utils.exponential_backoff``; ``Job.next_retry_delay`` calls it."""
     if max_delay is None:
         max_delay = float("inf")
-    backoff = min(max_delay, base_delay * 2 ** max(attempts - 1, 0))
+    backoff = min(max_delay, base_delay * float(2 ** max(attempts - 1, 0)))
     if jitter:
         backoff = backoff * random.random()
     return backoff
@@ -3117,7 +3117,7 @@ async def _call(function: Function, context: Context, kwargs: dict[str, t.Any]) 
 # Operations: terminal commands
 # =============================================================================
 
-_OPS_COMMANDS = ("info", "jobs", "job", "retry", "abort", "purge", "burst", "web")
+_OPS_COMMANDS = ("info", "jobs", "job", "retry", "abort", "purge", "burst", "web", "export")
 _OPS_EPILOG = """\
 commands on a saqlite file (a path or sqlite:/// URL; no settings needed):
   saqlite info FILE              queues with their counts, and live workers
@@ -3128,6 +3128,7 @@ commands on a saqlite file (a path or sqlite:/// URL; no settings needed):
   saqlite purge FILE --older-than 7d   delete finished jobs older than an age
   saqlite web FILE [--port 8080] serve the monitoring page
   saqlite burst module.settings  run the jobs there are, then exit 1 if any failed
+  saqlite export FILE URL        move waiting and scheduled jobs into SAQ (redis://, postgres://)
 Add --json for output a script can read. saqlite COMMAND -h tells more."""
 
 _FINISHED = ("complete", "failed", "aborted")
@@ -3928,6 +3929,182 @@ def _cmd_web(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- export to SAQ ---------------------------------------------------------------
+
+#: The worker_id of a job an export has taken out of the file: it stays QUEUED but
+#: is never due (run_at below) until SAQ has it; then it is deleted. A rerun after an
+#: interrupted export finds these first.
+_EXPORT_MARK = "saqlite export"
+_EXPORT_HOLD = 253402300799.0  # run_at of a taken job: the end of year 9999
+_EXPORT_SLICE = 100
+_EXPORT_SCHEMES = ("redis", "rediss", "postgres", "postgresql")
+_SQL_EXPORT_QUEUES = (
+    "SELECT DISTINCT queue FROM saqlite_jobs WHERE status IN ('queued', 'active', 'aborting') "
+    "ORDER BY 1"
+)
+_SQL_EXPORT_COUNTS = """
+SELECT COALESCE(SUM(status = 'queued'), 0), COALESCE(SUM(status IN ('active', 'aborting')), 0)
+FROM saqlite_jobs WHERE queue = :queue
+"""
+_SQL_EXPORT_RUNNING = (
+    "SELECT key, status FROM saqlite_jobs "
+    "WHERE queue = :queue AND status IN ('active', 'aborting') ORDER BY rowid"
+)
+# A slice of jobs a killed export left taken, and a slice of waiting jobs to take.
+_SQL_EXPORT_TAKEN = f"""
+SELECT rowid, queue, key, {_LOAD_COLUMNS} FROM saqlite_jobs
+WHERE queue = :queue AND status = 'queued' AND worker_id = :mark AND rowid > :after
+ORDER BY rowid LIMIT :limit
+"""
+_SQL_EXPORT_TAKE = f"""
+UPDATE saqlite_jobs SET worker_id = :mark, run_at = :hold
+WHERE rowid IN (
+    SELECT rowid FROM saqlite_jobs
+    WHERE queue = :queue AND status = 'queued' AND worker_id IS NOT :mark AND rowid > :after
+    ORDER BY rowid LIMIT :limit)
+RETURNING rowid, queue, key, {_LOAD_COLUMNS}
+"""
+_SQL_EXPORT_DELETE = """
+DELETE FROM saqlite_jobs WHERE queue = :queue AND status = 'queued' AND worker_id = :mark
+  AND key IN (SELECT value FROM json_each(:keys))
+"""
+_SQL_EXPORT_RESTORE = """
+UPDATE saqlite_jobs SET worker_id = NULL, run_at = :run_at
+WHERE queue = :queue AND key = :key AND status = 'queued' AND worker_id = :mark
+"""
+#: The Job fields an export keeps (those SAQ's Job has), besides function and kwargs.
+_EXPORT_FIELDS = ("key", "scheduled", "priority", "retries", "timeout", "heartbeat", "ttl",
+                  "meta", "retry_delay", "retry_backoff", "group_key", "attempts")  # fmt: skip
+
+
+def _saq_job(saq: t.Any, job: Job) -> t.Any:
+    """SAQ's Job for a saqlite job: the same function, kwargs and options."""
+    known = {field.name for field in dataclasses.fields(saq.Job)}
+    options = {name: getattr(job, name) for name in _EXPORT_FIELDS if name in known}
+    return saq.Job(function=job.function, kwargs=job.kwargs, **options)
+
+
+async def _export_slice(
+    store: _Store, saq_queue: t.Any, saq: t.Any, rows: list[t.Any], taken_before: bool
+) -> tuple[int, int, list[Job]]:
+    """Put one taken slice into SAQ, then delete it from the file.
+
+    Returns:
+        How many were enqueued, how many SAQ had already (a killed run's), and the jobs
+        left in the file because SAQ has another job waiting with their key.
+    """
+    jobs = [store.load(row[1:]) for row in rows]
+    present: set[str] = set()
+    if taken_before:  # a killed run may have enqueued these before it could delete them
+        found = await saq_queue.jobs([job.key for job in jobs])
+        present = {job.key for job in found if job is not None}
+    moved, conflicts = 0, []
+    for job in jobs:
+        if job.key in present:
+            continue
+        if await saq_queue.enqueue(_saq_job(saq, job)) is None:
+            conflicts.append(job)
+        else:
+            moved += 1
+    for job in conflicts:
+        run_at = job.scheduled or _seconds(job.queued or now())
+        params = {"queue": saq_queue.name, "key": job.key, "mark": _EXPORT_MARK, "run_at": run_at}
+        await store.fetch(_SQL_EXPORT_RESTORE, params)
+    keys = [job.key for job in jobs if job not in conflicts]
+    await store.fetch(
+        _SQL_EXPORT_DELETE,
+        {"queue": saq_queue.name, "mark": _EXPORT_MARK, "keys": json.dumps(keys)},
+    )
+    return moved, len(present), conflicts
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    """Move the waiting and scheduled jobs of a file into SAQ."""
+    scheme = urllib.parse.urlparse(args.url).scheme.lower()
+    if scheme not in _EXPORT_SCHEMES:
+        raise _OpsError(
+            f"Cannot export to {args.url!r}: give SAQ's redis://HOST:PORT or "
+            "postgres://USER@HOST/DB URL"
+        )
+    saq: t.Any = None
+    if not args.dry_run:
+        try:
+            saq = importlib.import_module("saq")
+        except ImportError:
+            extra = "redis" if scheme.startswith("redis") else "postgres"
+            print(
+                f"saqlite export: SAQ is not installed here: pip install 'saq[{extra}]>=0.26' "
+                "in this environment, then run the command again",
+                file=sys.stderr,
+            )
+            return 2
+
+    async def action(store: _Store) -> int:
+        names = [args.queue] if args.queue else [
+            name for (name,) in await store.fetch(_SQL_EXPORT_QUEUES)]  # fmt: skip
+        counts = {}
+        for name in names:
+            waiting, active = (await store.fetch(_SQL_EXPORT_COUNTS, {"queue": name}))[0]
+            counts[name] = (int(waiting), int(active))
+        total = sum(waiting for waiting, _ in counts.values())
+        report: dict[str, t.Any] = {"url": args.url, "dry_run": args.dry_run, "queues": {}}
+        running: list[dict[str, str]] = []
+        conflicts: list[dict[str, str]] = []
+        progress = _Progress("export", total, enabled=not args.quiet and not args.dry_run)
+        done = 0
+        for name in names:
+            for key, status in await store.fetch(_SQL_EXPORT_RUNNING, {"queue": name}):
+                running.append({"queue": name, "key": key, "status": status})
+            if args.dry_run:
+                report["queues"][name] = {"to_move": counts[name][0], "moved": 0}
+                continue
+            moved = already = 0
+            saq_queue = saq.Queue.from_url(args.url, name=name)
+            await saq_queue.connect()
+            try:
+                for sql, taken_before in ((_SQL_EXPORT_TAKEN, True), (_SQL_EXPORT_TAKE, False)):
+                    params = {"queue": name, "mark": _EXPORT_MARK, "hold": _EXPORT_HOLD,
+                              "after": 0, "limit": _EXPORT_SLICE}  # fmt: skip
+                    while True:
+                        rows = await store.fetch(sql, params)
+                        if not rows:
+                            break
+                        params["after"] = max(row[0] for row in rows)
+                        n_moved, n_already, left = await _export_slice(
+                            store, saq_queue, saq, rows, taken_before
+                        )
+                        moved, already = moved + n_moved, already + n_already
+                        conflicts += [{"queue": name, "key": job.key} for job in left]
+                        done += len(rows)
+                        progress.update(done)
+            finally:
+                await saq_queue.disconnect()
+            report["queues"][name] = {"moved": moved, "already_in_saq": already}
+        progress.close()
+        report["running"] = running
+        report["conflicts"] = conflicts
+        if args.json:
+            _print_json(report)
+        else:
+            for name, outcome in report["queues"].items():
+                if args.dry_run:
+                    print(f"{_clean(name)}: would move {outcome['to_move']} job(s)")
+                else:
+                    extra = (f" ({outcome['already_in_saq']} already there from an interrupted "
+                             "export)" if outcome["already_in_saq"] else "")  # fmt: skip
+                    print(f"{_clean(name)}: moved {outcome['moved']} job(s) to SAQ{extra}")
+            for job in conflicts:
+                print(f"kept {_clean(job['queue'])} {_clean(job['key'])}: SAQ has another job "
+                      "waiting with this key", file=sys.stderr)  # fmt: skip
+        if running:
+            print(f"saqlite export: {len(running)} running job(s) were not moved: stop the "
+                  "workers first (they finish or put their jobs back), then export again",
+                  file=sys.stderr)  # fmt: skip
+        return 1 if running or conflicts else 0
+
+    return _run_on_store(args.file, action)
+
+
 def _ops_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="saqlite", description="Operate saqlite queues.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -3991,6 +4168,15 @@ def _ops_parser() -> argparse.ArgumentParser:
     sub.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     sub.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 = any free)")
     sub.add_argument("--refresh", type=float, default=3.0, help="seconds between refreshes")
+    sub = command(
+        "export", "Move the waiting and scheduled jobs into SAQ at a redis:// or postgres:// "
+        "URL (SAQ must be installed). Running jobs stay: stop the workers first. An "
+        "interrupted export loses nothing: run it again to finish.", _cmd_export,
+    )  # fmt: skip
+    sub.add_argument("url", metavar="URL", help="SAQ's queue URL: redis://... or postgres://...")
+    sub.add_argument("--queue", help="only this queue (default: every queue with jobs)")
+    sub.add_argument("--dry-run", action="store_true", help="only count what would move")
+    sub.add_argument("-q", "--quiet", action="store_true", help="no progress")
     return parser
 
 

@@ -59,36 +59,40 @@ async def main() -> dict[str, Any]:
     }
 
     gate = "report.go"  # the worker runs in this folder too
-    job = await queue.enqueue("report", gate=gate, timeout=30)
-    assert job is not None
-    progress = [job.progress]
+    report = await queue.enqueue("report", gate=gate, timeout=30)
+    assert report is not None
+    progress = [report.progress]
 
     async def half_done() -> bool:
-        await job.refresh()
-        return bool(job.progress == 0.5)
+        assert report is not None
+        await report.refresh()
+        return bool(report.progress == 0.5)
 
     await _until(half_done)
-    progress.append(job.progress)
+    progress.append(report.progress)
     _touch(gate)
-    await job.refresh(until_complete=30)
-    progress.append(job.progress)
-    summary["report"] = {"result": job.result, "progress_seen": progress}
+    await report.refresh(until_complete=30)
+    progress.append(report.progress)
+    summary["report"] = {"result": report.result, "progress_seen": progress}
 
-    job = await queue.enqueue("wait_forever", timeout=60)
-    assert job is not None
+    waiter = await queue.enqueue("wait_forever", timeout=60)
+    assert waiter is not None
+
+    async def status() -> str:
+        assert waiter is not None
+        await waiter.refresh()
+        return str(waiter.status.value)
 
     async def running() -> bool:
-        await job.refresh()
-        return bool(job.status.value == "active")
+        return await status() == "active"
 
     async def finished() -> bool:
-        await job.refresh()
-        return bool(job.status.value in ("complete", "failed", "aborted"))
+        return await status() in ("complete", "failed", "aborted")
 
     await _until(running)
-    await job.abort("user abort")
+    await waiter.abort("user abort")
     await _until(finished)
-    summary["aborted"] = {"status": job.status.value, "error": job.error}
+    summary["aborted"] = {"status": waiter.status.value, "error": waiter.error}
 
     start = time.time()
     job = await queue.enqueue("add", a=10, b=20, scheduled=int(start) + 2)
