@@ -18,6 +18,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -480,7 +481,8 @@ def _saq_jobs(url: str, name: str, keys: list[str]) -> dict[str, t.Any]:
         finally:
             await queue.disconnect()
         jobs = {job.key: job for job in found if job is not None}
-        assert incomplete == len(jobs), "SAQ's incomplete set and its jobs disagree"
+        waiting = [job for job in jobs.values() if job.status.value in ("queued", "active")]
+        assert incomplete == len(waiting), "SAQ's incomplete set and its jobs disagree"
         return jobs
 
     return asyncio.run(read())
@@ -549,3 +551,118 @@ def test_export_moves_waiting_and_scheduled_jobs_with_their_options_into_saq(
 
     again = _export(file, redis.url, "--queue", name)  # nothing waiting is left
     assert "moved 0 job(s)" in again.stdout
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="pauses redis-server with SIGSTOP")
+def test_an_export_killed_midway_loses_nothing_and_a_rerun_finishes_it(
+    tmp_path: Path, redis: _Redis
+) -> None:
+    file = tmp_path / "jobs.db"
+    name = f"bulk-{tmp_path.name}"
+    with SyncQueue(file, name=name) as jobs:
+        enqueued = jobs.enqueue_many(["work"] * 3000, n=1)
+    keys = [job.key for job in enqueued if job is not None]
+    assert len(keys) == 3000
+
+    export = subprocess.Popen(
+        [sys.executable, "-m", "saqlite", "export", str(file), redis.url, "-q"],
+        env=_python_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        # Midway: some slices moved (deleted from the file) and one taken, in flight.
+        deadline = time.monotonic() + 60
+        while True:
+            rows = _file_rows(file, name)
+            taken = sum(row[1] == EXPORT_MARK for row in rows.values())
+            if taken and len(rows) < 3000:
+                break
+            assert export.poll() is None, "the export ended before the test could stop it"
+            assert time.monotonic() < deadline, "the export made no progress in 60 s"
+            time.sleep(0.002)
+        redis.process.send_signal(signal.SIGSTOP)  # freeze it inside its slice
+        try:
+            export.kill()
+            export.wait(30)
+        finally:
+            redis.process.send_signal(signal.SIGCONT)
+    finally:
+        if export.poll() is None:
+            export.kill()
+            export.wait(30)
+    assert export.returncode != 0
+
+    rows = _file_rows(file, name)
+    in_saq = _saq_jobs(redis.url, name, keys)
+    assert 0 < len(rows) < 3000 and in_saq
+    assert set(keys) == set(rows) | set(in_saq)  # none lost
+    for key in set(rows) & set(in_saq):  # in both: not runnable in the file
+        status, worker_id, run_at = rows[key]
+        assert (status, worker_id) == ("queued", EXPORT_MARK) and run_at > time.time() + 1e9
+
+    rerun = _export(file, redis.url, "--json")
+    assert rerun.returncode == 0, rerun.stderr
+    assert _file_rows(file, name) == {}
+    in_saq = _saq_jobs(redis.url, name, keys)
+    assert set(in_saq) == set(keys)
+    assert all(job.status.value == "queued" and job.kwargs == {"n": 1} for job in in_saq.values())
+    outcome = json.loads(rerun.stdout)["queues"][name]
+    assert outcome["moved"] + outcome["already_in_saq"] == len(rows)
+
+
+def test_a_rerun_deletes_jobs_saq_already_has_and_sends_the_others(
+    tmp_path: Path, redis: _Redis
+) -> None:
+    """The state a killed export leaves, made by hand: taken jobs, some already in SAQ
+    (one of them even finished there): none is enqueued twice, none is lost."""
+    saq = _import_saq()
+    file = tmp_path / "jobs.db"
+    name = f"rerun-{tmp_path.name}"
+    with SyncQueue(file, name=name) as jobs:
+        for key in ("sent", "sent-and-run", "not-sent", "fresh"):
+            jobs.enqueue("work", key=key)
+    with contextlib.closing(sqlite3.connect(file)) as conn, conn:
+        conn.execute(
+            "UPDATE saqlite_jobs SET worker_id = ?, run_at = 253402300799 "
+            "WHERE queue = ? AND key != 'fresh'",
+            (EXPORT_MARK, name),
+        )
+
+    async def in_saq_already() -> None:
+        queue = saq.Queue.from_url(redis.url, name=name)
+        try:
+            await queue.enqueue("work", key="sent")
+            job = await queue.enqueue("work", key="sent-and-run")
+            await queue.finish(job, saq.Status.COMPLETE, result="ran in SAQ")
+        finally:
+            await queue.disconnect()
+
+    asyncio.run(in_saq_already())
+    rerun = _export(file, redis.url, "--queue", name)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "moved 2 job(s) to SAQ (2 already there from an interrupted export)" in rerun.stdout
+    assert _file_rows(file, name) == {}
+    jobs = _saq_jobs(redis.url, name, ["sent", "sent-and-run", "not-sent", "fresh"])
+    assert {key: job.status.value for key, job in jobs.items()} == {
+        "sent": "queued", "sent-and-run": "complete", "not-sent": "queued", "fresh": "queued",
+    }  # fmt: skip
+    assert jobs["sent-and-run"].result == "ran in SAQ"  # not run again
+
+
+def test_export_without_saq_installed_says_how_and_exits_2(tmp_path: Path) -> None:
+    file = tmp_path / "jobs.db"
+    with SyncQueue(file) as jobs:
+        jobs.enqueue("work", key="k")
+    script = (
+        "import sys; sys.modules['saq'] = None; import saqlite; "  # None: import fails
+        f"sys.exit(saqlite.main(['export', {str(file)!r}, 'redis://localhost:6379']))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=_python_env(tmp_path), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "SAQ is not installed here: pip install 'saq[redis]>=0.26'" in result.stderr
+    assert set(_file_rows(file, "default")) == {"k"}  # nothing touched
+    bad = _export(file, "http://localhost:8080")
+    assert bad.returncode == 1
+    assert "give SAQ's redis://HOST:PORT or postgres://USER@HOST/DB URL" in bad.stderr
