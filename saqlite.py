@@ -3950,19 +3950,23 @@ _SQL_EXPORT_RUNNING = (
     "SELECT key, status FROM saqlite_jobs "
     "WHERE queue = :queue AND status IN ('active', 'aborting') ORDER BY rowid"
 )
-# A slice of jobs a killed export left taken, and a slice of waiting jobs to take.
+# A slice of jobs a killed export left taken, and a slice of waiting jobs (read, then
+# taken by rowid once they are known to load: those a worker claimed meanwhile stay).
 _SQL_EXPORT_TAKEN = f"""
 SELECT rowid, queue, key, {_LOAD_COLUMNS} FROM saqlite_jobs
 WHERE queue = :queue AND status = 'queued' AND worker_id = :mark AND rowid > :after
 ORDER BY rowid LIMIT :limit
 """
-_SQL_EXPORT_TAKE = f"""
+_SQL_EXPORT_WAITING = f"""
+SELECT rowid, queue, key, {_LOAD_COLUMNS} FROM saqlite_jobs
+WHERE queue = :queue AND status = 'queued' AND worker_id IS NOT :mark AND rowid > :after
+ORDER BY rowid LIMIT :limit
+"""
+_SQL_EXPORT_TAKE = """
 UPDATE saqlite_jobs SET worker_id = :mark, run_at = :hold
-WHERE rowid IN (
-    SELECT rowid FROM saqlite_jobs
-    WHERE queue = :queue AND status = 'queued' AND worker_id IS NOT :mark AND rowid > :after
-    ORDER BY rowid LIMIT :limit)
-RETURNING rowid, queue, key, {_LOAD_COLUMNS}
+WHERE rowid IN (SELECT value FROM json_each(:rowids)) AND status = 'queued'
+  AND worker_id IS NOT :mark
+RETURNING rowid
 """
 _SQL_EXPORT_DELETE = """
 DELETE FROM saqlite_jobs WHERE queue = :queue AND status = 'queued' AND worker_id = :mark
@@ -3977,6 +3981,21 @@ _EXPORT_FIELDS = ("key", "scheduled", "priority", "retries", "timeout", "heartbe
                   "meta", "retry_delay", "retry_backoff", "group_key", "attempts")  # fmt: skip
 
 
+def _export_load(store: _Store, row: Sequence[t.Any]) -> Job:
+    """The job of a ``rowid, queue, key, _LOAD_COLUMNS`` row.
+
+    Raises:
+        _OpsError: its data cannot be read (stored with another ``dump``).
+    """
+    try:
+        return store.queue(row[1])._row_to_job(row[3:])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise _OpsError(
+            f"Cannot read job {row[2]!r} of queue {row[1]!r} ({exc}): export reads jobs "
+            "stored as JSON; nothing of this slice was moved"
+        ) from exc
+
+
 def _saq_job(saq: t.Any, job: Job) -> t.Any:
     """SAQ's Job for a saqlite job: the same function, kwargs and options."""
     known = {field.name for field in dataclasses.fields(saq.Job)}
@@ -3987,13 +4006,19 @@ def _saq_job(saq: t.Any, job: Job) -> t.Any:
 async def _export_slice(
     store: _Store, saq_queue: t.Any, saq: t.Any, rows: list[t.Any], taken_before: bool
 ) -> tuple[int, int, list[Job]]:
-    """Put one taken slice into SAQ, then delete it from the file.
+    """Take one slice out of the file's reach (unless a killed run did), put it into
+    SAQ, then delete it from the file.
 
     Returns:
         How many were enqueued, how many SAQ had already (a killed run's), and the jobs
         left in the file because SAQ has another job waiting with their key.
     """
-    jobs = [store.load(row[1:]) for row in rows]
+    loaded = {row[0]: _export_load(store, row) for row in rows}
+    if not taken_before:
+        params = {"mark": _EXPORT_MARK, "hold": _EXPORT_HOLD, "rowids": json.dumps(list(loaded))}
+        taken = {rowid for (rowid,) in await store.fetch(_SQL_EXPORT_TAKE, params)}
+        loaded = {rowid: job for rowid, job in loaded.items() if rowid in taken}
+    jobs = list(loaded.values())
     present: set[str] = set()
     if taken_before:  # a killed run may have enqueued these before it could delete them
         found = await saq_queue.jobs([job.key for job in jobs])
@@ -4062,9 +4087,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
             saq_queue = saq.Queue.from_url(args.url, name=name)
             await saq_queue.connect()
             try:
-                for sql, taken_before in ((_SQL_EXPORT_TAKEN, True), (_SQL_EXPORT_TAKE, False)):
-                    params = {"queue": name, "mark": _EXPORT_MARK, "hold": _EXPORT_HOLD,
-                              "after": 0, "limit": _EXPORT_SLICE}  # fmt: skip
+                for sql, taken_before in ((_SQL_EXPORT_TAKEN, True), (_SQL_EXPORT_WAITING, False)):
+                    params = {"queue": name, "mark": _EXPORT_MARK, "after": 0,
+                              "limit": _EXPORT_SLICE}  # fmt: skip
                     while True:
                         rows = await store.fetch(sql, params)
                         if not rows:

@@ -177,6 +177,27 @@ def test_job_fields_are_in_saqs_order() -> None:
     assert names == [field.name for field in dataclasses.fields(saq.job.Job)]
 
 
+@async_test
+async def test_saqs_smaller_queue_members_do_what_saqs_do(tmp_path: Path) -> None:
+    queue = make_queue(tmp_path / "jobs.db")
+    assert queue.loop is asyncio.get_running_loop()
+    assert await queue.schedule() == []  # due scheduled jobs need no move here
+    job = await queue.enqueue("f", key="k", meta={"m": 1})
+    assert job is not None
+    copied = queue.deserialize(job.to_dict(), Status.ACTIVE)  # a dict, and a status
+    assert copied is not None
+    assert (copied.key, copied.meta, copied.status) == ("k", {"m": 1}, Status.ACTIVE)
+    assert copied.queue is queue
+    running = await queue.dequeue()
+    assert running is not None
+    await queue.abort(running, "stop it")
+    await running.refresh()
+    assert running.status is Status.ABORTING
+    await queue.finish_abort(running)
+    stored_job = await stored(queue, "k")
+    assert (stored_job.status, stored_job.error) == (Status.ABORTED, "stop it")
+
+
 # =============================================================================
 # 9.8: every public member of SAQ's Job, Queue and Worker
 # =============================================================================
@@ -641,11 +662,11 @@ def test_a_rerun_deletes_jobs_saq_already_has_and_sends_the_others(
     assert rerun.returncode == 0, rerun.stderr
     assert "moved 2 job(s) to SAQ (2 already there from an interrupted export)" in rerun.stdout
     assert _file_rows(file, name) == {}
-    jobs = _saq_jobs(redis.url, name, ["sent", "sent-and-run", "not-sent", "fresh"])
-    assert {key: job.status.value for key, job in jobs.items()} == {
+    in_saq = _saq_jobs(redis.url, name, ["sent", "sent-and-run", "not-sent", "fresh"])
+    assert {key: job.status.value for key, job in in_saq.items()} == {
         "sent": "queued", "sent-and-run": "complete", "not-sent": "queued", "fresh": "queued",
     }  # fmt: skip
-    assert jobs["sent-and-run"].result == "ran in SAQ"  # not run again
+    assert in_saq["sent-and-run"].result == "ran in SAQ"  # not run again
 
 
 def test_export_without_saq_installed_says_how_and_exits_2(tmp_path: Path) -> None:
@@ -666,3 +687,22 @@ def test_export_without_saq_installed_says_how_and_exits_2(tmp_path: Path) -> No
     bad = _export(file, "http://localhost:8080")
     assert bad.returncode == 1
     assert "give SAQ's redis://HOST:PORT or postgres://USER@HOST/DB URL" in bad.stderr
+
+
+def test_export_of_a_job_it_cannot_read_stops_and_leaves_the_slice_runnable(
+    tmp_path: Path, redis: _Redis
+) -> None:
+    file = tmp_path / "jobs.db"
+    name = f"unreadable-{tmp_path.name}"
+    with SyncQueue(file, name=name) as jobs:
+        jobs.enqueue("work", key="fine")
+        jobs.enqueue("work", key="odd")
+    with contextlib.closing(sqlite3.connect(file)) as conn, conn:
+        conn.execute("UPDATE saqlite_jobs SET data = 'not json' WHERE key = 'odd'")
+    before = _file_rows(file, name)
+    result = _export(file, redis.url, "--queue", name)
+    assert result.returncode == 1
+    assert f"Cannot read job 'odd' of queue '{name}'" in result.stderr
+    assert "nothing of this slice was moved" in result.stderr
+    assert _file_rows(file, name) == before  # not taken: still runnable here
+    assert _saq_jobs(redis.url, name, ["fine", "odd"]) == {}
