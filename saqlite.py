@@ -3942,10 +3942,7 @@ _SQL_EXPORT_QUEUES = (
     "SELECT DISTINCT queue FROM saqlite_jobs WHERE status IN ('queued', 'active', 'aborting') "
     "ORDER BY 1"
 )
-_SQL_EXPORT_COUNTS = """
-SELECT COALESCE(SUM(status = 'queued'), 0), COALESCE(SUM(status IN ('active', 'aborting')), 0)
-FROM saqlite_jobs WHERE queue = :queue
-"""
+_SQL_EXPORT_COUNTS = "SELECT COUNT(*) FROM saqlite_jobs WHERE queue = :queue AND status = 'queued'"
 _SQL_EXPORT_RUNNING = (
     "SELECT key, status FROM saqlite_jobs "
     "WHERE queue = :queue AND status IN ('active', 'aborting') ORDER BY rowid"
@@ -4043,6 +4040,35 @@ async def _export_slice(
     return moved, len(present), conflicts
 
 
+async def _export_queue(
+    store: _Store, saq: t.Any, url: str, name: str, advance: Callable[[int], None]
+) -> tuple[int, int, list[Job]]:
+    """Export one queue, slice by slice: first what a killed run left taken, then the
+    waiting jobs; ``advance`` is told how many jobs each slice had. Returns what
+    ``_export_slice`` does, summed."""
+    moved = already = 0
+    conflicts: list[Job] = []
+    saq_queue = saq.Queue.from_url(url, name=name)
+    await saq_queue.connect()
+    try:
+        for sql, taken_before in ((_SQL_EXPORT_TAKEN, True), (_SQL_EXPORT_WAITING, False)):
+            params = {"queue": name, "mark": _EXPORT_MARK, "after": 0, "limit": _EXPORT_SLICE}
+            while True:
+                rows = await store.fetch(sql, params)
+                if not rows:
+                    break
+                params["after"] = max(row[0] for row in rows)
+                n_moved, n_already, left = await _export_slice(
+                    store, saq_queue, saq, rows, taken_before
+                )
+                moved, already = moved + n_moved, already + n_already
+                conflicts += left
+                advance(len(rows))
+    finally:
+        await saq_queue.disconnect()
+    return moved, already, conflicts
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     """Move the waiting and scheduled jobs of a file into SAQ."""
     scheme = urllib.parse.urlparse(args.url).scheme.lower()
@@ -4067,44 +4093,41 @@ def _cmd_export(args: argparse.Namespace) -> int:
     async def action(store: _Store) -> int:
         names = [args.queue] if args.queue else [
             name for (name,) in await store.fetch(_SQL_EXPORT_QUEUES)]  # fmt: skip
-        counts = {}
+        waiting = {}
         for name in names:
-            waiting, active = (await store.fetch(_SQL_EXPORT_COUNTS, {"queue": name}))[0]
-            counts[name] = (int(waiting), int(active))
-        total = sum(waiting for waiting, _ in counts.values())
+            waiting[name] = int((await store.fetch(_SQL_EXPORT_COUNTS, {"queue": name}))[0][0])
         report: dict[str, t.Any] = {"url": args.url, "dry_run": args.dry_run, "queues": {}}
         running: list[dict[str, str]] = []
         conflicts: list[dict[str, str]] = []
-        progress = _Progress("export", total, enabled=not args.quiet and not args.dry_run)
+        progress = _Progress(
+            "export", sum(waiting.values()), enabled=not args.quiet and not args.dry_run
+        )
         done = 0
+
+        def advance(count: int) -> None:
+            nonlocal done
+            done += count
+            progress.update(done)
+
         for name in names:
             for key, status in await store.fetch(_SQL_EXPORT_RUNNING, {"queue": name}):
                 running.append({"queue": name, "key": key, "status": status})
             if args.dry_run:
-                report["queues"][name] = {"to_move": counts[name][0], "moved": 0}
+                report["queues"][name] = {"to_move": waiting[name], "moved": 0}
                 continue
-            moved = already = 0
-            saq_queue = saq.Queue.from_url(args.url, name=name)
-            await saq_queue.connect()
             try:
-                for sql, taken_before in ((_SQL_EXPORT_TAKEN, True), (_SQL_EXPORT_WAITING, False)):
-                    params = {"queue": name, "mark": _EXPORT_MARK, "after": 0,
-                              "limit": _EXPORT_SLICE}  # fmt: skip
-                    while True:
-                        rows = await store.fetch(sql, params)
-                        if not rows:
-                            break
-                        params["after"] = max(row[0] for row in rows)
-                        n_moved, n_already, left = await _export_slice(
-                            store, saq_queue, saq, rows, taken_before
-                        )
-                        moved, already = moved + n_moved, already + n_already
-                        conflicts += [{"queue": name, "key": job.key} for job in left]
-                        done += len(rows)
-                        progress.update(done)
-            finally:
-                await saq_queue.disconnect()
+                moved, already, left = await _export_queue(store, saq, args.url, name, advance)
+            except _OpsError:
+                raise
+            except Exception as exc:  # SAQ's back-end: a refused connection, a bad URL ...
+                raise _OpsError(
+                    f"SAQ at {args.url} failed while queue {name!r} was moving: "
+                    f"{type(exc).__name__}: {exc}. Jobs already moved are in SAQ and gone from "
+                    "the file; the rest stay in the file (those in flight kept from its "
+                    "workers): fix the cause and run the same command again to finish"
+                ) from exc
             report["queues"][name] = {"moved": moved, "already_in_saq": already}
+            conflicts += [{"queue": name, "key": job.key} for job in left]
         progress.close()
         report["running"] = running
         report["conflicts"] = conflicts

@@ -706,3 +706,24 @@ def test_export_of_a_job_it_cannot_read_stops_and_leaves_the_slice_runnable(
     assert "nothing of this slice was moved" in result.stderr
     assert _file_rows(file, name) == before  # not taken: still runnable here
     assert _saq_jobs(redis.url, name, ["fine", "odd"]) == {}
+
+
+def test_export_to_an_unreachable_saq_says_so_and_a_rerun_finishes(
+    tmp_path: Path, redis: _Redis
+) -> None:
+    file = tmp_path / "jobs.db"
+    name = f"unreachable-{tmp_path.name}"
+    with SyncQueue(file, name=name) as jobs:
+        for n in range(3):
+            jobs.enqueue("work", key=f"k{n}", n=n)
+    nobody = f"redis://127.0.0.1:{_free_port()}"
+    failed = _export(file, nobody, "--queue", name)
+    assert failed.returncode == 1
+    assert f"SAQ at {nobody} failed while queue {name!r} was moving" in failed.stderr
+    assert "run the same command again to finish" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert set(_file_rows(file, name)) == {"k0", "k1", "k2"}  # nothing lost
+    rerun = _export(file, redis.url, "--queue", name)
+    assert rerun.returncode == 0, rerun.stderr
+    assert _file_rows(file, name) == {}
+    assert set(_saq_jobs(redis.url, name, ["k0", "k1", "k2"])) == {"k0", "k1", "k2"}
