@@ -727,3 +727,32 @@ def test_export_to_an_unreachable_saq_says_so_and_a_rerun_finishes(
     assert rerun.returncode == 0, rerun.stderr
     assert _file_rows(file, name) == {}
     assert set(_saq_jobs(redis.url, name, ["k0", "k1", "k2"])) == {"k0", "k1", "k2"}
+
+
+def test_a_key_saq_has_waiting_already_stays_in_the_file_and_is_reported(
+    tmp_path: Path, redis: _Redis
+) -> None:
+    saq = _import_saq()
+    file = tmp_path / "jobs.db"
+    name = f"conflict-{tmp_path.name}"
+    with SyncQueue(file, name=name) as jobs:
+        jobs.enqueue("work", key="taken", n=1)
+        jobs.enqueue("work", key="free", n=2)
+
+    async def waiting_in_saq() -> None:
+        queue = saq.Queue.from_url(redis.url, name=name)
+        try:
+            await queue.enqueue("other", key="taken")
+        finally:
+            await queue.disconnect()
+
+    asyncio.run(waiting_in_saq())
+    result = _export(file, redis.url, "--queue", name)
+    assert result.returncode == 1
+    assert f"kept {name} taken: SAQ has another job waiting with this key" in result.stderr
+    rows = _file_rows(file, name)
+    assert set(rows) == {"taken"}
+    status, worker_id, run_at = rows["taken"]
+    assert (status, worker_id) == ("queued", None) and run_at < time.time() + 60  # runnable
+    in_saq = _saq_jobs(redis.url, name, ["taken", "free"])
+    assert (in_saq["taken"].function, in_saq["free"].kwargs) == ("other", {"n": 2})
