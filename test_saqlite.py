@@ -215,32 +215,12 @@ def test_public_names_importable() -> None:
 
 def test_job_fields_order_and_defaults() -> None:
     names = [field.name for field in dataclasses.fields(Job)]
-    assert names == [
-        "function",
-        "kwargs",
-        "queue",
-        "key",
-        "timeout",
-        "heartbeat",
-        "retries",
-        "ttl",
-        "retry_delay",
-        "retry_backoff",
-        "scheduled",
-        "progress",
-        "attempts",
-        "completed",
-        "queued",
-        "started",
-        "touched",
-        "result",
-        "error",
-        "status",
-        "priority",
-        "group_key",
-        "meta",
-        "worker_id",
-    ]  # fmt: skip  (SAQ 0.26's order)
+    assert names == [  # SAQ 0.26's order
+        "function", "kwargs", "queue", "key", "timeout", "heartbeat", "retries", "ttl",
+        "retry_delay", "retry_backoff", "scheduled", "progress", "attempts", "completed",
+        "queued", "started", "touched", "result", "error", "status", "priority", "group_key",
+        "meta", "worker_id",
+    ]  # fmt: skip
     job = Job("f")
     assert (job.kwargs, job.queue, job.timeout, job.heartbeat, job.retries, job.ttl) == (
         None, None, 10, 0, 1, 600,
