@@ -38,7 +38,13 @@ async def main() -> dict[str, Any]:
     async def worker_up() -> bool:
         return bool((await queue.info())["workers"])
 
+    async def ticked() -> bool:
+        return len(_lines("ticks.txt")) >= 1
+
+    # A worker is up, and past its start: its cron job has run once. (SAQ's Redis
+    # sweeper, which runs as a worker starts, can sweep a job taken at that moment.)
     await _until(worker_up)
+    await _until(ticked)
 
     summary["apply"] = await queue.apply("add", a=2, b=3, timeout=30)
     summary["map"] = await queue.map("add", [{"a": 1, "b": 2}, {"a": 3, "b": 4}], timeout=30)
