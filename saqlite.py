@@ -62,6 +62,7 @@ __all__ = [
     "CronJob",
     "DumpType",
     "Function",
+    "InvalidUrlError",
     "Job",
     "JobError",
     "ListenCallback",
@@ -76,6 +77,7 @@ __all__ = [
     "Worker",
     "WorkerInfo",
     "WorkerStats",
+    "exponential_backoff",
     "main",
     "web_app",
 ]
@@ -91,7 +93,8 @@ logger.addHandler(logging.NullHandler())
 DEFAULT_PATH = "saqlite.db"
 MIN_SQLITE_VERSION = (3, 35, 0)  # UPDATE ... RETURNING
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
-swept_error_message = "swept"
+#: The error of a job the sweeper retried or aborted (``Queue(swept_error_message=...)``).
+DEFAULT_SWEPT_JOB_ERROR = "swept"
 
 #: How long an idle waiter sleeps between checks of the file when no wake-up
 #: datagram arrives (a datagram is a hint and can be lost).
@@ -410,6 +413,10 @@ class StorageError(RuntimeError):
         self.path = path
 
 
+class InvalidUrlError(ValueError):
+    """``Queue.from_url`` or ``SyncQueue.from_url`` was given a URL it cannot open."""
+
+
 # =============================================================================
 # Types
 # =============================================================================
@@ -552,6 +559,23 @@ def _stuck_at(job: Job, current: int) -> bool:
     )
 
 
+def exponential_backoff(
+    attempts: int,
+    base_delay: float,
+    max_delay: t.Optional[float] = None,
+    jitter: bool = True,
+) -> float:
+    """Seconds to wait before a retry: ``base_delay * 2 ** (attempts - 1)``, at most
+    ``max_delay`` (None = no limit), times a random factor in [0, 1) with ``jitter``.
+    As SAQ's ``saq.utils.exponential_backoff``; ``Job.next_retry_delay`` calls it."""
+    if max_delay is None:
+        max_delay = float("inf")
+    backoff = min(max_delay, base_delay * float(2 ** max(attempts - 1, 0)))
+    if jitter:
+        backoff = backoff * random.random()
+    return backoff
+
+
 def _new_key() -> str:
     """A job key: a uuid1 as in SAQ, made in Python with the node given, which is
     several times faster than the C call behind a bare uuid1() (a lock on a clock file)."""
@@ -579,7 +603,6 @@ class Job:
     retry_backoff: t.Union[bool, float] = False
     scheduled: int = 0
     progress: float = 0.0
-    meta: dict[t.Any, t.Any] = dataclasses.field(default_factory=dict)
     attempts: int = 0
     completed: int = 0
     queued: int = 0
@@ -590,6 +613,7 @@ class Job:
     status: Status = Status.NEW
     priority: int = 0
     group_key: t.Optional[str] = None
+    meta: dict[t.Any, t.Any] = dataclasses.field(default_factory=dict)
     worker_id: t.Optional[str] = None
 
     def __post_init__(self) -> None:
@@ -673,10 +697,11 @@ class Job:
         """Seconds to wait before the next attempt, with backoff and jitter if asked."""
         if self.retry_backoff is False:
             return self.retry_delay
-        delay = float(self.retry_delay) * 2.0 ** max(self.attempts - 1, 0)
-        if self.retry_backoff is not True:
-            delay = min(delay, float(self.retry_backoff))
-        return delay * random.random()
+        max_delay = None if self.retry_backoff is True else self.retry_backoff
+        # Looked up in the module at each call, so a test may patch it as in SAQ.
+        return exponential_backoff(
+            attempts=self.attempts, base_delay=self.retry_delay, max_delay=max_delay, jitter=True
+        )
 
     def get_queue(self) -> Queue:
         """The job's queue.
@@ -805,6 +830,8 @@ class Queue:
             before it raises StorageError.
         priorities: ``(low, high)``: claim only jobs whose priority is in this range,
             both ends included, as SAQ's SQL queues do (default: every priority).
+        swept_error_message: the error of a job the sweeper retries or aborts
+            (default ``"swept"``, as in SAQ).
     """
 
     def __init__(
@@ -817,6 +844,7 @@ class Queue:
         synchronous: str = "NORMAL",
         lock_timeout: float = 30.0,
         priorities: t.Optional[tuple[int, int]] = None,
+        swept_error_message: t.Optional[str] = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"Queue name must be a non-empty string, got {name!r}")
@@ -844,21 +872,36 @@ class Queue:
         self.failed = 0
         self.retried = 0
         self.aborted = 0
+        self._swept_error_message = swept_error_message or DEFAULT_SWEPT_JOB_ERROR
 
     def __repr__(self) -> str:
         return f"Queue<path={self.path!r}, name={self.name!r}>"
+
+    @property
+    def swept_error_message(self) -> str:
+        """The error of a job the sweeper retries or aborts."""
+        return self._swept_error_message
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The running event loop (as in SAQ)."""
+        return asyncio.get_running_loop()
 
     @classmethod
     def from_url(cls, url: str, **kwargs: t.Any) -> Queue:
         """A queue from ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``.
 
         Keyword arguments go to ``Queue()`` (``name``, ``dump``, ``synchronous`` ...).
+
+        Raises:
+            InvalidUrlError: for another URL (``redis://`` and ``postgres://`` are SAQ's).
         """
         prefix = "sqlite:///"
         if not url.startswith(prefix) or len(url) == len(prefix):
-            raise ValueError(
+            raise InvalidUrlError(
                 f"Unsupported queue URL {url!r}: use sqlite:///relative/path.db or "
-                "sqlite:////absolute/path.db"
+                "sqlite:////absolute/path.db (redis:// and postgres:// URLs are for SAQ's "
+                "Queue.from_url; `saqlite export` moves jobs there)"
             )
         return cls(url[len(prefix) :], **kwargs)
 
@@ -1304,6 +1347,19 @@ class Queue:
         job.touched = now()
         await self._write(job, expected)
 
+    async def schedule(self, _lock: int = 1) -> list[str]:
+        """As in SAQ, where Redis moves due scheduled jobs into the queue. Here a
+        scheduled job is claimable once due without a move: nothing to do.
+
+        Returns:
+            The ids of the jobs moved: always empty.
+        """
+        return []
+
+    async def finish_abort(self, job: Job) -> None:
+        """Finish an aborting job as ABORTED with its error (as in SAQ)."""
+        await job.finish(Status.ABORTED, error=job.error)
+
     async def sweep(self, lock: int = 60, abort: float = 5.0) -> list[str]:
         """Delete expired jobs and workers, and recover stuck jobs.
 
@@ -1353,7 +1409,7 @@ class Queue:
             elif _stuck_at(job, current):
                 stuck.append(job)
         for job in stuck:
-            await self.abort(job, swept_error_message)
+            await self.abort(job, self.swept_error_message)
         if stuck:
             await self._wait_until_not_running([job.key for job in stuck], abort)
         swept = [job.id for job, deaths in orphans if await self._recover_orphan(job, deaths)]
@@ -1379,10 +1435,10 @@ class Queue:
         logger.info("Sweeping job %s", current.info(True))
         if current.status == Status.ABORTING:  # its worker did not stop it in time
             return await self._end_aborted(current, current.error)
-        if current.status == Status.ABORTED and current.error == swept_error_message:
+        if current.status == Status.ABORTED and current.error == self.swept_error_message:
             # Stopped by its worker: re-queued, unless an older worker finished it.
-            return current.retryable and await self._retry(current, swept_error_message)
-        return current.status == Status.QUEUED and current.error == swept_error_message
+            return current.retryable and await self._retry(current, self.swept_error_message)
+        return current.status == Status.QUEUED and current.error == self.swept_error_message
 
     async def _recover_orphan(self, job: Job, deaths: int) -> bool:
         """Put back a job whose worker died (uncharged), or fail it after _MAX_DEATHS;
@@ -1398,7 +1454,7 @@ class Queue:
             return await self._finish(job, Status.FAILED, error=error)
         params = {"queue": self.name, "key": job.key, "status": job.status.value,
                   "worker_id": job.worker_id, "attempts": job.attempts,
-                  "error": swept_error_message}  # fmt: skip
+                  "error": self.swept_error_message}  # fmt: skip
         if not await self._fetch(_SQL_REQUEUE_ORPHAN, params):
             return False
         await self._wakeup.notify("jobs")
@@ -1408,7 +1464,7 @@ class Queue:
     async def _end_aborted(self, job: Job, error: t.Optional[str]) -> bool:
         """Write the end of a run stopped by an abort: the sweep's own abort
         (``"swept"``) retries the job if it may; any other abort sticks (ABORTED)."""
-        if error == swept_error_message and job.retryable:
+        if error == self.swept_error_message and job.retryable:
             return await self._retry(job, error)
         return await self._finish(job, Status.ABORTED, error=error)
 
@@ -1471,18 +1527,27 @@ class Queue:
         """The value of the result column: the result as ``{"result": ...}``."""
         return None if job.result is None else self._encode({"result": job.result}, job)
 
-    def deserialize(self, payload: t.Union[str, bytes, None]) -> t.Optional[Job]:
-        """A Job from what ``serialize`` made (None for None).
+    def deserialize(
+        self,
+        payload: t.Union[dict[str, t.Any], str, bytes, None],
+        status: t.Union[Status, str, None] = None,
+    ) -> t.Optional[Job]:
+        """A Job from what ``serialize`` made, or from its dict (None for None).
+
+        Args:
+            status: the job's status instead of the one in the payload (as in SAQ).
 
         Raises:
             ValueError: the payload belongs to another queue.
         """
         if payload is None:
             return None
-        job_dict = self._load(payload)
+        job_dict = dict(payload) if isinstance(payload, dict) else self._load(payload)
         queue_name = job_dict.pop("queue", self.name)
         if queue_name != self.name:
             raise ValueError(f"Job {job_dict} belongs to queue {queue_name!r}, not {self.name!r}")
+        if status is not None:
+            job_dict["status"] = status
         return Job(**job_dict, queue=self)
 
     def copy(self, job: Job) -> Job:
@@ -2402,7 +2467,11 @@ class SyncQueue:
 
     @classmethod
     def from_url(cls, url: str, **kwargs: t.Any) -> SyncQueue:
-        """A client from ``sqlite:///relative.db`` or ``sqlite:////absolute.db``."""
+        """A client from ``sqlite:///relative.db`` or ``sqlite:////absolute.db``.
+
+        Raises:
+            InvalidUrlError: for another URL.
+        """
         queue = Queue.from_url(url)
         return cls(queue.path, **kwargs)
 
@@ -3072,7 +3141,7 @@ class Worker:
     async def _store(self, job: Job, outcome: str, value: t.Any) -> None:
         """Write a job's outcome: finished, or back in the queue."""
         # The sweep aborts a stuck job to retry it: the job goes back if it may.
-        swept = outcome == "aborted" and value == swept_error_message and job.retryable
+        swept = outcome == "aborted" and value == self.queue.swept_error_message and job.retryable
         if outcome in ("retry", "cancelled") or swept:
             error = "cancelled" if outcome == "cancelled" else value
             await self._settle(job, await self.queue._retry(job, error))
@@ -3133,8 +3202,12 @@ class Worker:
             running.job.status = Status.ABORTING
             running.cancel("abort")
 
-    async def schedule(self) -> None:
-        """Enqueue the next run of each cron job that is not scheduled yet."""
+    async def schedule(self, lock: int = 1) -> None:
+        """Enqueue the next run of each cron job that is not scheduled yet.
+
+        Args:
+            lock: kept for SAQ compatibility (a run's key makes it unique already).
+        """
         for cron_job in self.cron_jobs:
             name = _function_name(cron_job.function)
             start = datetime.fromtimestamp(time.time(), self.cron_tz)
@@ -3197,7 +3270,7 @@ async def _call(function: Function, context: Context, kwargs: dict[str, t.Any]) 
 # Operations: terminal commands
 # =============================================================================
 
-_OPS_COMMANDS = ("info", "jobs", "job", "retry", "abort", "purge", "burst", "web")
+_OPS_COMMANDS = ("info", "jobs", "job", "retry", "abort", "purge", "burst", "web", "export")
 _OPS_EPILOG = """\
 commands on a saqlite file (a path or sqlite:/// URL; no settings needed):
   saqlite info FILE              queues with their counts, and live workers
@@ -3208,6 +3281,7 @@ commands on a saqlite file (a path or sqlite:/// URL; no settings needed):
   saqlite purge FILE --older-than 7d   delete finished jobs older than an age
   saqlite web FILE [--port 8080] serve the monitoring page
   saqlite burst module.settings  run the jobs there are, then exit 1 if any failed
+  saqlite export FILE URL        move waiting and scheduled jobs into SAQ (redis://, postgres://)
 Add --json for output a script can read. saqlite COMMAND -h tells more."""
 
 _FINISHED = ("complete", "failed", "aborted")
@@ -4008,6 +4082,230 @@ def _cmd_web(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- export to SAQ ---------------------------------------------------------------
+
+#: The worker_id of a job an export has taken out of the file: it stays QUEUED but
+#: is never due (run_at below) until SAQ has it; then it is deleted. A rerun after an
+#: interrupted export finds these first.
+_EXPORT_MARK = "saqlite export"
+_EXPORT_HOLD = 253402300799.0  # run_at of a taken job: the end of year 9999
+_EXPORT_SLICE = 100
+_EXPORT_SCHEMES = ("redis", "rediss", "postgres", "postgresql")
+_SQL_EXPORT_QUEUES = (
+    "SELECT DISTINCT queue FROM saqlite_jobs WHERE status IN ('queued', 'active', 'aborting') "
+    "ORDER BY 1"
+)
+_SQL_EXPORT_COUNTS = "SELECT COUNT(*) FROM saqlite_jobs WHERE queue = :queue AND status = 'queued'"
+_SQL_EXPORT_RUNNING = (
+    "SELECT key, status FROM saqlite_jobs "
+    "WHERE queue = :queue AND status IN ('active', 'aborting') ORDER BY rowid"
+)
+# A slice of jobs a killed export left taken, and a slice of waiting jobs (read, then
+# taken by rowid once they are known to load: those a worker claimed meanwhile stay).
+_SQL_EXPORT_TAKEN = f"""
+SELECT rowid, queue, key, {_LOAD_COLUMNS} FROM saqlite_jobs
+WHERE queue = :queue AND status = 'queued' AND worker_id = :mark AND rowid > :after
+ORDER BY rowid LIMIT :limit
+"""
+_SQL_EXPORT_WAITING = f"""
+SELECT rowid, queue, key, {_LOAD_COLUMNS} FROM saqlite_jobs
+WHERE queue = :queue AND status = 'queued' AND worker_id IS NOT :mark AND rowid > :after
+ORDER BY rowid LIMIT :limit
+"""
+_SQL_EXPORT_TAKE = """
+UPDATE saqlite_jobs SET worker_id = :mark, run_at = :hold
+WHERE rowid IN (SELECT value FROM json_each(:rowids)) AND status = 'queued'
+  AND worker_id IS NOT :mark
+RETURNING rowid
+"""
+_SQL_EXPORT_DELETE = """
+DELETE FROM saqlite_jobs WHERE queue = :queue AND status = 'queued' AND worker_id = :mark
+  AND key IN (SELECT value FROM json_each(:keys))
+"""
+_SQL_EXPORT_RESTORE = """
+UPDATE saqlite_jobs SET worker_id = NULL, run_at = :run_at
+WHERE queue = :queue AND key = :key AND status = 'queued' AND worker_id = :mark
+"""
+#: The Job fields an export keeps (those SAQ's Job has), besides function and kwargs.
+_EXPORT_FIELDS = ("key", "scheduled", "priority", "retries", "timeout", "heartbeat", "ttl",
+                  "meta", "retry_delay", "retry_backoff", "group_key", "attempts")  # fmt: skip
+
+
+def _export_load(store: _Store, row: Sequence[t.Any]) -> Job:
+    """The job of a ``rowid, queue, key, _LOAD_COLUMNS`` row.
+
+    Raises:
+        _OpsError: its data cannot be read (stored with another ``dump``).
+    """
+    try:
+        return store.queue(row[1])._row_to_job(row[3:])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise _OpsError(
+            f"Cannot read job {row[2]!r} of queue {row[1]!r} ({exc}): export reads jobs "
+            "stored as JSON; nothing of this slice was moved"
+        ) from exc
+
+
+def _saq_job(saq: t.Any, job: Job) -> t.Any:
+    """SAQ's Job for a saqlite job: the same function, kwargs and options."""
+    known = {field.name for field in dataclasses.fields(saq.Job)}
+    options = {name: getattr(job, name) for name in _EXPORT_FIELDS if name in known}
+    return saq.Job(function=job.function, kwargs=job.kwargs, **options)
+
+
+async def _export_slice(
+    store: _Store, saq_queue: t.Any, saq: t.Any, rows: list[t.Any], taken_before: bool
+) -> tuple[int, int, list[Job]]:
+    """Take one slice out of the file's reach (unless a killed run did), put it into
+    SAQ, then delete it from the file.
+
+    Returns:
+        How many were enqueued, how many SAQ had already (a killed run's), and the jobs
+        left in the file because SAQ has another job waiting with their key.
+    """
+    loaded = {row[0]: _export_load(store, row) for row in rows}
+    if not taken_before:
+        params = {"mark": _EXPORT_MARK, "hold": _EXPORT_HOLD, "rowids": json.dumps(list(loaded))}
+        taken = {rowid for (rowid,) in await store.fetch(_SQL_EXPORT_TAKE, params)}
+        loaded = {rowid: job for rowid, job in loaded.items() if rowid in taken}
+    jobs = list(loaded.values())
+    present: set[str] = set()
+    if taken_before:  # a killed run may have enqueued these before it could delete them
+        found = await saq_queue.jobs([job.key for job in jobs])
+        present = {job.key for job in found if job is not None}
+    moved, conflicts = 0, []
+    for job in jobs:
+        if job.key in present:
+            continue
+        if await saq_queue.enqueue(_saq_job(saq, job)) is None:
+            conflicts.append(job)
+        else:
+            moved += 1
+    for job in conflicts:
+        run_at = job.scheduled or _seconds(job.queued or now())
+        params = {"queue": saq_queue.name, "key": job.key, "mark": _EXPORT_MARK, "run_at": run_at}
+        await store.fetch(_SQL_EXPORT_RESTORE, params)
+    keys = [job.key for job in jobs if job not in conflicts]
+    await store.fetch(
+        _SQL_EXPORT_DELETE,
+        {"queue": saq_queue.name, "mark": _EXPORT_MARK, "keys": json.dumps(keys)},
+    )
+    return moved, len(present), conflicts
+
+
+async def _export_queue(
+    store: _Store, saq: t.Any, url: str, name: str, advance: Callable[[int], None]
+) -> tuple[int, int, list[Job]]:
+    """Export one queue, slice by slice: first what a killed run left taken, then the
+    waiting jobs; ``advance`` is told how many jobs each slice had. Returns what
+    ``_export_slice`` does, summed."""
+    moved = already = 0
+    conflicts: list[Job] = []
+    saq_queue = saq.Queue.from_url(url, name=name)
+    await saq_queue.connect()
+    try:
+        for sql, taken_before in ((_SQL_EXPORT_TAKEN, True), (_SQL_EXPORT_WAITING, False)):
+            params = {"queue": name, "mark": _EXPORT_MARK, "after": 0, "limit": _EXPORT_SLICE}
+            while True:
+                rows = await store.fetch(sql, params)
+                if not rows:
+                    break
+                params["after"] = max(row[0] for row in rows)
+                n_moved, n_already, left = await _export_slice(
+                    store, saq_queue, saq, rows, taken_before
+                )
+                moved, already = moved + n_moved, already + n_already
+                conflicts += left
+                advance(len(rows))
+    finally:
+        await saq_queue.disconnect()
+    return moved, already, conflicts
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    """Move the waiting and scheduled jobs of a file into SAQ."""
+    scheme = urllib.parse.urlparse(args.url).scheme.lower()
+    if scheme not in _EXPORT_SCHEMES:
+        raise _OpsError(
+            f"Cannot export to {args.url!r}: give SAQ's redis://HOST:PORT or "
+            "postgres://USER@HOST/DB URL"
+        )
+    saq: t.Any = None
+    if not args.dry_run:
+        try:
+            saq = importlib.import_module("saq")
+        except ImportError:
+            extra = "redis" if scheme.startswith("redis") else "postgres"
+            print(
+                f"saqlite export: SAQ is not installed here: pip install 'saq[{extra}]>=0.26' "
+                "in this environment, then run the command again",
+                file=sys.stderr,
+            )
+            return 2
+
+    async def action(store: _Store) -> int:
+        names = [args.queue] if args.queue else [
+            name for (name,) in await store.fetch(_SQL_EXPORT_QUEUES)]  # fmt: skip
+        waiting = {}
+        for name in names:
+            waiting[name] = int((await store.fetch(_SQL_EXPORT_COUNTS, {"queue": name}))[0][0])
+        report: dict[str, t.Any] = {"url": args.url, "dry_run": args.dry_run, "queues": {}}
+        running: list[dict[str, str]] = []
+        conflicts: list[dict[str, str]] = []
+        progress = _Progress(
+            "export", sum(waiting.values()), enabled=not args.quiet and not args.dry_run
+        )
+        done = 0
+
+        def advance(count: int) -> None:
+            nonlocal done
+            done += count
+            progress.update(done)
+
+        for name in names:
+            for key, status in await store.fetch(_SQL_EXPORT_RUNNING, {"queue": name}):
+                running.append({"queue": name, "key": key, "status": status})
+            if args.dry_run:
+                report["queues"][name] = {"to_move": waiting[name], "moved": 0}
+                continue
+            try:
+                moved, already, left = await _export_queue(store, saq, args.url, name, advance)
+            except _OpsError:
+                raise
+            except Exception as exc:  # SAQ's back-end: a refused connection, a bad URL ...
+                raise _OpsError(
+                    f"SAQ at {args.url} failed while queue {name!r} was moving: "
+                    f"{type(exc).__name__}: {exc}. Jobs already moved are in SAQ and gone from "
+                    "the file; the rest stay in the file (those in flight kept from its "
+                    "workers): fix the cause and run the same command again to finish"
+                ) from exc
+            report["queues"][name] = {"moved": moved, "already_in_saq": already}
+            conflicts += [{"queue": name, "key": job.key} for job in left]
+        progress.close()
+        report["running"] = running
+        report["conflicts"] = conflicts
+        if args.json:
+            _print_json(report)
+        else:
+            for name, outcome in report["queues"].items():
+                if args.dry_run:
+                    print(f"{_clean(name)}: would move {outcome['to_move']} job(s)")
+                else:
+                    extra = (f" ({outcome['already_in_saq']} already there from an interrupted "
+                             "export)" if outcome["already_in_saq"] else "")  # fmt: skip
+                    print(f"{_clean(name)}: moved {outcome['moved']} job(s) to SAQ{extra}")
+            for job in conflicts:
+                print(f"kept {_clean(job['queue'])} {_clean(job['key'])}: SAQ has another job "
+                      "waiting with this key", file=sys.stderr)  # fmt: skip
+        if running:
+            print(f"saqlite export: {len(running)} running job(s) were not moved: stop the "
+                  "workers first (they finish or put their jobs back), then export again",
+                  file=sys.stderr)  # fmt: skip
+        return 1 if running or conflicts else 0
+
+    return _run_on_store(args.file, action)
+
+
 def _ops_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="saqlite", description="Operate saqlite queues.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -4071,6 +4369,15 @@ def _ops_parser() -> argparse.ArgumentParser:
     sub.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     sub.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 = any free)")
     sub.add_argument("--refresh", type=float, default=3.0, help="seconds between refreshes")
+    sub = command(
+        "export", "Move the waiting and scheduled jobs into SAQ at a redis:// or postgres:// "
+        "URL (SAQ must be installed). Running jobs stay: stop the workers first. An "
+        "interrupted export loses nothing: run it again to finish.", _cmd_export,
+    )  # fmt: skip
+    sub.add_argument("url", metavar="URL", help="SAQ's queue URL: redis://... or postgres://...")
+    sub.add_argument("--queue", help="only this queue (default: every queue with jobs)")
+    sub.add_argument("--dry-run", action="store_true", help="only count what would move")
+    sub.add_argument("-q", "--quiet", action="store_true", help="no progress")
     return parser
 
 
