@@ -3055,14 +3055,26 @@ commands on a saqlite file (a path or sqlite:/// URL; no settings needed):
   saqlite purge FILE --older-than 7d   delete finished jobs older than an age
   saqlite web FILE [--port 8080] serve the monitoring page
   saqlite burst module.settings  run the jobs there are, then exit 1 if any failed
-Add --json for output a script can read. saqlite COMMAND -h tells more."""
+Add --json for output a script can read. saqlite COMMAND -h tells more.
 
+exit codes, the same for every command:
+  0  done
+  1  a job failed or was aborted, or was left pending (burst); a job named is
+     missing or cannot be retried or aborted
+  2  a usage or settings error: a bad option, settings not found or invalid, a
+     file that is missing, locked or not a saqlite database"""
+
+_VERBOSE_HELP = "log DEBUG too (default INFO); -vv adds aiosqlite's line per statement"
 _FINISHED = ("complete", "failed", "aborted")
 _RETRYABLE = ("failed", "aborted")
 _ABORTABLE = ("queued", "active")
 _STATUS_NAMES = tuple(status.value for status in Status if status != Status.NEW)
 #: Rows one retry, abort or purge statement handles; progress is shown between them.
 _OPS_BATCH = 500
+#: The last page number a listing takes (its OFFSET stays a 64-bit integer).
+_MAX_PAGE = 10**9
+#: Seconds a command waits for another connection's lock when it opens a file.
+_OPS_OPEN_TIMEOUT_S = 5.0
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 # Queue names in a file: those with jobs, and those with registered workers.
@@ -3113,7 +3125,15 @@ _SQL_OPS_IS_SAQLITE = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name
 
 
 class _OpsError(Exception):
-    """A command cannot do what it was asked; the message says why and what to do."""
+    """A command cannot do what it was asked; the message says why and what to do.
+
+    Args:
+        code: the exit code: 2 a usage or settings error, 1 a job missing.
+    """
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclasses.dataclass(frozen=True)
@@ -3196,19 +3216,27 @@ def _open_store(target: str) -> _Store:
         _OpsError: the file is missing or is not a saqlite database.
     """
     path = Queue.from_url(target).path if target.startswith("sqlite:") else target
+    if os.path.isdir(path):
+        raise _OpsError(f"{path} is a folder: give the path of a saqlite database file")
     if not os.path.isfile(path):
         raise _OpsError(
             f"{path} does not exist: give the path or sqlite:/// URL of a saqlite database"
         )
     uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
     try:
-        conn = sqlite3.connect(uri, uri=True)
+        conn = sqlite3.connect(uri, uri=True, timeout=_OPS_OPEN_TIMEOUT_S)
         try:
             found = conn.execute(_SQL_OPS_IS_SAQLITE).fetchone()
         finally:
             conn.close()
-    except sqlite3.Error as exc:
-        raise _OpsError(f"{path} is not a SQLite database ({exc})") from exc
+    except sqlite3.DatabaseError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise _OpsError(
+                f"{path} is locked by another connection ({exc}): try again when it is released"
+            ) from exc
+        if "not a database" in str(exc) or "malformed" in str(exc):
+            raise _OpsError(f"{path} is not a SQLite database ({exc})") from exc
+        raise _OpsError(f"{path} cannot be read ({exc})") from exc
     if not found:
         raise _OpsError(f"{path} is not a saqlite database: it has no saqlite_jobs table")
     return _Store(path)
@@ -3354,13 +3382,18 @@ def _error_line(error: t.Optional[str]) -> str:
 def _fmt_time(ms: float) -> str:
     if not ms:
         return "-"
-    return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, ValueError, OSError):  # beyond the year 9999, or before 1
+        return f"{ms / 1000:.0f} s after 1970-01-01"
 
 
 def _fmt_span(ms: t.Optional[float]) -> str:
     """A duration for people: 340 ms, 2.5 s, 3m 12s, 2h 05m, 4d 2h."""
     if ms is None:
         return "-"
+    if not math.isfinite(ms):
+        return str(ms)
     if ms < 1000:
         return f"{ms:.0f} ms"
     seconds = ms / 1000
@@ -3634,7 +3667,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     async def action(store: _Store) -> int:
         overview = await _overview(store, args.queue)
         if args.queue and not overview["queues"]:
-            raise _OpsError(f"{store.path} has no queue named {args.queue!r}")
+            raise _OpsError(f"{store.path} has no queue named {args.queue!r}", code=1)
         if args.json:
             _print_json(overview)
         else:
@@ -3645,8 +3678,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_jobs(args: argparse.Namespace) -> int:
-    if args.page < 1 or not 1 <= args.limit <= 1000:
-        raise _OpsError("--page must be >= 1 and --limit between 1 and 1000")
+    if not 1 <= args.limit <= 1000:
+        raise _OpsError(f"--limit {args.limit} is out of range: give 1 to 1000")
+    if not 1 <= args.page <= _MAX_PAGE:
+        raise _OpsError(f"--page {args.page} is out of range: give 1 to {_MAX_PAGE}")
     where = _JobFilter(args.queue, _statuses(args.status, _STATUS_NAMES, ()), args.function)
 
     async def action(store: _Store) -> int:
@@ -3671,7 +3706,7 @@ async def _one_job(store: _Store, ref: str, queue: t.Optional[str]) -> Job:
     jobs = await _find_jobs(store, ref, queue)
     if not jobs:
         where = f" in queue {queue!r}" if queue else ""
-        raise _OpsError(f"No job {ref!r}{where} in {store.path}")
+        raise _OpsError(f"No job {ref!r}{where} in {store.path}", code=1)
     if len(jobs) > 1:
         names = ", ".join(sorted(job.get_queue().name for job in jobs))
         raise _OpsError(f"Key {ref!r} is in several queues ({names}): add --queue")
@@ -3856,7 +3891,10 @@ def _cmd_web(args: argparse.Namespace) -> int:
 
 
 def _ops_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="saqlite", description="Operate saqlite queues.")
+    parser = argparse.ArgumentParser(
+        prog="saqlite", description="Operate saqlite queues.", epilog=_OPS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str, run: Callable[[argparse.Namespace], int]) -> t.Any:
@@ -3911,7 +3949,7 @@ def _ops_parser() -> argparse.ArgumentParser:
     sub.add_argument("--max-jobs", type=int, help="stop after this many jobs")
     sub.add_argument("--wait", type=float, default=1.0,
                      help="seconds to wait for a new job before stopping (default 1)")  # fmt: skip
-    sub.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
+    sub.add_argument("-v", "--verbose", action="count", default=0, help=_VERBOSE_HELP)
     sub.add_argument("-q", "--quiet", action="store_true", help="no progress, log only errors")
     sub = command("web", "Serve the monitoring page for saqlite files.", _cmd_web)
     sub.add_argument("files", nargs="*", metavar="FILE", help="more files to show")
@@ -3925,7 +3963,7 @@ def _ops_main(argv: list[str]) -> t.Optional[int]:
     """Run an operations command; None when ``argv`` is not one (then it names settings).
 
     Returns:
-        The exit code: 0 ok, 1 failed (a job missing, a burst with failures ...).
+        The exit code (see ``_OPS_EPILOG``).
     """
     if not argv or argv[0] not in _OPS_COMMANDS:
         return None
@@ -3936,7 +3974,7 @@ def _ops_main(argv: list[str]) -> t.Optional[int]:
         return int(args.run(args))
     except (_OpsError, StorageError) as exc:
         print(f"saqlite {args.command}: {exc}", file=sys.stderr)
-        return 1
+        return exc.code if isinstance(exc, _OpsError) else 2
     except KeyboardInterrupt:
         return 130
 
@@ -4149,6 +4187,9 @@ class _WebApp:
             return self._error_page(request, exc.status, str(exc))
         except StorageError as exc:
             return self._error_page(request, 503, str(exc))
+        except Exception:  # a page, not a dropped connection; the traceback goes to the log
+            logger.exception("The page failed on %s %s", request.method, request.path)
+            return self._error_page(request, 500, "The page failed: its log tells why.")
         if response.content_type.startswith("text/html"):
             response.headers.append(("content-security-policy", _csp(nonce)))
         return response
@@ -4171,7 +4212,7 @@ class _WebApp:
 
     def _store(self, request: _WebRequest, params: t.Optional[dict[str, str]] = None) -> _Store:
         value = (params or request.query).get("db", "0")
-        if not value.isdigit() or int(value) >= len(self.stores):
+        if not (value.isascii() and value.isdigit()) or int(value) >= len(self.stores):
             raise _WebError(404, f"No saqlite file number {value}.")
         return self.stores[int(value)]
 
@@ -4213,7 +4254,7 @@ auto-refresh</label>
     def _filter(self, request: _WebRequest) -> tuple[_JobFilter, int, int]:
         query = request.query
         try:
-            page = max(int(query.get("page", "1")), 1)
+            page = min(max(int(query.get("page", "1")), 1), _MAX_PAGE)
             limit = min(max(int(query.get("limit", str(_WEB_PAGE_SIZE))), 1), 500)
             chosen = [query["status"]] if query.get("status") else None
             statuses = _statuses(chosen, _STATUS_NAMES, ())
@@ -4644,24 +4685,63 @@ def _serve_web_with_worker(
 
 
 def _import_settings(name: str) -> dict[str, t.Any]:
-    """The settings dict that ``module.attribute`` names (called if callable)."""
+    """The settings dict that ``module.attribute`` names (called if callable), or the
+    ``settings`` of the module ``name`` (``saqlite examples.settings``), as SAQ takes.
+
+    Raises:
+        _OpsError: no such settings, or not a dict (an error raised inside the
+            settings module itself is not caught: its traceback shows where).
+    """
+    cwd = os.getcwd()
+    if cwd not in sys.path:  # settings are found from where the command runs, as in SAQ
+        sys.path.insert(0, cwd)
     module_name, _, attribute = name.rpartition(".")
-    if not module_name:
-        raise ValueError(f"Settings {name!r} must be module.attribute, e.g. myapp.tasks.settings")
-    sys.path.insert(0, os.getcwd())
-    module = importlib.import_module(module_name)
-    try:
-        settings = getattr(module, attribute)
-    except AttributeError:
-        raise ValueError(f"Module {module_name!r} has no attribute {attribute!r}") from None
+    candidates = [(module_name, attribute)] if module_name else []
+    candidates.append((name, "settings"))
+    for candidate, attribute_name in candidates:
+        module = _import_module(candidate)
+        if module is not None and hasattr(module, attribute_name):
+            settings = getattr(module, attribute_name)
+            break
+    else:
+        tried = " or ".join(f"{m}.{a}" for m, a in candidates)
+        raise _OpsError(
+            f"Cannot find the settings {name!r} (looked for {tried}): give module.attribute "
+            f"naming a dict of Worker arguments, e.g. myapp.tasks.settings, importable from {cwd}"
+        )
     if callable(settings):
         settings = settings()
     if not isinstance(settings, dict):
-        raise TypeError(
+        raise _OpsError(
             f"Settings {name!r} must be a dict of Worker arguments (or a callable returning "
             f"one), got {type(settings).__name__}"
         )
     return dict(settings)
+
+
+def _import_module(name: str) -> t.Optional[object]:
+    """The module of that name; None if it (or a package above it) does not exist."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
+            return None
+        raise  # a module that the settings module imports is missing: show where
+
+
+def _load_settings(name: str) -> tuple[Queue, dict[str, t.Any]]:
+    """The queue and the other Worker arguments of a settings dict.
+
+    Raises:
+        _OpsError: the settings cannot be found or hold no valid queue.
+    """
+    settings = _import_settings(name)
+    try:
+        queue = _settings_queue(settings)
+    except TypeError as exc:
+        raise _OpsError(str(exc)) from None
+    settings.pop("queue", None)
+    return queue, settings
 
 
 def _settings_queue(settings: dict[str, t.Any]) -> Queue:
@@ -4675,9 +4755,7 @@ def _settings_queue(settings: dict[str, t.Any]) -> Queue:
 
 def _run_worker(settings_name: str, verbose: int) -> None:
     _configure_logging(verbose)
-    settings = _import_settings(settings_name)
-    queue = _settings_queue(settings)
-    settings.pop("queue", None)
+    queue, settings = _load_settings(settings_name)
     worker = Worker(queue, **settings)
     asyncio.run(worker.start())
 
@@ -4691,8 +4769,13 @@ async def _check(queue: Queue) -> bool:
 
 
 def _configure_logging(verbose: int) -> None:
-    level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    """Log to stderr: -1 (``-q``) errors only; 0 INFO; 1 (``-v``) DEBUG, but for
+    aiosqlite's line per statement; 2 (``-vv``) every DEBUG line."""
+    level = {-1: logging.ERROR, 0: logging.INFO}.get(verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiosqlite").setLevel(
+        logging.DEBUG if verbose >= 2 else max(level, logging.INFO)
+    )
 
 
 def main(argv: t.Optional[list[str]] = None) -> int:
@@ -4709,7 +4792,7 @@ def main(argv: t.Optional[list[str]] = None) -> int:
     )
     parser.add_argument("settings", help="module.attribute naming a dict of Worker arguments")
     parser.add_argument("--workers", type=int, default=1, help="worker processes to start")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=_VERBOSE_HELP)
     parser.add_argument("-q", "--quiet", action="store_true", help="log only errors")
     parser.add_argument(
         "--check", action="store_true",
@@ -4729,13 +4812,10 @@ def main(argv: t.Optional[list[str]] = None) -> int:
         parser.error("--workers must be at least 1")
     verbose = -1 if args.quiet else args.verbose
     try:  # here, not in every worker process, if the settings are wrong
-        queue = _settings_queue(_import_settings(args.settings))
-    except (ValueError, TypeError) as exc:
-        parser.error(str(exc))
-    except ModuleNotFoundError as exc:
-        if not exc.name or not args.settings.startswith(exc.name):
-            raise  # a module that the settings module itself imports: show where
-        parser.error(f"cannot import the settings {args.settings!r}: {exc}")
+        queue, settings = _load_settings(args.settings)
+        Worker(queue, **settings)
+    except (_OpsError, ValueError, TypeError) as exc:
+        parser.error(f"settings {args.settings}: {exc}")
     if args.check:
         return 0 if asyncio.run(_check(queue)) else 1
     children = []

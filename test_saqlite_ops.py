@@ -720,3 +720,161 @@ def test_page_in_a_headless_browser(web: Server, db: Path) -> None:
     job = stored(db, "bad")
     assert job is not None
     assert job.status == Status.QUEUED
+
+
+# -- issue 10: exit codes, settings, logging, clear errors --------------------------------
+
+LOGGING_TASKS = """
+import logging, os
+from saqlite import Queue
+
+log = logging.getLogger("tasks")
+
+async def chatty(ctx):
+    log.debug("debug-from-the-job")
+    log.info("info-from-the-job")
+    log.error("error-from-the-job")
+
+settings = {"queue": Queue(os.environ["SAQLITE_TEST_DB"]), "functions": [chatty]}
+"""
+
+
+def test_log_levels_quiet_default_verbose(tmp_path: Path) -> None:
+    (tmp_path / "chat.py").write_text(LOGGING_TASKS)
+    path = tmp_path / "log.db"
+
+    def burst(*flags: str) -> str:
+        async def enqueue() -> None:
+            queue = Queue(path)
+            await queue.enqueue("chatty")
+            await queue.disconnect()
+
+        run(enqueue())
+        result = cli("burst", "chat.settings", "--wait", "0.1", *flags, cwd=tmp_path,
+                     SAQLITE_TEST_DB=str(path))  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return result.stderr
+
+    quiet = burst("-q")
+    assert "error-from-the-job" in quiet
+    assert "info-from-the-job" not in quiet
+    assert " DEBUG " not in quiet
+    default = burst()
+    assert "info-from-the-job" in default
+    assert "debug-from-the-job" not in default
+    verbose = burst("-v")
+    assert "debug-from-the-job" in verbose
+    assert " DEBUG aiosqlite" not in verbose
+    assert " DEBUG aiosqlite" in burst("-vv")
+
+
+def test_exit_codes_tell_usage_errors_from_failed_jobs(db: Path, tmp_path: Path) -> None:
+    usage = [
+        ("jobs", str(db), "--status", "sleeping"),
+        ("jobs", str(db), "--limit", "0"),
+        ("jobs", str(db), "--page", str(10**30)),
+        ("jobs", str(tmp_path / "none.db")),
+        ("retry", str(db), "bad", "--all"),
+        ("purge", str(db), "--older-than", "soon"),
+        ("burst", "no_such_module.settings"),
+        ("info", "--no-such-option", str(db)),
+    ]
+    for args in usage:
+        result = cli(*args, cwd=tmp_path)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr, (args, result.stderr)
+    assert cli("retry", str(db), "nope").returncode == 1
+    assert cli("job", str(db), "nope").returncode == 1
+    assert "exit codes, the same for every command" in cli("-h").stdout
+
+
+def test_jobs_page_out_of_range_is_a_clear_error(db: Path) -> None:
+    result = cli("jobs", str(db), "--page", str(10**30))
+    assert f"--page {10**30} is out of range: give 1 to 1000000000" in result.stderr
+    result = cli("jobs", str(db), "--limit", "-5")
+    assert "--limit -5 is out of range: give 1 to 1000" in result.stderr
+
+
+def test_a_folder_and_a_locked_file_are_named_as_such(tmp_path: Path, db: Path) -> None:
+    result = cli("info", str(tmp_path))
+    assert result.returncode == 2
+    assert f"{tmp_path} is a folder: give the path of a saqlite database file" in result.stderr
+    holder = sqlite3.connect(db, isolation_level=None)
+    try:
+        holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+        holder.execute("BEGIN EXCLUSIVE")
+        result = cli("info", str(db))
+    finally:
+        holder.close()
+    assert result.returncode == 2, result.stderr
+    assert f"{db} is locked by another connection" in result.stderr
+    assert "not a SQLite database" not in result.stderr
+
+
+def test_a_job_scheduled_in_the_far_future_is_shown(tmp_path: Path) -> None:
+    path = tmp_path / "far.db"
+
+    async def far() -> None:
+        queue = Queue(path)
+        await queue.enqueue("ok", key="far", scheduled=300_000_000_000)  # year ~11476
+        await queue.disconnect()
+
+    run(far())
+    result = cli("job", str(path), "far")
+    assert result.returncode == 0, result.stderr
+    assert "scheduled  300000000000 s after 1970-01-01" in result.stdout
+    assert cli("jobs", str(path)).returncode == 0
+    server = start([CLI, "web", str(path), "--port", "0"])
+    try:
+        status, _, page = server.request("/job?queue=default&key=far")
+        assert status == 200, page
+        assert "300000000000 s after 1970-01-01" in page
+        for bad in ("/jobs?page=99999999999999999999999999", "/jobs?db=%C2%B2", "/job?db=1e9"):
+            status, _, page = server.request(bad)
+            assert status in (200, 400, 404), (bad, status)
+            assert "<html" in page, bad
+    finally:
+        assert stop(server) == 0
+
+
+IN_PACKAGE_SETTINGS = """
+import os
+from saqlite import Queue
+
+async def ok(ctx):
+    return "ok"
+
+settings = {"queue": Queue(os.environ["SAQLITE_TEST_DB"]), "functions": [ok]}
+"""
+
+
+def test_settings_may_name_a_module_holding_a_settings_dict(tmp_path: Path) -> None:
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "jobs.py").write_text(IN_PACKAGE_SETTINGS)
+    path = tmp_path / "mod.db"
+
+    async def enqueue() -> None:
+        queue = Queue(path)
+        await queue.enqueue("ok")
+        await queue.disconnect()
+
+    for name in ("app.jobs", "app.jobs.settings"):
+        run(enqueue())
+        result = cli("burst", name, "--wait", "0.1", cwd=tmp_path, SAQLITE_TEST_DB=str(path))
+        assert result.returncode == 0, (name, result.stderr)
+        assert "1 complete" in result.stdout
+    result = cli("burst", "app.nothing", cwd=tmp_path, SAQLITE_TEST_DB=str(path))
+    assert result.returncode == 2
+    assert "Cannot find the settings 'app.nothing' (looked for app.nothing or " in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_importing_settings_adds_the_working_directory_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "once_settings.py").write_text("settings = {'functions': []}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    for _ in range(3):
+        assert ops._import_settings("once_settings") == {"functions": []}
+    assert sys.path.count(str(tmp_path)) == 1
