@@ -170,7 +170,7 @@ def test_jobs_lists_newest_first_with_filters_and_pages(db: Path) -> None:
     assert data["jobs"][0]["result"] == {"n": 0}
 
     result = cli("jobs", str(db), "--status", "sleeping")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "Status 'sleeping' is not allowed here" in result.stderr
 
 
@@ -215,7 +215,7 @@ def test_job_missing_or_ambiguous(db: Path) -> None:
 
     run(same_key_elsewhere())
     result = cli("job", str(db), "waiting")
-    assert result.returncode == 1
+    assert result.returncode == 2  # a usage error: the key needs --queue
     assert "Key 'waiting' is in several queues (default, other): add --queue" in result.stderr
     assert cli("job", str(db), "waiting", "--queue", "other").returncode == 0
 
@@ -289,7 +289,7 @@ def test_retry_all_matching_a_filter(db: Path) -> None:
     result = cli("retry", str(db), "--all", "--status", "aborted")
     assert result.stdout == "retried 1 job\n"
     result = cli("retry", str(db), "--all", "--status", "complete")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "Status 'complete' is not allowed here: use failed, aborted" in result.stderr
     result = cli("retry", str(db), "bad", "--all")
     assert "Name the jobs by key, or give --all" in result.stderr
@@ -376,7 +376,7 @@ def test_progress_is_quiet_for_short_operations_off_a_terminal() -> None:
 
 def test_commands_refuse_missing_or_foreign_files(tmp_path: Path) -> None:
     result = cli("info", str(tmp_path / "none.db"))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "none.db does not exist: give the path or sqlite:/// URL" in result.stderr
     assert not (tmp_path / "none.db").exists()
     (tmp_path / "text.db").write_text("hello " * 200)
