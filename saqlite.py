@@ -3206,7 +3206,19 @@ class _Store:
             return queue._row_to_job(row[2:])
         except (ValueError, TypeError, KeyError):
             status, error = row[3], row[9]
-            return Job("?", queue=queue, key=row[1], status=status, error=error)
+            return _UnreadableJob("?", queue=queue, key=row[1], status=status, error=error)
+
+
+class _UnreadableJob(Job):
+    """A job whose data another ``dump`` wrote: shown, never written back."""
+
+    def refusal(self, action: str) -> str:
+        """Why ``action`` ("retry" or "abort") is refused, and what to do instead."""
+        return (
+            f"Job {self.key!r} was stored with a custom dump/load, so it cannot be read here "
+            f"and is left as it is: {action} it from your code (queue.{action}(job)), or serve "
+            "the page with saqlite.web_app(queue) given your Queue"
+        )
 
 
 def _open_store(target: str) -> _Store:
@@ -3320,16 +3332,28 @@ async def _find_jobs(store: _Store, ref: str, queue: t.Optional[str] = None) -> 
 
 async def _retry_job(job: Job, error: str) -> bool:
     """Put a failed or aborted job back in its queue (see ``Queue.retry``: after its
-    ``retry_delay``, as in SAQ); whether it was."""
+    ``retry_delay``, as in SAQ); whether it was.
+
+    Raises:
+        _OpsError: the job cannot be read here (another ``dump``).
+    """
     if job.status not in UNSUCCESSFUL_TERMINAL_STATUSES:
         return False
+    if isinstance(job, _UnreadableJob):
+        raise _OpsError(job.refusal("retry"), code=1)
     return await job.get_queue()._retry(job, error)
 
 
 async def _abort_job(job: Job, error: str) -> bool:
-    """Abort a waiting or running job (see ``Queue.abort``); whether it was."""
+    """Abort a waiting or running job (see ``Queue.abort``); whether it was.
+
+    Raises:
+        _OpsError: the job cannot be read here (another ``dump``).
+    """
     if job.status in TERMINAL_STATUSES or job.status == Status.ABORTING:
         return False
+    if isinstance(job, _UnreadableJob):
+        raise _OpsError(job.refusal("abort"), code=1)
     await job.get_queue().abort(job, error)
     return job.status in (Status.ABORTED, Status.ABORTING)
 
@@ -3742,6 +3766,15 @@ def _cmd_change(args: argparse.Namespace) -> int:
         done: list[Job] = []
         skipped: list[Job] = []
         missing: list[str] = []
+        refused: list[Job] = []
+
+        async def change_one(job: Job) -> None:
+            try:
+                (done if await change(job, error) else skipped).append(job)
+            except _OpsError as exc:
+                print(f"saqlite {args.command}: {exc}", file=sys.stderr)
+                refused.append(job)
+
         if args.keys:
             for ref in args.keys:
                 try:
@@ -3750,15 +3783,13 @@ def _cmd_change(args: argparse.Namespace) -> int:
                     print(f"saqlite {args.command}: {exc}", file=sys.stderr)
                     missing.append(ref)
                     continue
-                (done if await change(job, error) else skipped).append(job)
+                await change_one(job)
         else:
             progress = _Progress(f"{args.command}", await _count_jobs(store, where),
                                  enabled=not args.quiet)  # fmt: skip
             async for batch in _matching_jobs(store, where):
-                results = await asyncio.gather(*(change(job, error) for job in batch))
-                for job, ok in zip(batch, results):
-                    (done if ok else skipped).append(job)
-                progress.update(len(done) + len(skipped))
+                await asyncio.gather(*(change_one(job) for job in batch))
+                progress.update(len(done) + len(skipped) + len(refused))
             progress.close()
         if args.json:
             _print_json({
@@ -3767,6 +3798,8 @@ def _cmd_change(args: argparse.Namespace) -> int:
                 "skipped": [{"queue": j.get_queue().name, "key": j.key, "status": j.status.value}
                             for j in skipped],
                 "missing": missing,
+                "refused": [{"queue": j.get_queue().name, "key": j.key, "status": j.status.value}
+                            for j in refused],
             })  # fmt: skip
         else:
             if args.keys:
@@ -3781,7 +3814,7 @@ def _cmd_change(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
             print(f"{verb} {len(done)} job{'' if len(done) == 1 else 's'}")
-        return 1 if missing or (args.keys and skipped) else 0
+        return 1 if missing or refused or (args.keys and skipped) else 0
 
     return _run_on_store(args.file, action)
 
@@ -4384,7 +4417,9 @@ auto-refresh</label>
             ("retry", "Retry", _RETRYABLE),
             ("abort", "Abort", _ABORTABLE),
         ):
-            if job.status.value in statuses:
+            if isinstance(job, _UnreadableJob) and job.status.value in statuses:
+                notice = job.refusal(action) + "."
+            elif job.status.value in statuses:
                 actions.append(
                     f'<form class="inline" method="post" '
                     f'action="{_e(self._url(request, "/" + action))}">'
@@ -4421,14 +4456,15 @@ auto-refresh</label>
     async def _change(self, request: _WebRequest, nonce: str) -> _WebResponse:
         params = request.form()
         job = await self._job(request, params)
-        if request.path == "/retry":
-            done = (
-                "retried" if await _retry_job(job, "retried from the web page") else "not-retried"
-            )
-        else:
-            done = (
-                "aborted" if await _abort_job(job, "aborted from the web page") else "not-aborted"
-            )
+        try:
+            if request.path == "/retry":
+                retried = await _retry_job(job, "retried from the web page")
+                done = "retried" if retried else "not-retried"
+            else:
+                aborted = await _abort_job(job, "aborted from the web page")
+                done = "aborted" if aborted else "not-aborted"
+        except _OpsError as exc:
+            raise _WebError(409, str(exc)) from None
         url = self._url(request, "/job", db=params.get("db", "0"), queue=job.get_queue().name,
                         key=job.key, done=done)  # fmt: skip
         return _WebResponse(303, b"", "text/plain", [("location", url)])

@@ -878,3 +878,52 @@ def test_importing_settings_adds_the_working_directory_once(
     for _ in range(3):
         assert ops._import_settings("once_settings") == {"functions": []}
     assert sys.path.count(str(tmp_path)) == 1
+
+
+def raw_rows(path: Path) -> list[tuple[t.Any, ...]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT * FROM saqlite_jobs ORDER BY key").fetchall()
+    finally:
+        conn.close()
+
+
+def test_jobs_another_dump_wrote_are_never_rewritten(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+
+    async def scrambled() -> None:
+        queue = Queue(path, dump=lambda d: json.dumps(d)[::-1], load=lambda s: json.loads(s[::-1]))
+        failed = await queue.enqueue("secret", key="failed1", token="x")
+        assert failed is not None
+        await queue.finish(failed, Status.FAILED, error="it broke")
+        await queue.enqueue("secret", key="waiting1", token="y")
+        await queue.disconnect()
+
+    run(scrambled())
+    before = raw_rows(path)
+    result = cli("retry", str(path), "failed1")
+    assert result.returncode == 1
+    assert "Job 'failed1' was stored with a custom dump/load" in result.stderr
+    assert "retry it from your code (queue.retry(job))" in result.stderr
+    result = cli("abort", str(path), "waiting1")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "abort it from your code" in result.stderr
+    result = cli("retry", str(path), "--all", "--json")
+    assert result.returncode == 1
+    assert [job["key"] for job in json.loads(result.stdout)["refused"]] == ["failed1"]
+    assert raw_rows(path) == before
+
+    server = start([CLI, "web", str(path), "--port", "0"])
+    try:
+        status, _, page = server.request("/job?queue=default&key=failed1")
+        assert status == 200
+        assert "was stored with a custom dump/load" in page
+        assert 'id="retry"' not in page
+        form = {"queue": "default", "key": "failed1"}
+        status, _, page = server.request("/retry", "POST", form=form)
+        assert status == 409
+        assert "was stored with a custom dump/load" in page
+    finally:
+        assert stop(server) == 0
+    assert raw_rows(path) == before
