@@ -3065,6 +3065,10 @@ exit codes, the same for every command:
      file that is missing, locked or not a saqlite database"""
 
 _VERBOSE_HELP = "log DEBUG too (default INFO); -vv adds aiosqlite's line per statement"
+_ALLOWED_HOST_HELP = (
+    "a host name the page answers to, besides IP addresses and localhost (repeatable; "
+    "'*' any); by default any with AUTH_PASSWORD set"
+)
 _FINISHED = ("complete", "failed", "aborted")
 _RETRYABLE = ("failed", "aborted")
 _ABORTABLE = ("queued", "active")
@@ -3098,8 +3102,20 @@ _SQL_OPS_WORKERS = (
 _SQL_OPS_WHERE_QUEUE = "queue = :queue"
 _SQL_OPS_WHERE_STATUSES = "status IN (SELECT value FROM json_each(:statuses))"
 _SQL_OPS_WHERE_FUNCTION = "function = :function"
-_SQL_OPS_LIST_JOBS = f"""
-SELECT queue, key, {_LOAD_COLUMNS} FROM saqlite_jobs WHERE {{where}}
+#: Characters of a job's data, result or error a listing reads; a job with more is
+#: listed from its columns (kwargs and result left out), an error is cut in the middle.
+_LIST_VALUE_CAP = 8192
+# _LOAD_COLUMNS within the cap (else NULL), then the columns to list a bigger job by.
+_SQL_OPS_LIST_JOBS = """
+SELECT queue, key,
+    CASE WHEN length(data) <= :cap AND ifnull(length(result), 0) <= :cap THEN data END,
+    status, attempts, worker_id, started, touched, completed,
+    CASE WHEN length(error) <= :cap THEN error
+        ELSE substr(error, 1, :cap / 2) || char(10) || '...' || char(10) || substr(error, -:cap / 2)
+    END,
+    progress, CASE WHEN ifnull(length(result), 0) <= :cap THEN result END,
+    function, queued, priority, CAST(run_at AS INTEGER), group_key, length(data), length(result)
+FROM saqlite_jobs WHERE {where}
 ORDER BY queued DESC, rowid DESC LIMIT :limit OFFSET :offset
 """
 _SQL_OPS_SELECT_JOBS = f"""
@@ -3209,6 +3225,13 @@ class _Store:
             return _UnreadableJob("?", queue=queue, key=row[1], status=status, error=error)
 
 
+class _ListedJob(Job):
+    """A job too big to read for a listing, made from its columns; ``cut`` has the
+    size in characters of each value left out."""
+
+    cut: dict[str, int]
+
+
 class _UnreadableJob(Job):
     """A job whose data another ``dump`` wrote: shown, never written back."""
 
@@ -3219,6 +3242,22 @@ class _UnreadableJob(Job):
             f"and is left as it is: {action} it from your code (queue.{action}(job)), or serve "
             "the page with saqlite.web_app(queue) given your Queue"
         )
+
+
+def _listed_job(store: _Store, row: Sequence[t.Any]) -> Job:
+    """A Job from a row of ``_SQL_OPS_LIST_JOBS``."""
+    if row[2] is not None:
+        return store.load(row[:12])
+    _, key, _, status, attempts, worker_id, started, touched, completed, error, progress = row[:11]
+    function, queued, priority, run_at, group_key, data_size, result_size = row[12:]
+    job = _ListedJob(
+        function, queue=store.queue(row[0]), key=key, status=status, attempts=attempts,
+        worker_id=worker_id, started=started, touched=touched, completed=completed,
+        error=error, progress=progress, queued=queued, priority=priority, scheduled=run_at,
+        group_key=group_key,
+    )  # fmt: skip
+    job.cut = {"kwargs": data_size, **({"result": result_size} if result_size else {})}
+    return job
 
 
 def _open_store(target: str) -> _Store:
@@ -3289,8 +3328,9 @@ async def _list_jobs(
     """Jobs matching a filter, newest first; and whether more follow."""
     condition, params = where.where()
     sql = _SQL_OPS_LIST_JOBS.format(where=condition)
-    rows = await store.fetch(sql, {**params, "limit": limit + 1, "offset": offset})
-    return [store.load(row) for row in rows[:limit]], len(rows) > limit
+    params = {**params, "limit": limit + 1, "offset": offset, "cap": _LIST_VALUE_CAP}
+    rows = await store.fetch(sql, params)
+    return [_listed_job(store, row) for row in rows[:limit]], len(rows) > limit
 
 
 async def _count_jobs(store: _Store, where: _JobFilter) -> int:
@@ -3472,6 +3512,10 @@ def _job_json(job: Job) -> dict[str, t.Any]:
     if job.status in (Status.ACTIVE, Status.ABORTING):
         kinds.append("running")
     data["durations_ms"] = {kind: job.duration(kind) for kind in kinds}
+    if isinstance(job, _ListedJob):
+        for name, size in job.cut.items():
+            data[name] = f"(not read for a listing: {size} characters; ask for this job alone)"
+        data["cut"] = sorted(job.cut)
     return data
 
 
@@ -3910,7 +3954,9 @@ def _cmd_burst(args: argparse.Namespace) -> int:
 
 def _cmd_web(args: argparse.Namespace) -> int:
     stores = [_open_store(target) for target in args.files]
-    app = web_app([store.path for store in stores], refresh_s=args.refresh)
+    app = web_app(
+        [store.path for store in stores], refresh_s=args.refresh, allowed_hosts=args.allowed_host
+    )
 
     async def run() -> None:
         try:
@@ -3989,6 +4035,7 @@ def _ops_parser() -> argparse.ArgumentParser:
     sub.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     sub.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 = any free)")
     sub.add_argument("--refresh", type=float, default=3.0, help="seconds between refreshes")
+    sub.add_argument("--allowed-host", action="append", metavar="NAME", help=_ALLOWED_HOST_HELP)
     return parser
 
 
@@ -4022,6 +4069,8 @@ if t.TYPE_CHECKING:
     _ASGISend = Callable[[_ASGIMessage], Awaitable[None]]
 
 _WEB_PAGE_SIZE = 20
+#: Characters of a value (kwargs, result, meta, error) the job's page shows.
+_WEB_VALUE_CAP = 256 * 1024
 _WEB_MAX_BODY = 64 * 1024
 _HTTP_READ_TIMEOUT_S = 30.0
 _HTTP_MAX_HEADERS = 100
@@ -4121,11 +4170,13 @@ class _WebApp:
         auth_user: str,
         auth_password: t.Optional[str],
         refresh_s: float,
+        allowed_hosts: t.Optional[Sequence[str]] = None,
     ) -> None:
         self.stores = stores
         self.auth_user = auth_user
         self.auth_password = auth_password
         self.refresh_s = refresh_s
+        self.allowed_hosts = None if allowed_hosts is None else [h.lower() for h in allowed_hosts]
         self._routes: dict[tuple[str, str], Callable[[_WebRequest, str], Awaitable[_WebResponse]]]
         self._routes = {
             ("GET", "/"): self._overview_page,
@@ -4198,6 +4249,14 @@ class _WebApp:
 
     async def handle(self, request: _WebRequest) -> _WebResponse:
         """The response to one request."""
+        host = request.headers.get("host")
+        if host is not None and not self._host_allowed(request, host):
+            message = (
+                f"Host {host!r} is not served here (a defence against DNS rebinding): open "
+                "the page by 127.0.0.1 or localhost, or allow that name with --allowed-host "
+                "NAME (web_app(..., allowed_hosts=[NAME]) in code)"
+            )
+            return _WebResponse(421, message.encode("utf-8"), "text/plain; charset=utf-8")
         if not self._authorised(request):
             challenge = 'Basic realm="saqlite", charset="UTF-8"'
             return _WebResponse(
@@ -4226,6 +4285,25 @@ class _WebApp:
         if response.content_type.startswith("text/html"):
             response.headers.append(("content-security-policy", _csp(nonce)))
         return response
+
+    def _host_allowed(self, request: _WebRequest, host: str) -> bool:
+        """Whether a request's ``Host`` is one this page serves. A rebinding attack
+        needs a domain name of the attacker's: an IP address, ``localhost`` and this
+        machine's name are always served; other names when allowed, or by default
+        when a password guards the page or an app it is mounted in checks hosts."""
+        if self.allowed_hosts is None and (request.base or self.auth_password):
+            return True
+        allowed = self.allowed_hosts or []
+        name = (urllib.parse.urlsplit("//" + host).hostname or "").rstrip(".")
+        return (
+            "*" in allowed
+            or name in allowed
+            or any(a.startswith(".") and name.endswith(a) for a in allowed)
+            or name == "localhost"
+            or name.endswith(".localhost")
+            or name == socket.gethostname().lower()
+            or _is_ip_address(name)
+        )
 
     def _authorised(self, request: _WebRequest) -> bool:
         if not self.auth_password:
@@ -4440,11 +4518,10 @@ auto-refresh</label>
         sections = []
         for name, value in (("Kwargs", job.kwargs), ("Result", job.result), ("Meta", job.meta)):
             if value not in (None, {}):
-                sections.append(
-                    f'<h2>{name}</h2><pre class="{name.lower()}">{_e(_pretty(value))}</pre>'
-                )
+                text = _capped(_pretty(value))
+                sections.append(f'<h2>{name}</h2><pre class="{name.lower()}">{_e(text)}</pre>')
         if job.error:
-            sections.append(f'<h2>Error</h2><pre class="error">{_e(job.error)}</pre>')
+            sections.append(f'<h2>Error</h2><pre class="error">{_e(_capped(job.error))}</pre>')
         progress = max(0.0, min(float(job.progress or 0), 1.0))
         body = f"""{f'<p class="notice">{_e(notice)}</p>' if notice else ""}
 <h2>Job {_e(job.key)} {_status_html(job.status, "status")}</h2>
@@ -4501,6 +4578,16 @@ def _status_html(status: Status, id: str = "") -> str:
     return f'<span class="status {_e(status.value)}"{id_attribute}>{_e(status.value)}</span>'
 
 
+def _capped(text: str) -> str:
+    """A value as the job's page shows it: whole up to ``_WEB_VALUE_CAP`` characters."""
+    if len(text) <= _WEB_VALUE_CAP:
+        return text
+    return (
+        text[:_WEB_VALUE_CAP] + f"\n... cut: {len(text)} characters in all; "
+        "saqlite job FILE KEY --json (or /api/job) gives it whole"
+    )
+
+
 def _json_response(value: object, status: int = 200) -> _WebResponse:
     body = json.dumps(value, default=str).encode("utf-8")
     return _WebResponse(status, body, "application/json")
@@ -4513,6 +4600,16 @@ def _csp(nonce: str) -> str:
         "connect-src 'self'; form-action 'self'; img-src 'self' data:; "
         "base-uri 'none'; frame-ancestors 'none'"
     )
+
+
+def _is_ip_address(name: str) -> bool:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, name)
+            return True
+        except (OSError, ValueError):
+            pass
+    return False
 
 
 def _same_origin(request: _WebRequest) -> bool:
@@ -4532,6 +4629,7 @@ def web_app(
     auth_user: t.Optional[str] = None,
     auth_password: t.Optional[str] = None,
     refresh_s: float = 3.0,
+    allowed_hosts: t.Optional[Sequence[str]] = None,
 ) -> _WebApp:
     """The monitoring page as an ASGI application, to serve or to mount in Starlette
     or FastAPI (``app.mount("/saqlite", web_app("jobs.db"))``).
@@ -4542,6 +4640,11 @@ def web_app(
         auth_user: the basic-auth user (default: env ``AUTH_USER``, else ``admin``).
         auth_password: with one (default: env ``AUTH_PASSWORD``) every request needs it.
         refresh_s: seconds between refreshes of an open page.
+        allowed_hosts: host names the page answers to besides IP addresses,
+            ``localhost`` and this machine's name (a defence against DNS rebinding);
+            ``".example.com"`` allows its subdomains, ``"*"`` any name. None (the
+            default) allows any name when ``auth_password`` is set or the app is
+            mounted below a path (the app that mounts it checks hosts).
 
     The app closes its connections on ASGI lifespan shutdown; where it gets none (a
     mounted app), ``await app.close()`` on shutdown.
@@ -4561,6 +4664,7 @@ def web_app(
         auth_user if auth_user is not None else os.environ.get("AUTH_USER", "admin"),
         auth_password if auth_password is not None else os.environ.get("AUTH_PASSWORD"),
         refresh_s,
+        allowed_hosts,
     )
 
 
@@ -4684,6 +4788,56 @@ async def _serve_web(app: _WebApp, host: str = "127.0.0.1", port: int = 8080) ->
         await server.serve_forever()
 
 
+class _PageThread:
+    """The page served on a thread of its own, with its own event loop and its own
+    connections, so that a heavy request never stalls the worker's loop."""
+
+    def __init__(self, app: _WebApp, host: str, port: int) -> None:
+        self._app, self._host, self._port = app, host, port
+        self._thread = threading.Thread(target=self._run, name="saqlite-page", daemon=True)
+        self._ready = threading.Event()
+        self._error: t.Optional[BaseException] = None
+        self._loop: t.Optional[asyncio.AbstractEventLoop] = None
+        self._stopped: t.Optional[asyncio.Event] = None
+
+    def start(self) -> None:
+        """Serve once the port is bound.
+
+        Raises:
+            OSError: the port could not be bound.
+        """
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    def stop(self) -> None:
+        """Stop serving and close the page's connections."""
+        if self._loop is not None and self._stopped is not None:
+            with contextlib.suppress(RuntimeError):  # its loop has ended already
+                self._loop.call_soon_threadsafe(self._stopped.set)
+        self._thread.join()
+
+    def _run(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        try:
+            server = await _start_http(self._app, self._host, self._port)
+        except BaseException as exc:  # told to start(), in the calling thread
+            self._error = exc
+            self._ready.set()
+            return
+        self._loop, self._stopped = asyncio.get_running_loop(), asyncio.Event()
+        self._ready.set()
+        try:
+            await self._stopped.wait()
+        finally:
+            server.close()
+            await server.wait_closed()
+            await self._app.close()
+
+
 def _serve_web_with_worker(
     settings_name: str,
     *,
@@ -4691,27 +4845,21 @@ def _serve_web_with_worker(
     port: int = 8080,
     extra_settings: Sequence[str] = (),
     verbose: int = 0,
+    allowed_hosts: t.Optional[Sequence[str]] = None,
 ) -> int:
     """``saqlite module.settings --web``: a worker, and the page for its queue (and
-    the queues of ``extra_settings``), in one process until SIGINT or SIGTERM."""
+    the queues of ``extra_settings``) on a thread of its own, in one process until
+    SIGINT or SIGTERM."""
     _configure_logging(verbose)
-    settings = _import_settings(settings_name)
-    queue = _settings_queue(settings)
-    settings.pop("queue", None)
-    extra = [_settings_queue(_import_settings(name)) for name in extra_settings]
+    queue, settings = _load_settings(settings_name)
+    extra = [_load_settings(name)[0] for name in extra_settings]
     worker = Worker(queue, **settings)
-    app = web_app([queue, *extra])
-
-    async def run() -> None:
-        server = await _start_http(app, host, port)
-        try:
-            await worker.start()
-        finally:
-            server.close()
-            await server.wait_closed()
-            await app.close()
-
-    asyncio.run(run())
+    page = _PageThread(web_app([queue, *extra], allowed_hosts=allowed_hosts), host, port)
+    page.start()
+    try:
+        asyncio.run(worker.start())
+    finally:
+        page.stop()
     return 0
 
 
@@ -4843,6 +4991,7 @@ def main(argv: t.Optional[list[str]] = None) -> int:
         help="more settings whose queues the page shows (repeatable)",
     )
     parser.add_argument("--port", type=int, default=8080, help="the page's port (default 8080)")
+    parser.add_argument("--allowed-host", action="append", metavar="NAME", help=_ALLOWED_HOST_HELP)
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
@@ -4867,6 +5016,7 @@ def main(argv: t.Optional[list[str]] = None) -> int:
                 port=args.port,
                 extra_settings=args.extra_web_settings,
                 verbose=verbose,
+                allowed_hosts=args.allowed_host,
             )
         else:
             _run_worker(args.settings, verbose)

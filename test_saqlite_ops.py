@@ -927,3 +927,150 @@ def test_jobs_another_dump_wrote_are_never_rewritten(tmp_path: Path) -> None:
     finally:
         assert stop(server) == 0
     assert raw_rows(path) == before
+
+
+def test_page_answers_only_to_host_names_it_serves(db: Path) -> None:
+    server = start([CLI, "web", str(db), "--port", "0", "--allowed-host", "jobs.example"])
+    port = urllib.parse.urlsplit(server.url).port
+    try:
+        for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example"):
+            status, _, text = server.request("/api/jobs", headers={"host": host})
+            assert status == 421, host
+            assert f"Host {host!r} is not served here (a defence against DNS rebinding)" in text
+            assert "--allowed-host NAME" in text
+        status, _, _ = server.request("/retry", "POST", {"key": "bad"}, {"host": "evil.example"})
+        assert status == 421
+        for host in (f"127.0.0.1:{port}", "localhost", f"[::1]:{port}", "jobs.example:80",
+                     "JOBS.example", "app.localhost"):  # fmt: skip
+            assert server.request("/api/jobs", headers={"host": host})[0] == 200, host
+    finally:
+        assert stop(server) == 0
+    server = start([CLI, "web", str(db), "--port", "0"], AUTH_PASSWORD="s3cret")
+    try:  # a password guards the page: a rebinding page cannot send it
+        assert server.request("/", headers={"host": "jobs.example"})[0] == 401
+    finally:
+        assert stop(server) == 0
+
+
+def test_asgi_app_checks_hosts_at_the_root_and_leaves_them_to_a_mounting_app(db: Path) -> None:
+    def status_of(app: t.Any, host: bytes, root_path: str = "") -> int:
+        sent: list[t.MutableMapping[str, t.Any]] = []
+
+        async def receive() -> t.MutableMapping[str, t.Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: t.MutableMapping[str, t.Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": root_path + "/api/queues",
+                 "root_path": root_path, "query_string": b"", "headers": [(b"host", host)]}  # fmt: skip
+
+        async def call() -> None:
+            try:
+                await app(scope, receive, send)
+            finally:
+                await app.close()
+
+        run(call())
+        return int(sent[0]["status"])
+
+    assert status_of(ops.web_app(str(db)), b"rebound.example") == 421
+    assert status_of(ops.web_app(str(db)), b"rebound.example", "/saqlite") == 200
+    assert (
+        status_of(ops.web_app(str(db), allowed_hosts=["rebound.example"]), b"rebound.example")
+        == 200
+    )
+    assert status_of(ops.web_app(str(db), allowed_hosts=[".example"]), b"a.example") == 200
+    assert status_of(ops.web_app(str(db), allowed_hosts=["x.example"]), b"y.example", "/m") == 421
+
+
+SLOW_LOAD_SETTINGS = """
+import json, os, time
+from pathlib import Path
+from saqlite import Queue
+
+def load(text):
+    folder = Path(os.environ["SAQLITE_TEST_DIR"])
+    (folder / "loading").touch()
+    deadline = time.monotonic() + 60
+    while not (folder / "release").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # blocks the loop that reads the page
+    return json.loads(text)
+
+settings = {"queue": Queue(os.environ["SAQLITE_TEST_DB"], name="slowq", load=load)}
+"""
+
+
+def test_worker_keeps_running_jobs_while_its_page_is_busy(tmp_path: Path) -> None:
+    write_tasks(tmp_path)
+    (tmp_path / "slow.py").write_text(SLOW_LOAD_SETTINGS)
+    path = tmp_path / "busy.db"
+
+    async def enqueue_slow() -> None:
+        queue = Queue(path, name="slowq")
+        await queue.enqueue("anything", key="heavy")
+        await queue.disconnect()
+
+    run(enqueue_slow())
+    server = start([CLI, "tasks.settings", "--web", "--port", "0", "-e", "slow.settings"],
+                   cwd=tmp_path, SAQLITE_TEST_DB=str(path), SAQLITE_TEST_DIR=str(tmp_path))  # fmt: skip
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        busy = pool.submit(server.request, "/jobs?queue=slowq")
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "loading").exists():
+            assert time.monotonic() < deadline, "the page did not start loading"
+            time.sleep(0.05)
+
+        async def apply() -> t.Any:
+            queue = Queue(path)
+            try:
+                return await queue.apply("ok", n=3, timeout=20)
+            finally:
+                await queue.disconnect()
+
+        assert run(apply()) == {"n": 3}  # the worker ran it while the page was stuck
+        assert not busy.done()
+        (tmp_path / "release").touch()
+        assert busy.result(timeout=30)[0] == 200
+    finally:
+        (tmp_path / "release").touch()
+        pool.shutdown()
+        assert stop(server) == 0
+
+
+def test_a_listing_of_big_jobs_stays_small(tmp_path: Path) -> None:
+    path = tmp_path / "big.db"
+    big = "x" * (5 * 1024 * 1024)
+
+    async def enqueue_big() -> None:
+        queue = Queue(path)
+        for n in range(4):
+            job = await queue.enqueue("ok", key=f"big{n}", blob=big)
+            assert job is not None
+            await queue.finish(job, Status.FAILED, error="E" * 1_000_000 + "\nValueError: last")
+        await queue.enqueue("ok", key="small", n=1)
+        await queue.disconnect()
+
+    run(enqueue_big())
+    result = cli("jobs", str(path), "--json")
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout) < 200_000
+    jobs = {job["key"]: job for job in json.loads(result.stdout)["jobs"]}
+    assert jobs["big0"]["cut"] == ["kwargs"]
+    assert jobs["big0"]["kwargs"].startswith("(not read for a listing: ")
+    assert jobs["big0"]["status"] == "failed" and jobs["big0"]["function"] == "ok"
+    assert jobs["small"]["kwargs"] == {"n": 1}
+    result = cli("jobs", str(path))
+    assert "ValueError: last" in result.stdout  # the last line of a cut error is kept
+    server = start([CLI, "web", str(path), "--port", "0"])
+    try:
+        status, _, text = server.request("/api/jobs?limit=500")
+        assert status == 200 and len(text) < 200_000
+        status, _, text = server.request("/jobs")
+        assert status == 200 and len(text) < 200_000
+        status, _, text = server.request("/job?queue=default&key=big1")
+        assert status == 200 and len(text) < 1_000_000
+        assert "characters in all; saqlite job FILE KEY --json (or /api/job) gives it" in text
+    finally:
+        assert stop(server) == 0
