@@ -962,8 +962,10 @@ def test_asgi_app_checks_hosts_at_the_root_and_leaves_them_to_a_mounting_app(db:
         async def send(message: t.MutableMapping[str, t.Any]) -> None:
             sent.append(message)
 
-        scope = {"type": "http", "method": "GET", "path": root_path + "/api/queues",
-                 "root_path": root_path, "query_string": b"", "headers": [(b"host", host)]}  # fmt: skip
+        scope = {
+            "type": "http", "method": "GET", "path": root_path + "/api/queues",
+            "root_path": root_path, "query_string": b"", "headers": [(b"host", host)],
+        }  # fmt: skip
 
         async def call() -> None:
             try:
@@ -1012,8 +1014,8 @@ def test_worker_keeps_running_jobs_while_its_page_is_busy(tmp_path: Path) -> Non
         await queue.disconnect()
 
     run(enqueue_slow())
-    server = start([CLI, "tasks.settings", "--web", "--port", "0", "-e", "slow.settings"],
-                   cwd=tmp_path, SAQLITE_TEST_DB=str(path), SAQLITE_TEST_DIR=str(tmp_path))  # fmt: skip
+    args = [CLI, "tasks.settings", "--web", "--port", "0", "-e", "slow.settings"]
+    server = start(args, cwd=tmp_path, SAQLITE_TEST_DB=str(path), SAQLITE_TEST_DIR=str(tmp_path))
     pool = concurrent.futures.ThreadPoolExecutor(1)
     try:
         busy = pool.submit(server.request, "/jobs?queue=slowq")
