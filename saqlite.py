@@ -3064,6 +3064,16 @@ exit codes, the same for every command:
   2  a usage or settings error: a bad option, settings not found or invalid, a
      file that is missing, locked or not a saqlite database"""
 
+_BURST_HELP = """\
+Run a settings dict's worker on the jobs there are, then stop (for CI).
+It runs every job that is due, and jobs that become due while it runs; it waits
+for the retries of the jobs it ran, however long their retry_delay; it stops
+once nothing has been running or due for --wait seconds. Jobs still waiting then
+(scheduled later) are listed as pending. Exit 0 when all is done; 1 when a job
+failed or was aborted, or jobs are pending (unless --allow-pending or
+--max-jobs); 2 on a usage or settings error, or a file that does not exist."""
+#: Seconds between a burst's looks at whether work is left.
+_BURST_POLL_S = 0.1
 _VERBOSE_HELP = "log DEBUG too (default INFO); -vv adds aiosqlite's line per statement"
 _ALLOWED_HOST_HELP = (
     "a host name the page answers to, besides IP addresses and localhost (repeatable; "
@@ -3136,6 +3146,21 @@ _SQL_OPS_WORKER_FAILURES = """
 SELECT key, status, error FROM saqlite_jobs
 WHERE queue = :queue AND worker_id = :worker_id AND status IN ('failed', 'aborted')
 ORDER BY completed
+"""
+# Whether a burst has work: a job of its worker running or waiting to be retried, or
+# any job of its queue due.
+_SQL_OPS_BURST_BUSY = """
+SELECT EXISTS (
+    SELECT 1 FROM saqlite_jobs WHERE queue = :queue AND worker_id = :worker_id
+    AND (status IN ('active', 'aborting') OR (status = 'queued' AND attempts > 0))
+) OR EXISTS (
+    SELECT 1 FROM saqlite_jobs WHERE queue = :queue AND status = 'queued' AND run_at <= :now
+)
+"""
+# What a burst leaves behind: waiting jobs but for the cron jobs a worker schedules.
+_SQL_OPS_BURST_PENDING = """
+SELECT key, function, run_at FROM saqlite_jobs
+WHERE queue = :queue AND status = 'queued' AND key NOT LIKE 'cron:%' ORDER BY run_at
 """
 _SQL_OPS_IS_SAQLITE = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'saqlite_jobs'"
 
@@ -3891,16 +3916,22 @@ def _cmd_purge(args: argparse.Namespace) -> int:
 
 
 def _cmd_burst(args: argparse.Namespace) -> int:
-    """Run a worker in burst mode; exit 1 if any job failed or was aborted."""
+    """Run a worker until the queue's work is done (see ``_BURST_HELP``); exit 1 if
+    any job failed or was aborted, or if jobs are left pending."""
+    if not 0 <= args.wait < math.inf:
+        raise _OpsError(f"--wait {args.wait} is not valid: give seconds, 0 or more")
     _configure_logging(-1 if args.quiet else args.verbose)
-    settings = _import_settings(args.settings)
-    queue = _settings_queue(settings)
-    settings.pop("queue", None)
-    settings["burst"] = True
-    settings["dequeue_timeout"] = args.wait
-    if args.max_jobs is not None:
-        settings["max_burst_jobs"] = args.max_jobs
-    worker = Worker(queue, **settings)
+    queue, settings = _load_settings(args.settings)
+    if not os.path.isfile(queue.path):
+        raise _OpsError(
+            f"{queue.path} does not exist: check the queue's path in {args.settings} "
+            "(burst runs the jobs of an existing saqlite file; it does not create one)"
+        )
+    settings.update(burst=False, max_burst_jobs=args.max_jobs)
+    try:
+        worker = Worker(queue, **settings)
+    except (ValueError, TypeError) as exc:
+        raise _OpsError(f"settings {args.settings}: {exc}") from None
     progress = _Progress("burst", enabled=not args.quiet)
 
     def detail() -> tuple[int, str]:
@@ -3909,47 +3940,74 @@ def _cmd_burst(args: argparse.Namespace) -> int:
                       f"{queue.aborted} aborted, {queue.retried} retried)")  # fmt: skip
 
     async def watch() -> None:
+        """Stop the worker once it has been idle for ``--wait`` seconds."""
+        idle_since: t.Optional[float] = None
         while True:
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(_BURST_POLL_S)
             progress.update(*detail())
+            params = {"queue": queue.name, "worker_id": worker.id, "now": time.time()}
+            if (await queue._fetch(_SQL_OPS_BURST_BUSY, params))[0][0]:
+                idle_since = None
+            elif idle_since is None:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since >= args.wait:
+                await worker.stop()
+                return
 
-    async def run() -> list[t.Any]:
+    async def run() -> tuple[list[t.Any], list[t.Any]]:
+        working = asyncio.create_task(worker.start())
         watcher = asyncio.create_task(watch())
         try:
-            await worker.start()
+            await asyncio.wait([working, watcher], return_when=asyncio.FIRST_COMPLETED)
+            if watcher.done() and watcher.exception():  # it could not look: stop here
+                await worker.stop()
+            await working
+            if watcher.done():
+                watcher.result()
         finally:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
         try:
             params = {"queue": queue.name, "worker_id": worker.id}
-            return await queue._fetch(_SQL_OPS_WORKER_FAILURES, params)
+            failures = await queue._fetch(_SQL_OPS_WORKER_FAILURES, params)
+            return failures, await queue._fetch(_SQL_OPS_BURST_PENDING, {"queue": queue.name})
         finally:
             await queue.disconnect()
 
     started = time.monotonic()
-    failures = asyncio.run(run())
+    failures, pending = asyncio.run(run())
     progress.update(*detail())
     progress.close()
     seconds = time.monotonic() - started
     done = queue.complete + queue.failed + queue.aborted
-    ok = not (queue.failed or queue.aborted)
+    failed = bool(queue.failed or queue.aborted)
+    left = bool(pending) and not (args.allow_pending or args.max_jobs is not None)
     if args.json:
         _print_json({
-            "jobs": done, "complete": queue.complete, "failed": queue.failed,
-            "aborted": queue.aborted, "retried": queue.retried, "seconds": round(seconds, 3),
+            "path": queue.path, "jobs": done, "complete": queue.complete, "failed": queue.failed,
+            "aborted": queue.aborted, "retried": queue.retried, "pending": len(pending),
+            "seconds": round(seconds, 3),
             "failures": [{"key": k, "status": s, "error": e} for k, s, e in failures],
+            "pending_jobs": [{"key": k, "function": f, "due": _fmt_time(due * 1000)}
+                             for k, f, due in pending[:100]],
         })  # fmt: skip
     else:
         for key, status, error in failures[:20]:
             print(f"{status} {_clean(key)}: {_error_line(error)}", file=sys.stderr)
         if len(failures) > 20:
             print(f"... and {len(failures) - 20} more", file=sys.stderr)
+        for key, function, due in pending[:20]:
+            print(f"pending {_clean(key)} ({_clean(function)}): due {_fmt_time(due * 1000)}",
+                  file=sys.stderr)  # fmt: skip
+        if len(pending) > 20:
+            print(f"... and {len(pending) - 20} more pending", file=sys.stderr)
+        verdict = "FAILED" if failed else "PENDING" if left else "ok"
         print(
-            f"burst {'ok' if ok else 'FAILED'}: {done} job{'' if done == 1 else 's'} in "
+            f"burst {verdict} on {_clean(queue.path)}: {done} job{'' if done == 1 else 's'} in "
             f"{seconds:.2f} s: {queue.complete} complete, {queue.failed} failed, "
-            f"{queue.aborted} aborted, {queue.retried} retried"
+            f"{queue.aborted} aborted, {queue.retried} retried, {len(pending)} pending"
         )
-    return 0 if ok else 1
+    return 1 if failed or left else 0
 
 
 def _cmd_web(args: argparse.Namespace) -> int:
@@ -4020,14 +4078,15 @@ def _ops_parser() -> argparse.ArgumentParser:
     filters(sub, _FINISHED)
     sub.add_argument("--dry-run", action="store_true", help="only count them")
     sub.add_argument("-q", "--quiet", action="store_true", help="no progress")
-    sub = command(
-        "burst", "Run the queued jobs with a settings dict's worker, then stop; exit 1 if "
-        "any failed or was aborted (for CI).", _cmd_burst,
-    )  # fmt: skip
+    sub = command("burst", "Run the jobs there are with a settings dict's worker (CI).", _cmd_burst)
+    sub.description = _BURST_HELP
+    sub.formatter_class = argparse.RawDescriptionHelpFormatter
     sub.add_argument("settings", help="module.attribute naming a dict of Worker arguments")
-    sub.add_argument("--max-jobs", type=int, help="stop after this many jobs")
-    sub.add_argument("--wait", type=float, default=1.0,
-                     help="seconds to wait for a new job before stopping (default 1)")  # fmt: skip
+    sub.add_argument("--max-jobs", type=int, help="stop after this many jobs (the rest may wait)")
+    sub.add_argument("--wait", type=float, default=1.0, metavar="SECONDS",
+                     help="stop once nothing ran or was due for this long (default 1)")  # fmt: skip
+    sub.add_argument("--allow-pending", action="store_true",
+                     help="exit 0 though jobs are left waiting (scheduled later)")  # fmt: skip
     sub.add_argument("-v", "--verbose", action="count", default=0, help=_VERBOSE_HELP)
     sub.add_argument("-q", "--quiet", action="store_true", help="no progress, log only errors")
     sub = command("web", "Serve the monitoring page for saqlite files.", _cmd_web)

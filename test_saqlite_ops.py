@@ -405,8 +405,8 @@ def test_burst_runs_the_jobs_and_exits_nonzero_on_failure(tmp_path: Path) -> Non
         "burst", "tasks.settings", "--wait", "0.2", cwd=tmp_path, SAQLITE_TEST_DB=str(path)
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("burst ok: 3 jobs in ")
-    assert result.stdout.endswith("s: 3 complete, 0 failed, 0 aborted, 0 retried\n")
+    assert result.stdout.startswith(f"burst ok on {path}: 3 jobs in ")
+    assert result.stdout.endswith("s: 3 complete, 0 failed, 0 aborted, 0 retried, 0 pending\n")
 
     run(enqueue(["ok", "boom"]))
     result = cli(
@@ -414,7 +414,7 @@ def test_burst_runs_the_jobs_and_exits_nonzero_on_failure(tmp_path: Path) -> Non
     )
     assert result.returncode == 1
     assert len(result.stdout.splitlines()) == 1
-    assert result.stdout.startswith("burst FAILED: 2 jobs in ")
+    assert result.stdout.startswith(f"burst FAILED on {path}: 2 jobs in ")
     assert "1 complete, 1 failed, 0 aborted" in result.stdout
     assert "RuntimeError: kaput" in result.stderr
 
@@ -1076,3 +1076,68 @@ def test_a_listing_of_big_jobs_stays_small(tmp_path: Path) -> None:
         assert "characters in all; saqlite job FILE KEY --json (or /api/job) gives it" in text
     finally:
         assert stop(server) == 0
+
+
+BURST_TASKS = """
+import os
+from pathlib import Path
+from saqlite import Queue
+
+async def flaky(ctx):
+    marker = Path(os.environ["SAQLITE_TEST_DB"] + "." + ctx["job"].key)
+    if not marker.exists():
+        marker.touch()
+        raise RuntimeError("first try fails")
+    return "second try works"
+
+async def ok(ctx):
+    return "ok"
+
+settings = {"queue": Queue(os.environ["SAQLITE_TEST_DB"]), "functions": [flaky, ok]}
+"""
+
+
+def test_burst_waits_for_retries_and_due_jobs_and_reports_pending(tmp_path: Path) -> None:
+    (tmp_path / "ci_tasks.py").write_text(BURST_TASKS)
+    path = tmp_path / "burst.db"
+
+    def burst(*flags: str) -> subprocess.CompletedProcess[str]:
+        return cli("burst", "ci_tasks.settings", "--wait", "0.3", *flags, cwd=tmp_path,
+                   SAQLITE_TEST_DB=str(path))  # fmt: skip
+
+    async def enqueue(function: str, **kwargs: t.Any) -> None:
+        queue = Queue(path)
+        await queue.enqueue(function, **kwargs)
+        await queue.disconnect()
+
+    result = burst()
+    assert result.returncode == 2
+    assert f"{path} does not exist: check the queue's path in ci_tasks.settings" in result.stderr
+    assert not path.exists()
+
+    run(enqueue("flaky", key="f1", retries=2, retry_delay=1.5))
+    run(enqueue("ok", key="soon", scheduled=int(time.time()) + 1))
+    result = burst("--wait", "2.5", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["complete"], summary["retried"], summary["pending"]) == (2, 1, 0)
+    assert summary["path"] == str(path)
+
+    run(enqueue("flaky", key="f2", retries=2, retry_delay=1.5))  # waited for beyond --wait
+    result = burst()
+    assert result.returncode == 0, result.stderr
+    assert "1 job in" in result.stdout
+    assert "1 complete, 0 failed, 0 aborted, 1 retried" in result.stdout
+
+    run(enqueue("ok", key="tomorrow", scheduled=int(time.time()) + 86400))
+    run(enqueue("ok", key="now"))
+    result = burst()
+    assert result.returncode == 1
+    assert result.stdout.startswith(f"burst PENDING on {path}: 1 job in ")
+    assert result.stdout.endswith("1 complete, 0 failed, 0 aborted, 0 retried, 1 pending\n")
+    assert "pending tomorrow (ok): due " in result.stderr
+    result = burst("--allow-pending")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"burst ok on {path}: 0 jobs in ")
+    result = burst("--wait", "-1")
+    assert result.returncode == 2 and "--wait -1.0 is not valid" in result.stderr
