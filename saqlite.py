@@ -4943,8 +4943,10 @@ def _import_settings(name: str) -> dict[str, t.Any]:
     candidates.append((name, "settings"))
     for candidate, attribute_name in candidates:
         module = _import_module(candidate)
-        if module is not None and hasattr(module, attribute_name):
-            settings = getattr(module, attribute_name)
+        settings = getattr(module, attribute_name, None)
+        if inspect.ismodule(settings):  # a package's submodule, once imported
+            settings = getattr(settings, "settings", None)
+        if settings is not None:
             break
     else:
         tried = " or ".join(f"{m}.{a}" for m, a in candidates)

@@ -1141,3 +1141,34 @@ def test_burst_waits_for_retries_and_due_jobs_and_reports_pending(tmp_path: Path
     assert result.stdout.startswith(f"burst ok on {path}: 0 jobs in ")
     result = burst("--wait", "-1")
     assert result.returncode == 2 and "--wait -1.0 is not valid" in result.stderr
+
+
+def readme_commands(prefix: str) -> list[list[str]]:
+    """The README's shell lines that start with ``prefix``, as argument lists."""
+    lines = (HERE / "README.md").read_text().splitlines()
+    return [line.split("#")[0].split()[1:] for line in lines if line.startswith(prefix)]
+
+
+def test_readme_worker_commands_work_as_printed(tmp_path: Path) -> None:
+    shutil.copytree(HERE / "examples", tmp_path / "examples")
+    commands = readme_commands(".venv/bin/saqlite examples.settings")
+    assert commands, "the README shows how to start workers"
+    for args in commands:
+        assert args[0] == "examples.settings"
+    result = cli("examples.settings", "--check", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr  # no live worker: a clean answer
+    assert result.stderr == ""
+    for name in ("examples.settings", "examples.settings.settings"):  # twice in one process
+        assert run_in_process_twice(name, tmp_path) == "ok"
+
+
+def run_in_process_twice(name: str, cwd: Path) -> str:
+    code = (
+        "import saqlite\n"
+        f"for _ in range(2): assert 'functions' in saqlite._import_settings({name!r})\n"
+        "print('ok')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=cwd, env=env(), timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
