@@ -1172,3 +1172,33 @@ def run_in_process_twice(name: str, cwd: Path) -> str:
                             cwd=cwd, env=env(), timeout=60, check=False)  # fmt: skip
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
+
+
+def test_an_unexpected_error_gives_a_500_page_and_a_logged_traceback(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def load(text: t.Union[str, bytes]) -> t.Any:
+        raise RuntimeError("the loader broke")
+
+    app = ops.web_app(Queue(db, load=load))
+    sent: list[t.MutableMapping[str, t.Any]] = []
+
+    async def receive() -> t.MutableMapping[str, t.Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: t.MutableMapping[str, t.Any]) -> None:
+        sent.append(message)
+
+    async def call() -> None:
+        scope = {"type": "http", "method": "GET", "path": "/job", "root_path": "",
+                 "query_string": b"queue=default&key=bad", "headers": []}  # fmt: skip
+        try:
+            await app(scope, receive, send)
+        finally:
+            await app.close()
+
+    run(call())
+    assert sent[0]["status"] == 500
+    assert b"The page failed: its log tells why." in sent[1]["body"]
+    assert b"<html" in sent[1]["body"]
+    assert "RuntimeError: the loader broke" in caplog.text
