@@ -4792,7 +4792,7 @@ async def _handle_http(
             "client": writer.get_extra_info("peername"),
             "server": writer.get_extra_info("sockname"),
         }  # fmt: skip
-        sent = False
+        sent = started = False
 
         async def receive() -> _ASGIMessage:
             nonlocal sent
@@ -4802,7 +4802,9 @@ async def _handle_http(
             return {"type": "http.request", "body": body, "more_body": False}
 
         async def send(message: _ASGIMessage) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 status = int(message["status"])
                 lines = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}"]
                 lines += [f"{k.decode('latin-1')}: {v.decode('latin-1')}"
@@ -4813,7 +4815,14 @@ async def _handle_http(
                 writer.write(message.get("body", b""))
                 await writer.drain()
 
-        await app(scope, receive, send)
+        try:
+            await app(scope, receive, send)
+        except Exception:  # an answer, not a dropped connection; the traceback to the log
+            logger.exception("The page failed on %s %s", method, path)
+            if not started:
+                writer.write(b"HTTP/1.1 500 Internal Server Error\r\nConnection: close\r\n"
+                             b"Content-Length: 0\r\n\r\n")  # fmt: skip
+                await writer.drain()
     except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError,
             ConnectionError):  # fmt: skip
         pass  # the client went away or was too slow

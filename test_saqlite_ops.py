@@ -1202,3 +1202,27 @@ def test_an_unexpected_error_gives_a_500_page_and_a_logged_traceback(
     assert b"The page failed: its log tells why." in sent[1]["body"]
     assert b"<html" in sent[1]["body"]
     assert "RuntimeError: the loader broke" in caplog.text
+
+
+def test_the_server_answers_500_when_an_app_raises(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken:
+        auth_password = None
+
+        async def __call__(self, scope: t.Any, receive: t.Any, send: t.Any) -> None:
+            raise RuntimeError("the app broke")
+
+    async def request() -> bytes:
+        server = await ops._start_http(t.cast(t.Any, Broken()), "127.0.0.1", 0)
+        try:
+            port = server.sockets[0].getsockname()[1]
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            answer = await reader.read()
+            writer.close()
+            return answer
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    assert run(request()).startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    assert "RuntimeError: the app broke" in caplog.text
