@@ -3958,11 +3958,12 @@ def _cmd_burst(args: argparse.Namespace) -> int:
         working = asyncio.create_task(worker.start())
         watcher = asyncio.create_task(watch())
         try:
-            await asyncio.wait([working, watcher], return_when=asyncio.FIRST_COMPLETED)
-            if watcher.done() and watcher.exception():  # it could not look: stop here
+            done, _ = await asyncio.wait([working, watcher], return_when=asyncio.FIRST_COMPLETED)
+            broken = watcher in done and watcher.exception() is not None
+            if broken:  # it could not look at the file: stop, and say why
                 await worker.stop()
             await working
-            if watcher.done():
+            if broken:
                 watcher.result()
         finally:
             watcher.cancel()

@@ -1214,7 +1214,7 @@ def test_the_server_answers_500_when_an_app_raises(caplog: pytest.LogCaptureFixt
     async def request() -> bytes:
         server = await ops._start_http(t.cast(t.Any, Broken()), "127.0.0.1", 0)
         try:
-            port = server.sockets[0].getsockname()[1]
+            port = t.cast(t.Any, server).sockets[0].getsockname()[1]
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             answer = await reader.read()
