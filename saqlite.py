@@ -4988,9 +4988,17 @@ def _load_settings(name: str) -> tuple[Queue, dict[str, t.Any]]:
     """The queue and the other Worker arguments of a settings dict.
 
     Raises:
-        _OpsError: the settings cannot be found or hold no valid queue.
+        _OpsError: the settings cannot be found or imported, or hold no valid queue.
     """
-    settings = _import_settings(name)
+    try:
+        settings = _import_settings(name)
+    except _OpsError:
+        raise
+    except Exception as exc:  # in the settings module: its traceback shows where
+        traceback.print_exc()
+        raise _OpsError(
+            f"importing the settings {name!r} raised {type(exc).__name__}: {exc} (see above)"
+        ) from exc
     try:
         queue = _settings_queue(settings)
     except TypeError as exc:

@@ -867,6 +867,12 @@ def test_settings_may_name_a_module_holding_a_settings_dict(tmp_path: Path) -> N
     assert result.returncode == 2
     assert "Cannot find the settings 'app.nothing' (looked for app.nothing or " in result.stderr
     assert "Traceback" not in result.stderr
+    (tmp_path / "app" / "broken.py").write_text("import no_such_dependency\nsettings = {}\n")
+    for args in (["burst", "app.broken"], ["app.broken", "--check"]):
+        result = cli(*args, cwd=tmp_path, SAQLITE_TEST_DB=str(path))
+        assert result.returncode == 2, result.stderr
+        assert "import no_such_dependency" in result.stderr  # where, in the traceback
+        assert "importing the settings 'app.broken' raised ModuleNotFoundError" in result.stderr
 
 
 def test_importing_settings_adds_the_working_directory_once(
