@@ -4951,18 +4951,26 @@ def _import_settings(name: str) -> dict[str, t.Any]:
     module_name, _, attribute = name.rpartition(".")
     candidates = [(module_name, attribute)] if module_name else []
     candidates.append((name, "settings"))
+    reasons = []
     for candidate, attribute_name in candidates:
-        module = _import_module(candidate)
+        try:
+            module = importlib.import_module(candidate)
+        except ModuleNotFoundError as exc:
+            if not exc.name or not (candidate + ".").startswith(exc.name + "."):
+                raise  # a module that the settings module imports is missing: show where
+            reasons.append(str(exc))
+            continue
         settings = getattr(module, attribute_name, None)
         if inspect.ismodule(settings):  # a package's submodule, once imported
             settings = getattr(settings, "settings", None)
         if settings is not None:
             break
+        reasons.append(f"module {candidate!r} has no {attribute_name!r}")
     else:
-        tried = " or ".join(f"{m}.{a}" for m, a in candidates)
         raise _OpsError(
-            f"Cannot find the settings {name!r} (looked for {tried}): give module.attribute "
-            f"naming a dict of Worker arguments, e.g. myapp.tasks.settings, importable from {cwd}"
+            f"Cannot find the settings {name!r} ({'; '.join(dict.fromkeys(reasons))}): give "
+            "module.attribute naming a dict of Worker arguments, e.g. myapp.tasks.settings, "
+            f"or a module holding a `settings` dict, importable from {cwd}"
         )
     if callable(settings):
         settings = settings()
@@ -4972,16 +4980,6 @@ def _import_settings(name: str) -> dict[str, t.Any]:
             f"one), got {type(settings).__name__}"
         )
     return dict(settings)
-
-
-def _import_module(name: str) -> t.Optional[object]:
-    """The module of that name; None if it (or a package above it) does not exist."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
-            return None
-        raise  # a module that the settings module imports is missing: show where
 
 
 def _load_settings(name: str) -> tuple[Queue, dict[str, t.Any]]:

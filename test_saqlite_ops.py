@@ -865,7 +865,10 @@ def test_settings_may_name_a_module_holding_a_settings_dict(tmp_path: Path) -> N
         assert "1 complete" in result.stdout
     result = cli("burst", "app.nothing", cwd=tmp_path, SAQLITE_TEST_DB=str(path))
     assert result.returncode == 2
-    assert "Cannot find the settings 'app.nothing' (looked for app.nothing or " in result.stderr
+    assert (
+        "Cannot find the settings 'app.nothing' (module 'app' has no 'nothing'; "
+        "No module named 'app.nothing'): give module.attribute" in result.stderr
+    )
     assert "Traceback" not in result.stderr
     (tmp_path / "app" / "broken.py").write_text("import no_such_dependency\nsettings = {}\n")
     for args in (["burst", "app.broken"], ["app.broken", "--check"]):
