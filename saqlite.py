@@ -4836,12 +4836,22 @@ async def _handle_http(
 async def _start_http(
     app: _WebApp, host: str = "127.0.0.1", port: int = 8080
 ) -> asyncio.AbstractServer:
-    """Listen for HTTP on ``host:port`` (port 0 = any free one), serving the app."""
+    """Listen for HTTP on ``host:port`` (port 0 = any free one), serving the app.
+
+    Raises:
+        _OpsError: the address cannot be bound (in use, not of this machine).
+    """
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _handle_http(app, reader, writer)
 
-    server = await asyncio.start_server(handle, host, port)
+    try:
+        server = await asyncio.start_server(handle, host, port)
+    except OSError as exc:
+        raise _OpsError(
+            f"Cannot serve the page on {host}:{port} ({exc.strerror or exc}): choose another "
+            "--port, or --host an address of this machine"
+        ) from None
     address = server.sockets[0].getsockname()
     if not app.auth_password and host not in ("127.0.0.1", "localhost", "::1"):
         print(f"saqlite: warning: the page on {host} lets anyone retry and abort jobs; "
@@ -4873,7 +4883,7 @@ class _PageThread:
         """Serve once the port is bound.
 
         Raises:
-            OSError: the port could not be bound.
+            _OpsError: the port could not be bound.
         """
         self._thread.start()
         self._ready.wait()
@@ -5097,6 +5107,9 @@ def main(argv: t.Optional[list[str]] = None) -> int:
             )
         else:
             _run_worker(args.settings, verbose)
+    except _OpsError as exc:
+        print(f"saqlite: {exc}", file=sys.stderr)
+        return 2
     finally:
         for child in children:  # this process was told to stop: so are they
             if child.is_alive():

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -1235,3 +1236,20 @@ def test_the_server_answers_500_when_an_app_raises(caplog: pytest.LogCaptureFixt
 
     assert run(request()).startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
     assert "RuntimeError: the app broke" in caplog.text
+
+
+def test_a_port_in_use_is_a_clear_error(db: Path, tmp_path: Path) -> None:
+    write_tasks(tmp_path)
+    holder = socket.socket()
+    try:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = str(holder.getsockname()[1])
+        for args, cwd in ((["web", str(db), "--port", port], None),
+                          (["tasks.settings", "--web", "--port", port], tmp_path)):  # fmt: skip
+            result = cli(*args, cwd=cwd, SAQLITE_TEST_DB=str(db))
+            assert result.returncode == 2, result.stderr
+            assert f"Cannot serve the page on 127.0.0.1:{port} (" in result.stderr
+            assert "Traceback" not in result.stderr
+    finally:
+        holder.close()
