@@ -3054,7 +3054,7 @@ commands on a saqlite file (a path or sqlite:/// URL; no settings needed):
   saqlite abort FILE KEY...      abort waiting or running jobs (or --all)
   saqlite purge FILE --older-than 7d   delete finished jobs older than an age
   saqlite web FILE [--port 8080] serve the monitoring page
-  saqlite burst module.settings  run the jobs there are, then exit 1 if any failed
+  saqlite burst module.settings  run the jobs there are; exit 1 if any failed or is pending
 Add --json for output a script can read. saqlite COMMAND -h tells more.
 
 exit codes, the same for every command:
@@ -3074,6 +3074,7 @@ failed or was aborted, or jobs are pending (unless --allow-pending or
 --max-jobs); 2 on a usage or settings error, or a file that does not exist."""
 #: Seconds between a burst's looks at whether work is left.
 _BURST_POLL_S = 0.1
+_SETTINGS_HELP = "module.attribute naming a dict of Worker arguments, or a module with `settings`"
 _VERBOSE_HELP = "log DEBUG too (default INFO); -vv adds aiosqlite's line per statement"
 _ALLOWED_HOST_HELP = (
     "a host name the page answers to, besides IP addresses and localhost (repeatable; "
@@ -4082,7 +4083,7 @@ def _ops_parser() -> argparse.ArgumentParser:
     sub = command("burst", "Run the jobs there are with a settings dict's worker (CI).", _cmd_burst)
     sub.description = _BURST_HELP
     sub.formatter_class = argparse.RawDescriptionHelpFormatter
-    sub.add_argument("settings", help="module.attribute naming a dict of Worker arguments")
+    sub.add_argument("settings", help=_SETTINGS_HELP)
     sub.add_argument("--max-jobs", type=int, help="stop after this many jobs (the rest may wait)")
     sub.add_argument("--wait", type=float, default=1.0, metavar="SECONDS",
                      help="stop once nothing ran or was due for this long (default 1)")  # fmt: skip
@@ -5061,7 +5062,7 @@ def main(argv: t.Optional[list[str]] = None) -> int:
         epilog=_OPS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("settings", help="module.attribute naming a dict of Worker arguments")
+    parser.add_argument("settings", help=_SETTINGS_HELP)
     parser.add_argument("--workers", type=int, default=1, help="worker processes to start")
     parser.add_argument("-v", "--verbose", action="count", default=0, help=_VERBOSE_HELP)
     parser.add_argument("-q", "--quiet", action="store_true", help="log only errors")
