@@ -4868,6 +4868,10 @@ async def _serve_web(app: _WebApp, host: str = "127.0.0.1", port: int = 8080) ->
         await server.serve_forever()
 
 
+#: Seconds a stopping ``--web`` process gives the page's thread to close its connections.
+_PAGE_STOP_S = 10.0
+
+
 class _PageThread:
     """The page served on a thread of its own, with its own event loop and its own
     connections, so that a heavy request never stalls the worker's loop."""
@@ -4896,7 +4900,7 @@ class _PageThread:
         if self._loop is not None and self._stopped is not None:
             with contextlib.suppress(RuntimeError):  # its loop has ended already
                 self._loop.call_soon_threadsafe(self._stopped.set)
-        self._thread.join()
+        self._thread.join(_PAGE_STOP_S)  # a daemon: a request stuck past it ends with the process
 
     def _run(self) -> None:
         asyncio.run(self._serve())
