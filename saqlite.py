@@ -3280,16 +3280,43 @@ commands on a saqlite file (a path or sqlite:/// URL; no settings needed):
   saqlite abort FILE KEY...      abort waiting or running jobs (or --all)
   saqlite purge FILE --older-than 7d   delete finished jobs older than an age
   saqlite web FILE [--port 8080] serve the monitoring page
-  saqlite burst module.settings  run the jobs there are, then exit 1 if any failed
+  saqlite burst module.settings  run the jobs there are; exit 1 if any failed or is pending
   saqlite export FILE URL        move waiting and scheduled jobs into SAQ (redis://, postgres://)
-Add --json for output a script can read. saqlite COMMAND -h tells more."""
+Add --json for output a script can read. saqlite COMMAND -h tells more.
 
+exit codes, the same for every command:
+  0  done
+  1  a job failed or was aborted, or was left pending (burst); a job named is
+     missing or cannot be retried or aborted
+  2  a usage or settings error: a bad option, settings not found or invalid, a
+     file that is missing, locked or not a saqlite database"""
+
+_BURST_HELP = """\
+Run a settings dict's worker on the jobs there are, then stop (for CI).
+It runs every job that is due, and jobs that become due while it runs; it waits
+for the retries of the jobs it ran, however long their retry_delay; it stops
+once nothing has been running or due for --wait seconds. Jobs still waiting then
+(scheduled later) are listed as pending. Exit 0 when all is done; 1 when a job
+failed or was aborted, or jobs are pending (unless --allow-pending or
+--max-jobs); 2 on a usage or settings error, or a file that does not exist."""
+#: Seconds between a burst's looks at whether work is left.
+_BURST_POLL_S = 0.1
+_SETTINGS_HELP = "module.attribute naming a dict of Worker arguments, or a module with `settings`"
+_VERBOSE_HELP = "log DEBUG too (default INFO); -vv adds aiosqlite's line per statement"
+_ALLOWED_HOST_HELP = (
+    "a host name the page answers to, besides IP addresses and localhost (repeatable; "
+    "'*' any); by default any with AUTH_PASSWORD set"
+)
 _FINISHED = ("complete", "failed", "aborted")
 _RETRYABLE = ("failed", "aborted")
 _ABORTABLE = ("queued", "active")
 _STATUS_NAMES = tuple(status.value for status in Status if status != Status.NEW)
 #: Rows one retry, abort or purge statement handles; progress is shown between them.
 _OPS_BATCH = 500
+#: The last page number a listing takes (its OFFSET stays a 64-bit integer).
+_MAX_PAGE = 10**9
+#: Seconds a command waits for another connection's lock when it opens a file.
+_OPS_OPEN_TIMEOUT_S = 5.0
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 # Queue names in a file: those with jobs, and those with registered workers.
@@ -3313,8 +3340,20 @@ _SQL_OPS_WORKERS = (
 _SQL_OPS_WHERE_QUEUE = "queue = :queue"
 _SQL_OPS_WHERE_STATUSES = "status IN (SELECT value FROM json_each(:statuses))"
 _SQL_OPS_WHERE_FUNCTION = "function = :function"
-_SQL_OPS_LIST_JOBS = f"""
-SELECT queue, key, {_LOAD_COLUMNS} FROM saqlite_jobs WHERE {{where}}
+#: Characters of a job's data, result or error a listing reads; a job with more is
+#: listed from its columns (kwargs and result left out), an error is cut in the middle.
+_LIST_VALUE_CAP = 8192
+# _LOAD_COLUMNS within the cap (else NULL), then the columns to list a bigger job by.
+_SQL_OPS_LIST_JOBS = """
+SELECT queue, key,
+    CASE WHEN length(data) <= :cap AND ifnull(length(result), 0) <= :cap THEN data END,
+    status, attempts, worker_id, started, touched, completed,
+    CASE WHEN length(error) <= :cap THEN error
+        ELSE substr(error, 1, :cap / 2) || char(10) || '...' || char(10) || substr(error, -:cap / 2)
+    END,
+    progress, CASE WHEN ifnull(length(result), 0) <= :cap THEN result END,
+    function, queued, priority, CAST(run_at AS INTEGER), group_key, length(data), length(result)
+FROM saqlite_jobs WHERE {where}
 ORDER BY queued DESC, rowid DESC LIMIT :limit OFFSET :offset
 """
 _SQL_OPS_SELECT_JOBS = f"""
@@ -3336,11 +3375,34 @@ SELECT key, status, error FROM saqlite_jobs
 WHERE queue = :queue AND worker_id = :worker_id AND status IN ('failed', 'aborted')
 ORDER BY completed
 """
+# Whether a burst has work: a job of its worker running or waiting to be retried, or
+# any job of its queue due.
+_SQL_OPS_BURST_BUSY = """
+SELECT EXISTS (
+    SELECT 1 FROM saqlite_jobs WHERE queue = :queue AND worker_id = :worker_id
+    AND (status IN ('active', 'aborting') OR (status = 'queued' AND attempts > 0))
+) OR EXISTS (
+    SELECT 1 FROM saqlite_jobs WHERE queue = :queue AND status = 'queued' AND run_at <= :now
+)
+"""
+# What a burst leaves behind: waiting jobs but for the cron jobs a worker schedules.
+_SQL_OPS_BURST_PENDING = """
+SELECT key, function, run_at FROM saqlite_jobs
+WHERE queue = :queue AND status = 'queued' AND key NOT LIKE 'cron:%' ORDER BY run_at
+"""
 _SQL_OPS_IS_SAQLITE = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'saqlite_jobs'"
 
 
 class _OpsError(Exception):
-    """A command cannot do what it was asked; the message says why and what to do."""
+    """A command cannot do what it was asked; the message says why and what to do.
+
+    Args:
+        code: the exit code: 2 a usage or settings error, 1 a job missing.
+    """
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclasses.dataclass(frozen=True)
@@ -3413,7 +3475,42 @@ class _Store:
             return queue._row_to_job(row[2:])
         except (ValueError, TypeError, KeyError):
             status, error = row[3], row[9]
-            return Job("?", queue=queue, key=row[1], status=status, error=error)
+            return _UnreadableJob("?", queue=queue, key=row[1], status=status, error=error)
+
+
+class _ListedJob(Job):
+    """A job too big to read for a listing, made from its columns; ``cut`` has the
+    size in characters of each value left out."""
+
+    cut: dict[str, int]
+
+
+class _UnreadableJob(Job):
+    """A job whose data another ``dump`` wrote: shown, never written back."""
+
+    def refusal(self, action: str) -> str:
+        """Why ``action`` ("retry" or "abort") is refused, and what to do instead."""
+        return (
+            f"Job {self.key!r} was stored with a custom dump/load, so it cannot be read here "
+            f"and is left as it is: {action} it from your code (queue.{action}(job)), or serve "
+            "the page with saqlite.web_app(queue) given your Queue"
+        )
+
+
+def _listed_job(store: _Store, row: Sequence[t.Any]) -> Job:
+    """A Job from a row of ``_SQL_OPS_LIST_JOBS``."""
+    if row[2] is not None:
+        return store.load(row[:12])
+    _, key, _, status, attempts, worker_id, started, touched, completed, error, progress = row[:11]
+    function, queued, priority, run_at, group_key, data_size, result_size = row[12:]
+    job = _ListedJob(
+        function, queue=store.queue(row[0]), key=key, status=status, attempts=attempts,
+        worker_id=worker_id, started=started, touched=touched, completed=completed,
+        error=error, progress=progress, queued=queued, priority=priority, scheduled=run_at,
+        group_key=group_key,
+    )  # fmt: skip
+    job.cut = {"kwargs": data_size, **({"result": result_size} if result_size else {})}
+    return job
 
 
 def _open_store(target: str) -> _Store:
@@ -3423,19 +3520,27 @@ def _open_store(target: str) -> _Store:
         _OpsError: the file is missing or is not a saqlite database.
     """
     path = Queue.from_url(target).path if target.startswith("sqlite:") else target
+    if os.path.isdir(path):
+        raise _OpsError(f"{path} is a folder: give the path of a saqlite database file")
     if not os.path.isfile(path):
         raise _OpsError(
             f"{path} does not exist: give the path or sqlite:/// URL of a saqlite database"
         )
     uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
     try:
-        conn = sqlite3.connect(uri, uri=True)
+        conn = sqlite3.connect(uri, uri=True, timeout=_OPS_OPEN_TIMEOUT_S)
         try:
             found = conn.execute(_SQL_OPS_IS_SAQLITE).fetchone()
         finally:
             conn.close()
-    except sqlite3.Error as exc:
-        raise _OpsError(f"{path} is not a SQLite database ({exc})") from exc
+    except sqlite3.DatabaseError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise _OpsError(
+                f"{path} is locked by another connection ({exc}): try again when it is released"
+            ) from exc
+        if "not a database" in str(exc) or "malformed" in str(exc):
+            raise _OpsError(f"{path} is not a SQLite database ({exc})") from exc
+        raise _OpsError(f"{path} cannot be read ({exc})") from exc
     if not found:
         raise _OpsError(f"{path} is not a saqlite database: it has no saqlite_jobs table")
     return _Store(path)
@@ -3476,8 +3581,9 @@ async def _list_jobs(
     """Jobs matching a filter, newest first; and whether more follow."""
     condition, params = where.where()
     sql = _SQL_OPS_LIST_JOBS.format(where=condition)
-    rows = await store.fetch(sql, {**params, "limit": limit + 1, "offset": offset})
-    return [store.load(row) for row in rows[:limit]], len(rows) > limit
+    params = {**params, "limit": limit + 1, "offset": offset, "cap": _LIST_VALUE_CAP}
+    rows = await store.fetch(sql, params)
+    return [_listed_job(store, row) for row in rows[:limit]], len(rows) > limit
 
 
 async def _count_jobs(store: _Store, where: _JobFilter) -> int:
@@ -3519,16 +3625,28 @@ async def _find_jobs(store: _Store, ref: str, queue: t.Optional[str] = None) -> 
 
 async def _retry_job(job: Job, error: str) -> bool:
     """Put a failed or aborted job back in its queue (see ``Queue.retry``: after its
-    ``retry_delay``, as in SAQ); whether it was."""
+    ``retry_delay``, as in SAQ); whether it was.
+
+    Raises:
+        _OpsError: the job cannot be read here (another ``dump``).
+    """
     if job.status not in UNSUCCESSFUL_TERMINAL_STATUSES:
         return False
+    if isinstance(job, _UnreadableJob):
+        raise _OpsError(job.refusal("retry"), code=1)
     return await job.get_queue()._retry(job, error)
 
 
 async def _abort_job(job: Job, error: str) -> bool:
-    """Abort a waiting or running job (see ``Queue.abort``); whether it was."""
+    """Abort a waiting or running job (see ``Queue.abort``); whether it was.
+
+    Raises:
+        _OpsError: the job cannot be read here (another ``dump``).
+    """
     if job.status in TERMINAL_STATUSES or job.status == Status.ABORTING:
         return False
+    if isinstance(job, _UnreadableJob):
+        raise _OpsError(job.refusal("abort"), code=1)
     await job.get_queue().abort(job, error)
     return job.status in (Status.ABORTED, Status.ABORTING)
 
@@ -3581,13 +3699,18 @@ def _error_line(error: t.Optional[str]) -> str:
 def _fmt_time(ms: float) -> str:
     if not ms:
         return "-"
-    return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, ValueError, OSError):  # beyond the year 9999, or before 1
+        return f"{ms / 1000:.0f} s after 1970-01-01"
 
 
 def _fmt_span(ms: t.Optional[float]) -> str:
     """A duration for people: 340 ms, 2.5 s, 3m 12s, 2h 05m, 4d 2h."""
     if ms is None:
         return "-"
+    if not math.isfinite(ms):
+        return str(ms)
     if ms < 1000:
         return f"{ms:.0f} ms"
     seconds = ms / 1000
@@ -3642,6 +3765,10 @@ def _job_json(job: Job) -> dict[str, t.Any]:
     if job.status in (Status.ACTIVE, Status.ABORTING):
         kinds.append("running")
     data["durations_ms"] = {kind: job.duration(kind) for kind in kinds}
+    if isinstance(job, _ListedJob):
+        for name, size in job.cut.items():
+            data[name] = f"(not read for a listing: {size} characters; ask for this job alone)"
+        data["cut"] = sorted(job.cut)
     return data
 
 
@@ -3861,7 +3988,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     async def action(store: _Store) -> int:
         overview = await _overview(store, args.queue)
         if args.queue and not overview["queues"]:
-            raise _OpsError(f"{store.path} has no queue named {args.queue!r}")
+            raise _OpsError(f"{store.path} has no queue named {args.queue!r}", code=1)
         if args.json:
             _print_json(overview)
         else:
@@ -3872,8 +3999,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_jobs(args: argparse.Namespace) -> int:
-    if args.page < 1 or not 1 <= args.limit <= 1000:
-        raise _OpsError("--page must be >= 1 and --limit between 1 and 1000")
+    if not 1 <= args.limit <= 1000:
+        raise _OpsError(f"--limit {args.limit} is out of range: give 1 to 1000")
+    if not 1 <= args.page <= _MAX_PAGE:
+        raise _OpsError(f"--page {args.page} is out of range: give 1 to {_MAX_PAGE}")
     where = _JobFilter(args.queue, _statuses(args.status, _STATUS_NAMES, ()), args.function)
 
     async def action(store: _Store) -> int:
@@ -3898,7 +4027,7 @@ async def _one_job(store: _Store, ref: str, queue: t.Optional[str]) -> Job:
     jobs = await _find_jobs(store, ref, queue)
     if not jobs:
         where = f" in queue {queue!r}" if queue else ""
-        raise _OpsError(f"No job {ref!r}{where} in {store.path}")
+        raise _OpsError(f"No job {ref!r}{where} in {store.path}", code=1)
     if len(jobs) > 1:
         names = ", ".join(sorted(job.get_queue().name for job in jobs))
         raise _OpsError(f"Key {ref!r} is in several queues ({names}): add --queue")
@@ -3934,6 +4063,15 @@ def _cmd_change(args: argparse.Namespace) -> int:
         done: list[Job] = []
         skipped: list[Job] = []
         missing: list[str] = []
+        refused: list[Job] = []
+
+        async def change_one(job: Job) -> None:
+            try:
+                (done if await change(job, error) else skipped).append(job)
+            except _OpsError as exc:
+                print(f"saqlite {args.command}: {exc}", file=sys.stderr)
+                refused.append(job)
+
         if args.keys:
             for ref in args.keys:
                 try:
@@ -3942,15 +4080,13 @@ def _cmd_change(args: argparse.Namespace) -> int:
                     print(f"saqlite {args.command}: {exc}", file=sys.stderr)
                     missing.append(ref)
                     continue
-                (done if await change(job, error) else skipped).append(job)
+                await change_one(job)
         else:
             progress = _Progress(f"{args.command}", await _count_jobs(store, where),
                                  enabled=not args.quiet)  # fmt: skip
             async for batch in _matching_jobs(store, where):
-                results = await asyncio.gather(*(change(job, error) for job in batch))
-                for job, ok in zip(batch, results):
-                    (done if ok else skipped).append(job)
-                progress.update(len(done) + len(skipped))
+                await asyncio.gather(*(change_one(job) for job in batch))
+                progress.update(len(done) + len(skipped) + len(refused))
             progress.close()
         if args.json:
             _print_json({
@@ -3959,6 +4095,8 @@ def _cmd_change(args: argparse.Namespace) -> int:
                 "skipped": [{"queue": j.get_queue().name, "key": j.key, "status": j.status.value}
                             for j in skipped],
                 "missing": missing,
+                "refused": [{"queue": j.get_queue().name, "key": j.key, "status": j.status.value}
+                            for j in refused],
             })  # fmt: skip
         else:
             if args.keys:
@@ -3973,7 +4111,7 @@ def _cmd_change(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
             print(f"{verb} {len(done)} job{'' if len(done) == 1 else 's'}")
-        return 1 if missing or (args.keys and skipped) else 0
+        return 1 if missing or refused or (args.keys and skipped) else 0
 
     return _run_on_store(args.file, action)
 
@@ -4006,16 +4144,22 @@ def _cmd_purge(args: argparse.Namespace) -> int:
 
 
 def _cmd_burst(args: argparse.Namespace) -> int:
-    """Run a worker in burst mode; exit 1 if any job failed or was aborted."""
+    """Run a worker until the queue's work is done (see ``_BURST_HELP``); exit 1 if
+    any job failed or was aborted, or if jobs are left pending."""
+    if not 0 <= args.wait < math.inf:
+        raise _OpsError(f"--wait {args.wait} is not valid: give seconds, 0 or more")
     _configure_logging(-1 if args.quiet else args.verbose)
-    settings = _import_settings(args.settings)
-    queue = _settings_queue(settings)
-    settings.pop("queue", None)
-    settings["burst"] = True
-    settings["dequeue_timeout"] = args.wait
-    if args.max_jobs is not None:
-        settings["max_burst_jobs"] = args.max_jobs
-    worker = Worker(queue, **settings)
+    queue, settings = _load_settings(args.settings)
+    if not os.path.isfile(queue.path):
+        raise _OpsError(
+            f"{queue.path} does not exist: check the queue's path in {args.settings} "
+            "(burst runs the jobs of an existing saqlite file; it does not create one)"
+        )
+    settings.update(burst=False, max_burst_jobs=args.max_jobs)
+    try:
+        worker = Worker(queue, **settings)
+    except (ValueError, TypeError) as exc:
+        raise _OpsError(f"settings {args.settings}: {exc}") from None
     progress = _Progress("burst", enabled=not args.quiet)
 
     def detail() -> tuple[int, str]:
@@ -4024,52 +4168,82 @@ def _cmd_burst(args: argparse.Namespace) -> int:
                       f"{queue.aborted} aborted, {queue.retried} retried)")  # fmt: skip
 
     async def watch() -> None:
+        """Stop the worker once it has been idle for ``--wait`` seconds."""
+        idle_since: t.Optional[float] = None
         while True:
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(_BURST_POLL_S)
             progress.update(*detail())
+            params = {"queue": queue.name, "worker_id": worker.id, "now": time.time()}
+            if (await queue._fetch(_SQL_OPS_BURST_BUSY, params))[0][0]:
+                idle_since = None
+            elif idle_since is None:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since >= args.wait:
+                await worker.stop()
+                return
 
-    async def run() -> list[t.Any]:
+    async def run() -> tuple[list[t.Any], list[t.Any]]:
+        working = asyncio.create_task(worker.start())
         watcher = asyncio.create_task(watch())
         try:
-            await worker.start()
+            done, _ = await asyncio.wait([working, watcher], return_when=asyncio.FIRST_COMPLETED)
+            broken = watcher in done and watcher.exception() is not None
+            if broken:  # it could not look at the file: stop, and say why
+                await worker.stop()
+            await working
+            if broken:
+                watcher.result()
         finally:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
         try:
             params = {"queue": queue.name, "worker_id": worker.id}
-            return await queue._fetch(_SQL_OPS_WORKER_FAILURES, params)
+            failures = await queue._fetch(_SQL_OPS_WORKER_FAILURES, params)
+            return failures, await queue._fetch(_SQL_OPS_BURST_PENDING, {"queue": queue.name})
         finally:
             await queue.disconnect()
 
     started = time.monotonic()
-    failures = asyncio.run(run())
+    failures, pending = asyncio.run(run())
     progress.update(*detail())
     progress.close()
     seconds = time.monotonic() - started
     done = queue.complete + queue.failed + queue.aborted
-    ok = not (queue.failed or queue.aborted)
+    failed = bool(queue.failed or queue.aborted)
+    left = bool(pending) and not (args.allow_pending or args.max_jobs is not None)
     if args.json:
         _print_json({
-            "jobs": done, "complete": queue.complete, "failed": queue.failed,
-            "aborted": queue.aborted, "retried": queue.retried, "seconds": round(seconds, 3),
+            "path": queue.path, "jobs": done, "complete": queue.complete, "failed": queue.failed,
+            "aborted": queue.aborted, "retried": queue.retried, "pending": len(pending),
+            "seconds": round(seconds, 3),
             "failures": [{"key": k, "status": s, "error": e} for k, s, e in failures],
+            "pending_jobs": [{"key": k, "function": f, "due": _fmt_time(due * 1000)}
+                             for k, f, due in pending[:100]],
         })  # fmt: skip
     else:
         for key, status, error in failures[:20]:
             print(f"{status} {_clean(key)}: {_error_line(error)}", file=sys.stderr)
         if len(failures) > 20:
             print(f"... and {len(failures) - 20} more", file=sys.stderr)
+        for key, function, due in pending[:20]:
+            print(f"pending {_clean(key)} ({_clean(function)}): due {_fmt_time(due * 1000)}",
+                  file=sys.stderr)  # fmt: skip
+        if len(pending) > 20:
+            print(f"... and {len(pending) - 20} more pending", file=sys.stderr)
+        verdict = "FAILED" if failed else "PENDING" if left else "ok"
         print(
-            f"burst {'ok' if ok else 'FAILED'}: {done} job{'' if done == 1 else 's'} in "
+            f"burst {verdict} on {_clean(queue.path)}: {done} job{'' if done == 1 else 's'} in "
             f"{seconds:.2f} s: {queue.complete} complete, {queue.failed} failed, "
-            f"{queue.aborted} aborted, {queue.retried} retried"
+            f"{queue.aborted} aborted, {queue.retried} retried, {len(pending)} pending"
         )
-    return 0 if ok else 1
+    return 1 if failed or left else 0
 
 
 def _cmd_web(args: argparse.Namespace) -> int:
     stores = [_open_store(target) for target in args.files]
-    app = web_app([store.path for store in stores], refresh_s=args.refresh)
+    app = web_app(
+        [store.path for store in stores], refresh_s=args.refresh, allowed_hosts=args.allowed_host
+    )
 
     async def run() -> None:
         try:
@@ -4307,7 +4481,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _ops_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="saqlite", description="Operate saqlite queues.")
+    parser = argparse.ArgumentParser(
+        prog="saqlite", description="Operate saqlite queues.", epilog=_OPS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str, run: Callable[[argparse.Namespace], int]) -> t.Any:
@@ -4354,21 +4531,23 @@ def _ops_parser() -> argparse.ArgumentParser:
     filters(sub, _FINISHED)
     sub.add_argument("--dry-run", action="store_true", help="only count them")
     sub.add_argument("-q", "--quiet", action="store_true", help="no progress")
-    sub = command(
-        "burst", "Run the queued jobs with a settings dict's worker, then stop; exit 1 if "
-        "any failed or was aborted (for CI).", _cmd_burst,
-    )  # fmt: skip
-    sub.add_argument("settings", help="module.attribute naming a dict of Worker arguments")
-    sub.add_argument("--max-jobs", type=int, help="stop after this many jobs")
-    sub.add_argument("--wait", type=float, default=1.0,
-                     help="seconds to wait for a new job before stopping (default 1)")  # fmt: skip
-    sub.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
+    sub = command("burst", "Run the jobs there are with a settings dict's worker (CI).", _cmd_burst)
+    sub.description = _BURST_HELP
+    sub.formatter_class = argparse.RawDescriptionHelpFormatter
+    sub.add_argument("settings", help=_SETTINGS_HELP)
+    sub.add_argument("--max-jobs", type=int, help="stop after this many jobs (the rest may wait)")
+    sub.add_argument("--wait", type=float, default=1.0, metavar="SECONDS",
+                     help="stop once nothing ran or was due for this long (default 1)")  # fmt: skip
+    sub.add_argument("--allow-pending", action="store_true",
+                     help="exit 0 though jobs are left waiting (scheduled later)")  # fmt: skip
+    sub.add_argument("-v", "--verbose", action="count", default=0, help=_VERBOSE_HELP)
     sub.add_argument("-q", "--quiet", action="store_true", help="no progress, log only errors")
     sub = command("web", "Serve the monitoring page for saqlite files.", _cmd_web)
     sub.add_argument("files", nargs="*", metavar="FILE", help="more files to show")
     sub.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     sub.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 = any free)")
     sub.add_argument("--refresh", type=float, default=3.0, help="seconds between refreshes")
+    sub.add_argument("--allowed-host", action="append", metavar="NAME", help=_ALLOWED_HOST_HELP)
     sub = command(
         "export", "Move the waiting and scheduled jobs into SAQ at a redis:// or postgres:// "
         "URL (SAQ must be installed). Running jobs stay: stop the workers first. An "
@@ -4385,7 +4564,7 @@ def _ops_main(argv: list[str]) -> t.Optional[int]:
     """Run an operations command; None when ``argv`` is not one (then it names settings).
 
     Returns:
-        The exit code: 0 ok, 1 failed (a job missing, a burst with failures ...).
+        The exit code (see ``_OPS_EPILOG``).
     """
     if not argv or argv[0] not in _OPS_COMMANDS:
         return None
@@ -4396,7 +4575,7 @@ def _ops_main(argv: list[str]) -> t.Optional[int]:
         return int(args.run(args))
     except (_OpsError, StorageError) as exc:
         print(f"saqlite {args.command}: {exc}", file=sys.stderr)
-        return 1
+        return exc.code if isinstance(exc, _OpsError) else 2
     except KeyboardInterrupt:
         return 130
 
@@ -4411,6 +4590,8 @@ if t.TYPE_CHECKING:
     _ASGISend = Callable[[_ASGIMessage], Awaitable[None]]
 
 _WEB_PAGE_SIZE = 20
+#: Characters of a value (kwargs, result, meta, error) the job's page shows.
+_WEB_VALUE_CAP = 256 * 1024
 _WEB_MAX_BODY = 64 * 1024
 _HTTP_READ_TIMEOUT_S = 30.0
 _HTTP_MAX_HEADERS = 100
@@ -4510,11 +4691,13 @@ class _WebApp:
         auth_user: str,
         auth_password: t.Optional[str],
         refresh_s: float,
+        allowed_hosts: t.Optional[Sequence[str]] = None,
     ) -> None:
         self.stores = stores
         self.auth_user = auth_user
         self.auth_password = auth_password
         self.refresh_s = refresh_s
+        self.allowed_hosts = None if allowed_hosts is None else [h.lower() for h in allowed_hosts]
         self._routes: dict[tuple[str, str], Callable[[_WebRequest, str], Awaitable[_WebResponse]]]
         self._routes = {
             ("GET", "/"): self._overview_page,
@@ -4587,6 +4770,14 @@ class _WebApp:
 
     async def handle(self, request: _WebRequest) -> _WebResponse:
         """The response to one request."""
+        host = request.headers.get("host")
+        if host is not None and not self._host_allowed(request, host):
+            message = (
+                f"Host {host!r} is not served here (a defence against DNS rebinding): open "
+                "the page by 127.0.0.1 or localhost, or allow that name with --allowed-host "
+                "NAME (web_app(..., allowed_hosts=[NAME]) in code)"
+            )
+            return _WebResponse(421, message.encode("utf-8"), "text/plain; charset=utf-8")
         if not self._authorised(request):
             challenge = 'Basic realm="saqlite", charset="UTF-8"'
             return _WebResponse(
@@ -4609,9 +4800,31 @@ class _WebApp:
             return self._error_page(request, exc.status, str(exc))
         except StorageError as exc:
             return self._error_page(request, 503, str(exc))
+        except Exception:  # a page, not a dropped connection; the traceback goes to the log
+            logger.exception("The page failed on %s %s", request.method, request.path)
+            return self._error_page(request, 500, "The page failed: its log tells why.")
         if response.content_type.startswith("text/html"):
             response.headers.append(("content-security-policy", _csp(nonce)))
         return response
+
+    def _host_allowed(self, request: _WebRequest, host: str) -> bool:
+        """Whether a request's ``Host`` is one this page serves. A rebinding attack
+        needs a domain name of the attacker's: an IP address, ``localhost`` and this
+        machine's name are always served; other names when allowed, or by default
+        when a password guards the page or an app it is mounted in checks hosts."""
+        if self.allowed_hosts is None and (request.base or self.auth_password):
+            return True
+        allowed = self.allowed_hosts or []
+        name = (urllib.parse.urlsplit("//" + host).hostname or "").rstrip(".")
+        return (
+            "*" in allowed
+            or name in allowed
+            or any(a.startswith(".") and name.endswith(a) for a in allowed)
+            or name == "localhost"
+            or name.endswith(".localhost")
+            or name == socket.gethostname().lower()
+            or _is_ip_address(name)
+        )
 
     def _authorised(self, request: _WebRequest) -> bool:
         if not self.auth_password:
@@ -4631,7 +4844,7 @@ class _WebApp:
 
     def _store(self, request: _WebRequest, params: t.Optional[dict[str, str]] = None) -> _Store:
         value = (params or request.query).get("db", "0")
-        if not value.isdigit() or int(value) >= len(self.stores):
+        if not (value.isascii() and value.isdigit()) or int(value) >= len(self.stores):
             raise _WebError(404, f"No saqlite file number {value}.")
         return self.stores[int(value)]
 
@@ -4673,7 +4886,7 @@ auto-refresh</label>
     def _filter(self, request: _WebRequest) -> tuple[_JobFilter, int, int]:
         query = request.query
         try:
-            page = max(int(query.get("page", "1")), 1)
+            page = min(max(int(query.get("page", "1")), 1), _MAX_PAGE)
             limit = min(max(int(query.get("limit", str(_WEB_PAGE_SIZE))), 1), 500)
             chosen = [query["status"]] if query.get("status") else None
             statuses = _statuses(chosen, _STATUS_NAMES, ())
@@ -4803,7 +5016,9 @@ auto-refresh</label>
             ("retry", "Retry", _RETRYABLE),
             ("abort", "Abort", _ABORTABLE),
         ):
-            if job.status.value in statuses:
+            if isinstance(job, _UnreadableJob) and job.status.value in statuses:
+                notice = job.refusal(action) + "."
+            elif job.status.value in statuses:
                 actions.append(
                     f'<form class="inline" method="post" '
                     f'action="{_e(self._url(request, "/" + action))}">'
@@ -4824,11 +5039,10 @@ auto-refresh</label>
         sections = []
         for name, value in (("Kwargs", job.kwargs), ("Result", job.result), ("Meta", job.meta)):
             if value not in (None, {}):
-                sections.append(
-                    f'<h2>{name}</h2><pre class="{name.lower()}">{_e(_pretty(value))}</pre>'
-                )
+                text = _capped(_pretty(value))
+                sections.append(f'<h2>{name}</h2><pre class="{name.lower()}">{_e(text)}</pre>')
         if job.error:
-            sections.append(f'<h2>Error</h2><pre class="error">{_e(job.error)}</pre>')
+            sections.append(f'<h2>Error</h2><pre class="error">{_e(_capped(job.error))}</pre>')
         progress = max(0.0, min(float(job.progress or 0), 1.0))
         body = f"""{f'<p class="notice">{_e(notice)}</p>' if notice else ""}
 <h2>Job {_e(job.key)} {_status_html(job.status, "status")}</h2>
@@ -4840,14 +5054,15 @@ auto-refresh</label>
     async def _change(self, request: _WebRequest, nonce: str) -> _WebResponse:
         params = request.form()
         job = await self._job(request, params)
-        if request.path == "/retry":
-            done = (
-                "retried" if await _retry_job(job, "retried from the web page") else "not-retried"
-            )
-        else:
-            done = (
-                "aborted" if await _abort_job(job, "aborted from the web page") else "not-aborted"
-            )
+        try:
+            if request.path == "/retry":
+                retried = await _retry_job(job, "retried from the web page")
+                done = "retried" if retried else "not-retried"
+            else:
+                aborted = await _abort_job(job, "aborted from the web page")
+                done = "aborted" if aborted else "not-aborted"
+        except _OpsError as exc:
+            raise _WebError(409, str(exc)) from None
         url = self._url(request, "/job", db=params.get("db", "0"), queue=job.get_queue().name,
                         key=job.key, done=done)  # fmt: skip
         return _WebResponse(303, b"", "text/plain", [("location", url)])
@@ -4884,6 +5099,16 @@ def _status_html(status: Status, id: str = "") -> str:
     return f'<span class="status {_e(status.value)}"{id_attribute}>{_e(status.value)}</span>'
 
 
+def _capped(text: str) -> str:
+    """A value as the job's page shows it: whole up to ``_WEB_VALUE_CAP`` characters."""
+    if len(text) <= _WEB_VALUE_CAP:
+        return text
+    return (
+        text[:_WEB_VALUE_CAP] + f"\n... cut: {len(text)} characters in all; "
+        "saqlite job FILE KEY --json (or /api/job) gives it whole"
+    )
+
+
 def _json_response(value: object, status: int = 200) -> _WebResponse:
     body = json.dumps(value, default=str).encode("utf-8")
     return _WebResponse(status, body, "application/json")
@@ -4896,6 +5121,16 @@ def _csp(nonce: str) -> str:
         "connect-src 'self'; form-action 'self'; img-src 'self' data:; "
         "base-uri 'none'; frame-ancestors 'none'"
     )
+
+
+def _is_ip_address(name: str) -> bool:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, name)
+            return True
+        except (OSError, ValueError):
+            pass
+    return False
 
 
 def _same_origin(request: _WebRequest) -> bool:
@@ -4915,6 +5150,7 @@ def web_app(
     auth_user: t.Optional[str] = None,
     auth_password: t.Optional[str] = None,
     refresh_s: float = 3.0,
+    allowed_hosts: t.Optional[Sequence[str]] = None,
 ) -> _WebApp:
     """The monitoring page as an ASGI application, to serve or to mount in Starlette
     or FastAPI (``app.mount("/saqlite", web_app("jobs.db"))``).
@@ -4925,6 +5161,11 @@ def web_app(
         auth_user: the basic-auth user (default: env ``AUTH_USER``, else ``admin``).
         auth_password: with one (default: env ``AUTH_PASSWORD``) every request needs it.
         refresh_s: seconds between refreshes of an open page.
+        allowed_hosts: host names the page answers to besides IP addresses,
+            ``localhost`` and this machine's name (a defence against DNS rebinding);
+            ``".example.com"`` allows its subdomains, ``"*"`` any name. None (the
+            default) allows any name when ``auth_password`` is set or the app is
+            mounted below a path (the app that mounts it checks hosts).
 
     The app closes its connections on ASGI lifespan shutdown; where it gets none (a
     mounted app), ``await app.close()`` on shutdown.
@@ -4944,6 +5185,7 @@ def web_app(
         auth_user if auth_user is not None else os.environ.get("AUTH_USER", "admin"),
         auth_password if auth_password is not None else os.environ.get("AUTH_PASSWORD"),
         refresh_s,
+        allowed_hosts,
     )
 
 
@@ -5012,7 +5254,7 @@ async def _handle_http(
             "client": writer.get_extra_info("peername"),
             "server": writer.get_extra_info("sockname"),
         }  # fmt: skip
-        sent = False
+        sent = started = False
 
         async def receive() -> _ASGIMessage:
             nonlocal sent
@@ -5022,7 +5264,9 @@ async def _handle_http(
             return {"type": "http.request", "body": body, "more_body": False}
 
         async def send(message: _ASGIMessage) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 status = int(message["status"])
                 lines = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}"]
                 lines += [f"{k.decode('latin-1')}: {v.decode('latin-1')}"
@@ -5033,7 +5277,14 @@ async def _handle_http(
                 writer.write(message.get("body", b""))
                 await writer.drain()
 
-        await app(scope, receive, send)
+        try:
+            await app(scope, receive, send)
+        except Exception:  # an answer, not a dropped connection; the traceback to the log
+            logger.exception("The page failed on %s %s", method, path)
+            if not started:
+                writer.write(b"HTTP/1.1 500 Internal Server Error\r\nConnection: close\r\n"
+                             b"Content-Length: 0\r\n\r\n")  # fmt: skip
+                await writer.drain()
     except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError,
             ConnectionError):  # fmt: skip
         pass  # the client went away or was too slow
@@ -5046,12 +5297,22 @@ async def _handle_http(
 async def _start_http(
     app: _WebApp, host: str = "127.0.0.1", port: int = 8080
 ) -> asyncio.AbstractServer:
-    """Listen for HTTP on ``host:port`` (port 0 = any free one), serving the app."""
+    """Listen for HTTP on ``host:port`` (port 0 = any free one), serving the app.
+
+    Raises:
+        _OpsError: the address cannot be bound (in use, not of this machine).
+    """
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _handle_http(app, reader, writer)
 
-    server = await asyncio.start_server(handle, host, port)
+    try:
+        server = await asyncio.start_server(handle, host, port)
+    except OSError as exc:
+        raise _OpsError(
+            f"Cannot serve the page on {host}:{port} ({exc.strerror or exc}): choose another "
+            "--port, or --host an address of this machine"
+        ) from None
     address = server.sockets[0].getsockname()
     if not app.auth_password and host not in ("127.0.0.1", "localhost", "::1"):
         print(f"saqlite: warning: the page on {host} lets anyone retry and abort jobs; "
@@ -5067,6 +5328,60 @@ async def _serve_web(app: _WebApp, host: str = "127.0.0.1", port: int = 8080) ->
         await server.serve_forever()
 
 
+#: Seconds a stopping ``--web`` process gives the page's thread to close its connections.
+_PAGE_STOP_S = 10.0
+
+
+class _PageThread:
+    """The page served on a thread of its own, with its own event loop and its own
+    connections, so that a heavy request never stalls the worker's loop."""
+
+    def __init__(self, app: _WebApp, host: str, port: int) -> None:
+        self._app, self._host, self._port = app, host, port
+        self._thread = threading.Thread(target=self._run, name="saqlite-page", daemon=True)
+        self._ready = threading.Event()
+        self._error: t.Optional[BaseException] = None
+        self._loop: t.Optional[asyncio.AbstractEventLoop] = None
+        self._stopped: t.Optional[asyncio.Event] = None
+
+    def start(self) -> None:
+        """Serve once the port is bound.
+
+        Raises:
+            _OpsError: the port could not be bound.
+        """
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    def stop(self) -> None:
+        """Stop serving and close the page's connections."""
+        if self._loop is not None and self._stopped is not None:
+            with contextlib.suppress(RuntimeError):  # its loop has ended already
+                self._loop.call_soon_threadsafe(self._stopped.set)
+        self._thread.join(_PAGE_STOP_S)  # a daemon: a request stuck past it ends with the process
+
+    def _run(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        try:
+            server = await _start_http(self._app, self._host, self._port)
+        except BaseException as exc:  # told to start(), in the calling thread
+            self._error = exc
+            self._ready.set()
+            return
+        self._loop, self._stopped = asyncio.get_running_loop(), asyncio.Event()
+        self._ready.set()
+        try:
+            await self._stopped.wait()
+        finally:
+            server.close()
+            await server.wait_closed()
+            await self._app.close()
+
+
 def _serve_web_with_worker(
     settings_name: str,
     *,
@@ -5074,27 +5389,21 @@ def _serve_web_with_worker(
     port: int = 8080,
     extra_settings: Sequence[str] = (),
     verbose: int = 0,
+    allowed_hosts: t.Optional[Sequence[str]] = None,
 ) -> int:
     """``saqlite module.settings --web``: a worker, and the page for its queue (and
-    the queues of ``extra_settings``), in one process until SIGINT or SIGTERM."""
+    the queues of ``extra_settings``) on a thread of its own, in one process until
+    SIGINT or SIGTERM."""
     _configure_logging(verbose)
-    settings = _import_settings(settings_name)
-    queue = _settings_queue(settings)
-    settings.pop("queue", None)
-    extra = [_settings_queue(_import_settings(name)) for name in extra_settings]
+    queue, settings = _load_settings(settings_name)
+    extra = [_load_settings(name)[0] for name in extra_settings]
     worker = Worker(queue, **settings)
-    app = web_app([queue, *extra])
-
-    async def run() -> None:
-        server = await _start_http(app, host, port)
-        try:
-            await worker.start()
-        finally:
-            server.close()
-            await server.wait_closed()
-            await app.close()
-
-    asyncio.run(run())
+    page = _PageThread(web_app([queue, *extra], allowed_hosts=allowed_hosts), host, port)
+    page.start()
+    try:
+        asyncio.run(worker.start())
+    finally:
+        page.stop()
     return 0
 
 
@@ -5104,24 +5413,71 @@ def _serve_web_with_worker(
 
 
 def _import_settings(name: str) -> dict[str, t.Any]:
-    """The settings dict that ``module.attribute`` names (called if callable)."""
+    """The settings dict that ``module.attribute`` names (called if callable), or the
+    ``settings`` of the module ``name`` (``saqlite examples.settings``), as SAQ takes.
+
+    Raises:
+        _OpsError: no such settings, or not a dict (an error raised inside the
+            settings module itself is not caught: its traceback shows where).
+    """
+    cwd = os.getcwd()
+    if cwd not in sys.path:  # settings are found from where the command runs, as in SAQ
+        sys.path.insert(0, cwd)
     module_name, _, attribute = name.rpartition(".")
-    if not module_name:
-        raise ValueError(f"Settings {name!r} must be module.attribute, e.g. myapp.tasks.settings")
-    sys.path.insert(0, os.getcwd())
-    module = importlib.import_module(module_name)
-    try:
-        settings = getattr(module, attribute)
-    except AttributeError:
-        raise ValueError(f"Module {module_name!r} has no attribute {attribute!r}") from None
+    candidates = [(module_name, attribute)] if module_name else []
+    candidates.append((name, "settings"))
+    reasons = []
+    for candidate, attribute_name in candidates:
+        try:
+            module = importlib.import_module(candidate)
+        except ModuleNotFoundError as exc:
+            if not exc.name or not (candidate + ".").startswith(exc.name + "."):
+                raise  # a module that the settings module imports is missing: show where
+            reasons.append(str(exc))
+            continue
+        settings = getattr(module, attribute_name, None)
+        if inspect.ismodule(settings):  # a package's submodule, once imported
+            settings = getattr(settings, "settings", None)
+        if settings is not None:
+            break
+        reasons.append(f"module {candidate!r} has no {attribute_name!r}")
+    else:
+        raise _OpsError(
+            f"Cannot find the settings {name!r} ({'; '.join(dict.fromkeys(reasons))}): give "
+            "module.attribute naming a dict of Worker arguments, e.g. myapp.tasks.settings, "
+            f"or a module holding a `settings` dict, importable from {cwd}"
+        )
     if callable(settings):
         settings = settings()
     if not isinstance(settings, dict):
-        raise TypeError(
+        raise _OpsError(
             f"Settings {name!r} must be a dict of Worker arguments (or a callable returning "
             f"one), got {type(settings).__name__}"
         )
     return dict(settings)
+
+
+def _load_settings(name: str) -> tuple[Queue, dict[str, t.Any]]:
+    """The queue and the other Worker arguments of a settings dict.
+
+    Raises:
+        _OpsError: the settings cannot be found or imported, or hold no valid queue.
+    """
+    try:
+        settings = _import_settings(name)
+    except _OpsError:
+        raise
+    except Exception as exc:  # in the settings module: its traceback shows where
+        traceback.print_exc()
+        raise _OpsError(
+            f"importing the settings {name!r} raised {type(exc).__name__}: {exc} (see above)"
+        ) from exc
+    try:
+        queue = _settings_queue(settings)
+    except TypeError as exc:
+        raise _OpsError(str(exc)) from None
+    settings.pop("queue", None)
+    return queue, settings
 
 
 def _settings_queue(settings: dict[str, t.Any]) -> Queue:
@@ -5135,9 +5491,7 @@ def _settings_queue(settings: dict[str, t.Any]) -> Queue:
 
 def _run_worker(settings_name: str, verbose: int) -> None:
     _configure_logging(verbose)
-    settings = _import_settings(settings_name)
-    queue = _settings_queue(settings)
-    settings.pop("queue", None)
+    queue, settings = _load_settings(settings_name)
     worker = Worker(queue, **settings)
     asyncio.run(worker.start())
 
@@ -5151,8 +5505,13 @@ async def _check(queue: Queue) -> bool:
 
 
 def _configure_logging(verbose: int) -> None:
-    level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    """Log to stderr: -1 (``-q``) errors only; 0 INFO; 1 (``-v``) DEBUG, but for
+    aiosqlite's line per statement; 2 (``-vv``) every DEBUG line."""
+    level = {-1: logging.ERROR, 0: logging.INFO}.get(verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiosqlite").setLevel(
+        logging.DEBUG if verbose >= 2 else max(level, logging.INFO)
+    )
 
 
 def main(argv: t.Optional[list[str]] = None) -> int:
@@ -5167,9 +5526,9 @@ def main(argv: t.Optional[list[str]] = None) -> int:
         epilog=_OPS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("settings", help="module.attribute naming a dict of Worker arguments")
+    parser.add_argument("settings", help=_SETTINGS_HELP)
     parser.add_argument("--workers", type=int, default=1, help="worker processes to start")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=_VERBOSE_HELP)
     parser.add_argument("-q", "--quiet", action="store_true", help="log only errors")
     parser.add_argument(
         "--check", action="store_true",
@@ -5184,18 +5543,16 @@ def main(argv: t.Optional[list[str]] = None) -> int:
         help="more settings whose queues the page shows (repeatable)",
     )
     parser.add_argument("--port", type=int, default=8080, help="the page's port (default 8080)")
+    parser.add_argument("--allowed-host", action="append", metavar="NAME", help=_ALLOWED_HOST_HELP)
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     verbose = -1 if args.quiet else args.verbose
     try:  # here, not in every worker process, if the settings are wrong
-        queue = _settings_queue(_import_settings(args.settings))
-    except (ValueError, TypeError) as exc:
-        parser.error(str(exc))
-    except ModuleNotFoundError as exc:
-        if not exc.name or not args.settings.startswith(exc.name):
-            raise  # a module that the settings module itself imports: show where
-        parser.error(f"cannot import the settings {args.settings!r}: {exc}")
+        queue, settings = _load_settings(args.settings)
+        Worker(queue, **settings)
+    except (_OpsError, ValueError, TypeError) as exc:
+        parser.error(f"settings {args.settings}: {exc}")
     if args.check:
         return 0 if asyncio.run(_check(queue)) else 1
     children = []
@@ -5211,9 +5568,13 @@ def main(argv: t.Optional[list[str]] = None) -> int:
                 port=args.port,
                 extra_settings=args.extra_web_settings,
                 verbose=verbose,
+                allowed_hosts=args.allowed_host,
             )
         else:
             _run_worker(args.settings, verbose)
+    except _OpsError as exc:
+        print(f"saqlite: {exc}", file=sys.stderr)
+        return 2
     finally:
         for child in children:  # this process was told to stop: so are they
             if child.is_alive():

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -170,7 +171,7 @@ def test_jobs_lists_newest_first_with_filters_and_pages(db: Path) -> None:
     assert data["jobs"][0]["result"] == {"n": 0}
 
     result = cli("jobs", str(db), "--status", "sleeping")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "Status 'sleeping' is not allowed here" in result.stderr
 
 
@@ -215,7 +216,7 @@ def test_job_missing_or_ambiguous(db: Path) -> None:
 
     run(same_key_elsewhere())
     result = cli("job", str(db), "waiting")
-    assert result.returncode == 1
+    assert result.returncode == 2  # a usage error: the key needs --queue
     assert "Key 'waiting' is in several queues (default, other): add --queue" in result.stderr
     assert cli("job", str(db), "waiting", "--queue", "other").returncode == 0
 
@@ -289,7 +290,7 @@ def test_retry_all_matching_a_filter(db: Path) -> None:
     result = cli("retry", str(db), "--all", "--status", "aborted")
     assert result.stdout == "retried 1 job\n"
     result = cli("retry", str(db), "--all", "--status", "complete")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "Status 'complete' is not allowed here: use failed, aborted" in result.stderr
     result = cli("retry", str(db), "bad", "--all")
     assert "Name the jobs by key, or give --all" in result.stderr
@@ -376,7 +377,7 @@ def test_progress_is_quiet_for_short_operations_off_a_terminal() -> None:
 
 def test_commands_refuse_missing_or_foreign_files(tmp_path: Path) -> None:
     result = cli("info", str(tmp_path / "none.db"))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "none.db does not exist: give the path or sqlite:/// URL" in result.stderr
     assert not (tmp_path / "none.db").exists()
     (tmp_path / "text.db").write_text("hello " * 200)
@@ -405,8 +406,8 @@ def test_burst_runs_the_jobs_and_exits_nonzero_on_failure(tmp_path: Path) -> Non
         "burst", "tasks.settings", "--wait", "0.2", cwd=tmp_path, SAQLITE_TEST_DB=str(path)
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("burst ok: 3 jobs in ")
-    assert result.stdout.endswith("s: 3 complete, 0 failed, 0 aborted, 0 retried\n")
+    assert result.stdout.startswith(f"burst ok on {path}: 3 jobs in ")
+    assert result.stdout.endswith("s: 3 complete, 0 failed, 0 aborted, 0 retried, 0 pending\n")
 
     run(enqueue(["ok", "boom"]))
     result = cli(
@@ -414,7 +415,7 @@ def test_burst_runs_the_jobs_and_exits_nonzero_on_failure(tmp_path: Path) -> Non
     )
     assert result.returncode == 1
     assert len(result.stdout.splitlines()) == 1
-    assert result.stdout.startswith("burst FAILED: 2 jobs in ")
+    assert result.stdout.startswith(f"burst FAILED on {path}: 2 jobs in ")
     assert "1 complete, 1 failed, 0 aborted" in result.stdout
     assert "RuntimeError: kaput" in result.stderr
 
@@ -720,3 +721,535 @@ def test_page_in_a_headless_browser(web: Server, db: Path) -> None:
     job = stored(db, "bad")
     assert job is not None
     assert job.status == Status.QUEUED
+
+
+# -- issue 10: exit codes, settings, logging, clear errors --------------------------------
+
+LOGGING_TASKS = """
+import logging, os
+from saqlite import Queue
+
+log = logging.getLogger("tasks")
+
+async def chatty(ctx):
+    log.debug("debug-from-the-job")
+    log.info("info-from-the-job")
+    log.error("error-from-the-job")
+
+settings = {"queue": Queue(os.environ["SAQLITE_TEST_DB"]), "functions": [chatty]}
+"""
+
+
+def test_log_levels_quiet_default_verbose(tmp_path: Path) -> None:
+    (tmp_path / "chat.py").write_text(LOGGING_TASKS)
+    path = tmp_path / "log.db"
+
+    def burst(*flags: str) -> str:
+        async def enqueue() -> None:
+            queue = Queue(path)
+            await queue.enqueue("chatty")
+            await queue.disconnect()
+
+        run(enqueue())
+        result = cli("burst", "chat.settings", "--wait", "0.1", *flags, cwd=tmp_path,
+                     SAQLITE_TEST_DB=str(path))  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return result.stderr
+
+    quiet = burst("-q")
+    assert "error-from-the-job" in quiet
+    assert "info-from-the-job" not in quiet
+    assert " DEBUG " not in quiet
+    default = burst()
+    assert "info-from-the-job" in default
+    assert "debug-from-the-job" not in default
+    verbose = burst("-v")
+    assert "debug-from-the-job" in verbose
+    assert " DEBUG aiosqlite" not in verbose
+    assert " DEBUG aiosqlite" in burst("-vv")
+
+
+def test_exit_codes_tell_usage_errors_from_failed_jobs(db: Path, tmp_path: Path) -> None:
+    usage = [
+        ("jobs", str(db), "--status", "sleeping"),
+        ("jobs", str(db), "--limit", "0"),
+        ("jobs", str(db), "--page", str(10**30)),
+        ("jobs", str(tmp_path / "none.db")),
+        ("retry", str(db), "bad", "--all"),
+        ("purge", str(db), "--older-than", "soon"),
+        ("burst", "no_such_module.settings"),
+        ("info", "--no-such-option", str(db)),
+    ]
+    for args in usage:
+        result = cli(*args, cwd=tmp_path)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr, (args, result.stderr)
+    assert cli("retry", str(db), "nope").returncode == 1
+    assert cli("job", str(db), "nope").returncode == 1
+    assert "exit codes, the same for every command" in cli("-h").stdout
+
+
+def test_jobs_page_out_of_range_is_a_clear_error(db: Path) -> None:
+    result = cli("jobs", str(db), "--page", str(10**30))
+    assert f"--page {10**30} is out of range: give 1 to 1000000000" in result.stderr
+    result = cli("jobs", str(db), "--limit", "-5")
+    assert "--limit -5 is out of range: give 1 to 1000" in result.stderr
+
+
+def test_a_folder_and_a_locked_file_are_named_as_such(tmp_path: Path, db: Path) -> None:
+    result = cli("info", str(tmp_path))
+    assert result.returncode == 2
+    assert f"{tmp_path} is a folder: give the path of a saqlite database file" in result.stderr
+    holder = sqlite3.connect(db, isolation_level=None)
+    try:
+        holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+        holder.execute("BEGIN EXCLUSIVE")
+        result = cli("info", str(db))
+    finally:
+        holder.close()
+    assert result.returncode == 2, result.stderr
+    assert f"{db} is locked by another connection" in result.stderr
+    assert "not a SQLite database" not in result.stderr
+
+
+def test_a_job_scheduled_in_the_far_future_is_shown(tmp_path: Path) -> None:
+    path = tmp_path / "far.db"
+
+    async def far() -> None:
+        queue = Queue(path)
+        await queue.enqueue("ok", key="far", scheduled=300_000_000_000)  # year ~11476
+        await queue.disconnect()
+
+    run(far())
+    result = cli("job", str(path), "far")
+    assert result.returncode == 0, result.stderr
+    assert "scheduled  300000000000 s after 1970-01-01" in result.stdout
+    assert cli("jobs", str(path)).returncode == 0
+    server = start([CLI, "web", str(path), "--port", "0"])
+    try:
+        status, _, page = server.request("/job?queue=default&key=far")
+        assert status == 200, page
+        assert "300000000000 s after 1970-01-01" in page
+        for bad in ("/jobs?page=99999999999999999999999999", "/jobs?db=%C2%B2", "/job?db=1e9"):
+            status, _, page = server.request(bad)
+            assert status in (200, 400, 404), (bad, status)
+            assert "<html" in page, bad
+    finally:
+        assert stop(server) == 0
+
+
+IN_PACKAGE_SETTINGS = """
+import os
+from saqlite import Queue
+
+async def ok(ctx):
+    return "ok"
+
+settings = {"queue": Queue(os.environ["SAQLITE_TEST_DB"]), "functions": [ok]}
+"""
+
+
+def test_settings_may_name_a_module_holding_a_settings_dict(tmp_path: Path) -> None:
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "jobs.py").write_text(IN_PACKAGE_SETTINGS)
+    path = tmp_path / "mod.db"
+
+    async def enqueue() -> None:
+        queue = Queue(path)
+        await queue.enqueue("ok")
+        await queue.disconnect()
+
+    for name in ("app.jobs", "app.jobs.settings"):
+        run(enqueue())
+        result = cli("burst", name, "--wait", "0.1", cwd=tmp_path, SAQLITE_TEST_DB=str(path))
+        assert result.returncode == 0, (name, result.stderr)
+        assert "1 complete" in result.stdout
+    result = cli("burst", "app.nothing", cwd=tmp_path, SAQLITE_TEST_DB=str(path))
+    assert result.returncode == 2
+    assert (
+        "Cannot find the settings 'app.nothing' (module 'app' has no 'nothing'; "
+        "No module named 'app.nothing'): give module.attribute" in result.stderr
+    )
+    assert "Traceback" not in result.stderr
+    (tmp_path / "app" / "broken.py").write_text("import no_such_dependency\nsettings = {}\n")
+    for args in (["burst", "app.broken"], ["app.broken", "--check"]):
+        result = cli(*args, cwd=tmp_path, SAQLITE_TEST_DB=str(path))
+        assert result.returncode == 2, result.stderr
+        assert "import no_such_dependency" in result.stderr  # where, in the traceback
+        assert "importing the settings 'app.broken' raised ModuleNotFoundError" in result.stderr
+
+
+def test_importing_settings_adds_the_working_directory_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "once_settings.py").write_text("settings = {'functions': []}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    for _ in range(3):
+        assert ops._import_settings("once_settings") == {"functions": []}
+    assert sys.path.count(str(tmp_path)) == 1
+
+
+def raw_rows(path: Path) -> list[tuple[t.Any, ...]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT * FROM saqlite_jobs ORDER BY key").fetchall()
+    finally:
+        conn.close()
+
+
+def test_jobs_another_dump_wrote_are_never_rewritten(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+
+    async def scrambled() -> None:
+        queue = Queue(path, dump=lambda d: json.dumps(d)[::-1], load=lambda s: json.loads(s[::-1]))
+        failed = await queue.enqueue("secret", key="failed1", token="x")
+        assert failed is not None
+        await queue.finish(failed, Status.FAILED, error="it broke")
+        await queue.enqueue("secret", key="waiting1", token="y")
+        await queue.disconnect()
+
+    run(scrambled())
+    before = raw_rows(path)
+    result = cli("retry", str(path), "failed1")
+    assert result.returncode == 1
+    assert "Job 'failed1' was stored with a custom dump/load" in result.stderr
+    assert "retry it from your code (queue.retry(job))" in result.stderr
+    result = cli("abort", str(path), "waiting1")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "abort it from your code" in result.stderr
+    result = cli("retry", str(path), "--all", "--json")
+    assert result.returncode == 1
+    assert [job["key"] for job in json.loads(result.stdout)["refused"]] == ["failed1"]
+    assert raw_rows(path) == before
+
+    server = start([CLI, "web", str(path), "--port", "0"])
+    try:
+        status, _, page = server.request("/job?queue=default&key=failed1")
+        assert status == 200
+        assert "was stored with a custom dump/load" in page
+        assert 'id="retry"' not in page
+        form = {"queue": "default", "key": "failed1"}
+        status, _, page = server.request("/retry", "POST", form=form)
+        assert status == 409
+        assert "was stored with a custom dump/load" in page
+    finally:
+        assert stop(server) == 0
+    assert raw_rows(path) == before
+
+
+def test_page_answers_only_to_host_names_it_serves(db: Path) -> None:
+    server = start([CLI, "web", str(db), "--port", "0", "--allowed-host", "jobs.example"])
+    port = urllib.parse.urlsplit(server.url).port
+    try:
+        for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example"):
+            status, _, text = server.request("/api/jobs", headers={"host": host})
+            assert status == 421, host
+            assert f"Host {host!r} is not served here (a defence against DNS rebinding)" in text
+            assert "--allowed-host NAME" in text
+        status, _, _ = server.request("/retry", "POST", {"key": "bad"}, {"host": "evil.example"})
+        assert status == 421
+        for host in (f"127.0.0.1:{port}", "localhost", f"[::1]:{port}", "jobs.example:80",
+                     "JOBS.example", "app.localhost"):  # fmt: skip
+            assert server.request("/api/jobs", headers={"host": host})[0] == 200, host
+    finally:
+        assert stop(server) == 0
+    server = start([CLI, "web", str(db), "--port", "0"], AUTH_PASSWORD="s3cret")
+    try:  # a password guards the page: a rebinding page cannot send it
+        assert server.request("/", headers={"host": "jobs.example"})[0] == 401
+    finally:
+        assert stop(server) == 0
+
+
+def test_asgi_app_checks_hosts_at_the_root_and_leaves_them_to_a_mounting_app(db: Path) -> None:
+    def status_of(app: t.Any, host: bytes, root_path: str = "") -> int:
+        sent: list[t.MutableMapping[str, t.Any]] = []
+
+        async def receive() -> t.MutableMapping[str, t.Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: t.MutableMapping[str, t.Any]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http", "method": "GET", "path": root_path + "/api/queues",
+            "root_path": root_path, "query_string": b"", "headers": [(b"host", host)],
+        }  # fmt: skip
+
+        async def call() -> None:
+            try:
+                await app(scope, receive, send)
+            finally:
+                await app.close()
+
+        run(call())
+        return int(sent[0]["status"])
+
+    assert status_of(ops.web_app(str(db)), b"rebound.example") == 421
+    assert status_of(ops.web_app(str(db)), b"rebound.example", "/saqlite") == 200
+    assert (
+        status_of(ops.web_app(str(db), allowed_hosts=["rebound.example"]), b"rebound.example")
+        == 200
+    )
+    assert status_of(ops.web_app(str(db), allowed_hosts=[".example"]), b"a.example") == 200
+    assert status_of(ops.web_app(str(db), allowed_hosts=["x.example"]), b"y.example", "/m") == 421
+
+
+SLOW_LOAD_SETTINGS = """
+import json, os, time
+from pathlib import Path
+from saqlite import Queue
+
+def load(text):
+    folder = Path(os.environ["SAQLITE_TEST_DIR"])
+    (folder / "loading").touch()
+    deadline = time.monotonic() + 60
+    while not (folder / "release").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # blocks the loop that reads the page
+    return json.loads(text)
+
+settings = {"queue": Queue(os.environ["SAQLITE_TEST_DB"], name="slowq", load=load)}
+"""
+
+
+def test_worker_keeps_running_jobs_while_its_page_is_busy(tmp_path: Path) -> None:
+    write_tasks(tmp_path)
+    (tmp_path / "slow.py").write_text(SLOW_LOAD_SETTINGS)
+    path = tmp_path / "busy.db"
+
+    async def enqueue_slow() -> None:
+        queue = Queue(path, name="slowq")
+        await queue.enqueue("anything", key="heavy")
+        await queue.disconnect()
+
+    run(enqueue_slow())
+    args = [CLI, "tasks.settings", "--web", "--port", "0", "-e", "slow.settings"]
+    server = start(args, cwd=tmp_path, SAQLITE_TEST_DB=str(path), SAQLITE_TEST_DIR=str(tmp_path))
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        busy = pool.submit(server.request, "/jobs?queue=slowq")
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "loading").exists():
+            assert time.monotonic() < deadline, "the page did not start loading"
+            time.sleep(0.05)
+
+        async def apply() -> t.Any:
+            queue = Queue(path)
+            try:
+                return await queue.apply("ok", n=3, timeout=20)
+            finally:
+                await queue.disconnect()
+
+        assert run(apply()) == {"n": 3}  # the worker ran it while the page was stuck
+        assert not busy.done()
+        (tmp_path / "release").touch()
+        assert busy.result(timeout=30)[0] == 200
+    finally:
+        (tmp_path / "release").touch()
+        pool.shutdown()
+        assert stop(server) == 0
+
+
+def test_a_listing_of_big_jobs_stays_small(tmp_path: Path) -> None:
+    path = tmp_path / "big.db"
+    big = "x" * (5 * 1024 * 1024)
+
+    async def enqueue_big() -> None:
+        queue = Queue(path)
+        for n in range(4):
+            job = await queue.enqueue("ok", key=f"big{n}", blob=big)
+            assert job is not None
+            await queue.finish(job, Status.FAILED, error="E" * 1_000_000 + "\nValueError: last")
+        await queue.enqueue("ok", key="small", n=1)
+        await queue.disconnect()
+
+    run(enqueue_big())
+    result = cli("jobs", str(path), "--json")
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout) < 200_000
+    jobs = {job["key"]: job for job in json.loads(result.stdout)["jobs"]}
+    assert jobs["big0"]["cut"] == ["kwargs"]
+    assert jobs["big0"]["kwargs"].startswith("(not read for a listing: ")
+    assert jobs["big0"]["status"] == "failed" and jobs["big0"]["function"] == "ok"
+    assert jobs["small"]["kwargs"] == {"n": 1}
+    result = cli("jobs", str(path))
+    assert "ValueError: last" in result.stdout  # the last line of a cut error is kept
+    server = start([CLI, "web", str(path), "--port", "0"])
+    try:
+        status, _, text = server.request("/api/jobs?limit=500")
+        assert status == 200 and len(text) < 200_000
+        status, _, text = server.request("/jobs")
+        assert status == 200 and len(text) < 200_000
+        status, _, text = server.request("/job?queue=default&key=big1")
+        assert status == 200 and len(text) < 1_000_000
+        assert "characters in all; saqlite job FILE KEY --json (or /api/job) gives it" in text
+    finally:
+        assert stop(server) == 0
+
+
+BURST_TASKS = """
+import os
+from pathlib import Path
+from saqlite import Queue
+
+async def flaky(ctx):
+    marker = Path(os.environ["SAQLITE_TEST_DB"] + "." + ctx["job"].key)
+    if not marker.exists():
+        marker.touch()
+        raise RuntimeError("first try fails")
+    return "second try works"
+
+async def ok(ctx):
+    return "ok"
+
+settings = {"queue": Queue(os.environ["SAQLITE_TEST_DB"]), "functions": [flaky, ok]}
+"""
+
+
+def test_burst_waits_for_retries_and_due_jobs_and_reports_pending(tmp_path: Path) -> None:
+    (tmp_path / "ci_tasks.py").write_text(BURST_TASKS)
+    path = tmp_path / "burst.db"
+
+    def burst(*flags: str) -> subprocess.CompletedProcess[str]:
+        return cli("burst", "ci_tasks.settings", "--wait", "0.3", *flags, cwd=tmp_path,
+                   SAQLITE_TEST_DB=str(path))  # fmt: skip
+
+    async def enqueue(function: str, **kwargs: t.Any) -> None:
+        queue = Queue(path)
+        await queue.enqueue(function, **kwargs)
+        await queue.disconnect()
+
+    result = burst()
+    assert result.returncode == 2
+    assert f"{path} does not exist: check the queue's path in ci_tasks.settings" in result.stderr
+    assert not path.exists()
+
+    run(enqueue("flaky", key="f1", retries=2, retry_delay=1.5))
+    run(enqueue("ok", key="soon", scheduled=int(time.time()) + 1))
+    result = burst("--wait", "2.5", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["complete"], summary["retried"], summary["pending"]) == (2, 1, 0)
+    assert summary["path"] == str(path)
+
+    run(enqueue("flaky", key="f2", retries=2, retry_delay=1.5))  # waited for beyond --wait
+    result = burst()
+    assert result.returncode == 0, result.stderr
+    assert "1 job in" in result.stdout
+    assert "1 complete, 0 failed, 0 aborted, 1 retried" in result.stdout
+
+    run(enqueue("ok", key="tomorrow", scheduled=int(time.time()) + 86400))
+    run(enqueue("ok", key="now"))
+    result = burst()
+    assert result.returncode == 1
+    assert result.stdout.startswith(f"burst PENDING on {path}: 1 job in ")
+    assert result.stdout.endswith("1 complete, 0 failed, 0 aborted, 0 retried, 1 pending\n")
+    assert "pending tomorrow (ok): due " in result.stderr
+    result = burst("--allow-pending")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"burst ok on {path}: 0 jobs in ")
+    result = burst("--wait", "-1")
+    assert result.returncode == 2 and "--wait -1.0 is not valid" in result.stderr
+
+
+def readme_commands(prefix: str) -> list[list[str]]:
+    """The README's shell lines that start with ``prefix``, as argument lists."""
+    lines = (HERE / "README.md").read_text().splitlines()
+    return [line.split("#")[0].split()[1:] for line in lines if line.startswith(prefix)]
+
+
+def test_readme_worker_commands_work_as_printed(tmp_path: Path) -> None:
+    shutil.copytree(HERE / "examples", tmp_path / "examples")
+    commands = readme_commands(".venv/bin/saqlite examples.settings")
+    assert commands, "the README shows how to start workers"
+    for args in commands:
+        assert args[0] == "examples.settings"
+    result = cli("examples.settings", "--check", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr  # no live worker: a clean answer
+    assert result.stderr == ""
+    for name in ("examples.settings", "examples.settings.settings"):  # twice in one process
+        assert run_in_process_twice(name, tmp_path) == "ok"
+
+
+def run_in_process_twice(name: str, cwd: Path) -> str:
+    code = (
+        "import saqlite\n"
+        f"for _ in range(2): assert 'functions' in saqlite._import_settings({name!r})\n"
+        "print('ok')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=cwd, env=env(), timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_an_unexpected_error_gives_a_500_page_and_a_logged_traceback(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def load(text: t.Union[str, bytes]) -> t.Any:
+        raise RuntimeError("the loader broke")
+
+    app = ops.web_app(Queue(db, load=load))
+    sent: list[t.MutableMapping[str, t.Any]] = []
+
+    async def receive() -> t.MutableMapping[str, t.Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: t.MutableMapping[str, t.Any]) -> None:
+        sent.append(message)
+
+    async def call() -> None:
+        scope = {"type": "http", "method": "GET", "path": "/job", "root_path": "",
+                 "query_string": b"queue=default&key=bad", "headers": []}  # fmt: skip
+        try:
+            await app(scope, receive, send)
+        finally:
+            await app.close()
+
+    run(call())
+    assert sent[0]["status"] == 500
+    assert b"The page failed: its log tells why." in sent[1]["body"]
+    assert b"<html" in sent[1]["body"]
+    assert "RuntimeError: the loader broke" in caplog.text
+
+
+def test_the_server_answers_500_when_an_app_raises(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken:
+        auth_password = None
+
+        async def __call__(self, scope: t.Any, receive: t.Any, send: t.Any) -> None:
+            raise RuntimeError("the app broke")
+
+    async def request() -> bytes:
+        server = await ops._start_http(t.cast(t.Any, Broken()), "127.0.0.1", 0)
+        try:
+            port = t.cast(t.Any, server).sockets[0].getsockname()[1]
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            answer = await reader.read()
+            writer.close()
+            return answer
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    assert run(request()).startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    assert "RuntimeError: the app broke" in caplog.text
+
+
+def test_a_port_in_use_is_a_clear_error(db: Path, tmp_path: Path) -> None:
+    write_tasks(tmp_path)
+    holder = socket.socket()
+    try:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = str(holder.getsockname()[1])
+        for args, cwd in ((["web", str(db), "--port", port], None),
+                          (["tasks.settings", "--web", "--port", port], tmp_path)):  # fmt: skip
+            result = cli(*args, cwd=cwd, SAQLITE_TEST_DB=str(db))
+            assert result.returncode == 2, result.stderr
+            assert f"Cannot serve the page on 127.0.0.1:{port} (" in result.stderr
+            assert "Traceback" not in result.stderr
+    finally:
+        holder.close()
