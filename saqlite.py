@@ -4316,7 +4316,8 @@ def _export_load(store: _Store, row: Sequence[t.Any]) -> Job:
     except (ValueError, TypeError, KeyError) as exc:
         raise _OpsError(
             f"Cannot read job {row[2]!r} of queue {row[1]!r} ({exc}): export reads jobs "
-            "stored as JSON; nothing of this slice was moved"
+            "stored as JSON; nothing of this slice was moved",
+            code=1,
         ) from exc
 
 
@@ -4451,7 +4452,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
                     f"SAQ at {args.url} failed while queue {name!r} was moving: "
                     f"{type(exc).__name__}: {exc}. Jobs already moved are in SAQ and gone from "
                     "the file; the rest stay in the file (those in flight kept from its "
-                    "workers): fix the cause and run the same command again to finish"
+                    "workers): fix the cause and run the same command again to finish",
+                    code=1,
                 ) from exc
             report["queues"][name] = {"moved": moved, "already_in_saq": already}
             conflicts += [{"queue": name, "key": job.key} for job in left]

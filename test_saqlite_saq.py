@@ -685,7 +685,7 @@ def test_export_without_saq_installed_says_how_and_exits_2(tmp_path: Path) -> No
     assert "SAQ is not installed here: pip install 'saq[redis]>=0.26'" in result.stderr
     assert set(_file_rows(file, "default")) == {"k"}  # nothing touched
     bad = _export(file, "http://localhost:8080")
-    assert bad.returncode == 1
+    assert bad.returncode == 2
     assert "give SAQ's redis://HOST:PORT or postgres://USER@HOST/DB URL" in bad.stderr
 
 
