@@ -2892,6 +2892,7 @@ class Worker:
 
     async def start(self) -> None:
         """Run until ``stop()``, SIGINT or SIGTERM (or, in burst mode, an empty queue)."""
+        logger.info("Worker starting: %s", repr(self.queue))
         self._stop_event = asyncio.Event()
         self._stopping = None
         self._giving_up_writes = False
@@ -2935,6 +2936,7 @@ class Worker:
         await asyncio.shield(self._stopping)
 
     async def _stop(self) -> None:
+        logger.info("Working shutting down")  # SAQ's words (sic), for log-based alerts
         if self._stop_event is not None:
             self._stop_event.set()
         self._remove_signal_handlers()
@@ -3031,13 +3033,18 @@ class Worker:
 
     async def _every(self, timer: str, action: Callable[[], Awaitable[t.Any]]) -> None:
         period = float(self.timers[timer])  # type: ignore[literal-required]
+        outage = _Outage(self, f"run its {timer} timer")
         while True:
             try:
                 await action()
             except asyncio.CancelledError:
                 raise
+            except StorageError as exc:  # a locked or full file: said once, then now and then
+                outage.failed(exc)
             except Exception:
                 logger.exception("Worker %s: %s failed", self.id, timer)
+            else:
+                outage.ended()
             await asyncio.sleep(period)
 
     async def _watch_aborts(self) -> None:
@@ -3359,7 +3366,9 @@ class Worker:
                    for field in ("timeout", "heartbeat", "retries", "ttl")
                    if getattr(cron_job, field) is not None},
             )  # fmt: skip
-            if not await self.queue.enqueue(job):
+            if await self.queue.enqueue(job):
+                logger.info("Scheduled %s", [job.id])
+            else:
                 pending = await self.queue.job(job.key)
                 if pending is None or pending.scheduled != job.scheduled:
                     continue  # the previous run is still going: try again next time

@@ -210,7 +210,7 @@ async def test_a_worker_paused_past_its_heartbeat_finds_its_job_taken_over(folde
     first = start_worker(folder, "first")
     second: t.Optional[subprocess.Popen[bytes]] = None
     try:
-        await wait_for(lambda: bool(saqlite.SyncQueue(folder / "jobs.db").info()["workers"]))
+        await wait_for(lambda: _some_worker(queue))
         job = await queue.enqueue("report", heartbeat=1, retries=3, timeout=0)
         assert job is not None
         await wait_for(lambda: len(runs_of(folder, first.pid)) >= 2)
@@ -353,7 +353,11 @@ async def test_stop_leaves_a_running_thread_its_job_and_writes_it_back_when_it_r
 
 
 async def _no_worker(queue: Queue) -> bool:
-    return not (await queue.info())["workers"]
+    return not await _some_worker(queue)
+
+
+async def _some_worker(queue: Queue) -> bool:
+    return bool((await queue.info())["workers"])
 
 
 @async_test
@@ -431,6 +435,10 @@ async def test_a_worker_waits_out_a_write_lock_held_past_lock_timeout(
             enqueued = asyncio.create_task(patient.enqueue("noop", key="meanwhile"))
             await wait_for(lambda: "cannot claim jobs" in caplog.text)
             await asyncio.sleep(1)  # several lock_timeouts
+        # Said once (then every 30 s), without a traceback at every try.
+        claims = [r for r in caplog.records if "cannot claim jobs" in r.getMessage()]
+        assert len(claims) == 1
+        assert not [r for r in caplog.records if r.exc_info]
         holder.execute("COMMIT")
         holder.close()
         job = await asyncio.wait_for(enqueued, 30)
@@ -560,3 +568,5 @@ async def test_failures_retries_and_aborts_are_logged_as_saq_does(
     assert any(m.startswith("Retrying Job<") for m in messages)
     assert any(m.startswith("Finished Job<") for m in messages)
     assert f"Aborting {slow.id}" in messages
+    assert any(m.startswith("Worker starting: Queue<") for m in messages)
+    assert "Working shutting down" in messages
