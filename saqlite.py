@@ -579,7 +579,7 @@ class Job:
     def __post_init__(self) -> None:
         self.status = Status(self.status)
         #: Set by the worker running this object: its writes are then guarded.
-        self._lease: t.Optional[_Lease] = None
+        self._lease: t.Optional[_Running] = None
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Job) and self.key == other.key
@@ -1866,17 +1866,6 @@ class _Mapping:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Lease:
-    """A worker's hold on the Job object it runs: writes through that object apply
-    only while the job is still this run's (``worker_id``, ``attempts``); ``lost``
-    is called when one finds that it is not."""
-
-    worker_id: str
-    attempts: int
-    lost: Callable[[], None]
-
-
-@dataclasses.dataclass(frozen=True)
 class _Expected:
     """The state a writer last saw a job in; its write applies only in that state."""
 
@@ -2663,18 +2652,29 @@ class _SyncWakeup:
 class _Running:
     """A job this worker runs: the task running its function while it may be
     cancelled, why it was cancelled ("abort", "timeout", "stop" or "lost"), and the
-    task that runs the job and stores its outcome."""
+    task that runs the job and stores its outcome.
+
+    It is also the run's lease on the Job object (``Job._lease``): writes through
+    that object apply only while the job is still this run's (``worker_id``,
+    ``attempts``), and ``lost()`` is called when one finds that it is not."""
 
     job: Job
+    worker_id: str
     task: t.Optional[asyncio.Task[t.Any]] = None
     cancelled_for: t.Optional[str] = None
     abort_error: t.Optional[str] = None
     runner: t.Optional[asyncio.Task[t.Any]] = None
 
+    def __post_init__(self) -> None:
+        self.attempts = self.job.attempts
+
     def cancel(self, reason: str) -> None:
         if self.task is not None and self.cancelled_for is None:
             self.cancelled_for = reason
             self.task.cancel()
+
+    def lost(self) -> None:
+        self.cancel("lost")
 
 
 class _Abandoned(asyncio.CancelledError):
@@ -3113,7 +3113,7 @@ class Worker:
         await asyncio.sleep(0)  # let jobs that end together free their slots
 
     def _start_job(self, job: Job) -> None:
-        running = _Running(job)
+        running = _Running(job, self.id)
         self._running[job.key] = running
         task = asyncio.create_task(self._run(running))
         running.runner = task
@@ -3131,7 +3131,7 @@ class Worker:
         jobs = await self.queue._claim_waiting(1, self.id, self.dequeue_timeout)
         if not jobs:
             return False
-        running = _Running(jobs[0], runner=asyncio.current_task())
+        running = _Running(jobs[0], self.id, runner=asyncio.current_task())
         self._running[jobs[0].key] = running
         await self._run(running)
         return True
@@ -3142,7 +3142,7 @@ class Worker:
         job = running.job
         # Writes through this Job object apply while the job is this run's; one that
         # finds it taken over (swept while this worker was paused) cancels the run.
-        job._lease = _Lease(self.id, job.attempts, functools.partial(running.cancel, "lost"))
+        job._lease = running
         context: Context = {**self.context, "job": job}
         cancelled = False
         try:
