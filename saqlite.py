@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import contextvars
 import dataclasses
@@ -35,6 +36,7 @@ import logging
 import math
 import multiprocessing
 import os
+import queue as queue_module
 import random
 import secrets
 import signal
@@ -108,6 +110,11 @@ _MAX_BUSY_PAUSE_S = 0.004
 #: What a stopping worker allows its cancelled jobs for being written back as queued,
 #: beyond cancellation_hard_deadline_s (more than a write needs, even waiting for a lock).
 _WRITE_BACK_S = 5.0
+#: A worker waiting out a storage error: first and longest pause between tries, and
+#: how often it logs that it still waits.
+_OUTAGE_PAUSE_S = 0.05
+_OUTAGE_MAX_PAUSE_S = 2.0
+_OUTAGE_LOG_S = 30.0
 #: Rows per multi-row statement; keeps under SQLite's bound-parameter limit.
 _ROWS_PER_STATEMENT = 500
 
@@ -294,6 +301,36 @@ _SQL_DELETE_JOBS = (
     " ON j.queue = v.column1 AND j.key = v.column2 AND j.status = v.column3"
     " AND j.worker_id IS v.column4 AND j.attempts = v.column5"
     ") RETURNING key"
+)
+
+# A write by key, as SAQ's: the last writer wins. The columns a claim owns (status,
+# worker_id, attempts, started) keep their stored value where the row gives NULL,
+# i.e. unless the call sets them. A row with a lease (column1-2: the worker and
+# attempt that run the job) applies only while that run still owns the job.
+_KEPT_UNLESS_SET = ("status", "worker_id", "attempts", "started")
+_SQL_LEASE_GUARD = (
+    "(v.column1 IS NULL OR ({table}.worker_id = v.column1 AND {table}.attempts = v.column2"
+    " AND {table}.status IN ('active', 'aborting')))"
+)
+_SQL_SET_JOBS = (
+    "UPDATE saqlite_jobs SET "
+    + ", ".join(
+        f"{c} = COALESCE(v.column{i}, saqlite_jobs.{c})" if c in _KEPT_UNLESS_SET
+        else f"{c} = v.column{i}"
+        for i, c in enumerate(_JOB_COLUMNS, 3)
+        if c not in ("queue", "key")
+    )
+    + " FROM (VALUES {rows}) AS v"
+    " WHERE saqlite_jobs.queue = v.column3 AND saqlite_jobs.key = v.column4 AND "
+    + _SQL_LEASE_GUARD.format(table="saqlite_jobs")
+    + " RETURNING saqlite_jobs.key"
+)  # fmt: skip
+_SQL_REMOVE_JOBS = (
+    "DELETE FROM saqlite_jobs WHERE rowid IN ("
+    " SELECT j.rowid FROM saqlite_jobs AS j JOIN (VALUES {rows}) AS v"
+    " ON j.queue = v.column3 AND j.key = v.column4 AND "
+    + _SQL_LEASE_GUARD.format(table="j")
+    + ") RETURNING key"
 )
 
 _SQL_REQUEST_ABORT = """
@@ -618,6 +655,8 @@ class Job:
 
     def __post_init__(self) -> None:
         self.status = Status(self.status)
+        #: Set by the worker running this object: its writes are then guarded.
+        self._lease: t.Optional[_Running] = None
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Job) and self.key == other.key
@@ -1261,14 +1300,22 @@ class Queue:
             job.replace(current)
 
     async def finish(
-        self, job: Job, status: Status, *, result: t.Any = None, error: t.Optional[str] = None
+        self,
+        job: Job,
+        status: Status,
+        *,
+        result: t.Any = None,
+        error: t.Optional[str] = None,
+        **kwargs: t.Any,
     ) -> None:
         """Finish a job with a terminal status, keeping it ``ttl`` seconds.
 
-        The write applies only if the job is still as this process last saw it; see
-        the returned job's status (``job.refresh()``) when that matters.
+        As in SAQ the write is by key: it applies whoever changed the job since this
+        ``job`` object was loaded. ``kwargs`` are more fields to set.
         """
-        await self._finish(job, status, result, error)
+        self._set_fields(job, kwargs)
+        self._set_finished(job, status, result, error)
+        await self._finished(job, await self._set(job, kwargs.keys() | {"status"}))
 
     async def _finish(
         self,
@@ -1279,16 +1326,23 @@ class Queue:
         *,
         finish_only: bool = False,
     ) -> bool:
-        """Finish a job; whether it was still as expected. ``finish_only`` writes only
-        what a finish changes, for a caller that knows nothing else changed."""
+        """Finish a job a worker or sweeper ran; whether it was still as they saw it.
+        ``finish_only`` writes only what a finish changes, for a caller that knows
+        nothing else changed."""
         expected = _Expected.of(job)
         self._set_finished(job, status, result, error)
         stored = await self._write(job, expected, finish_only=finish_only)
-        if stored:
-            self._count(job.status)
-            if job.group_key is not None:  # the next job of its group may run now
-                await self._wakeup.notify("jobs")
+        await self._finished(job, stored)
         return stored
+
+    async def _finished(self, job: Job, stored: bool) -> None:
+        if not stored:
+            return
+        self._count(job.status)
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("Finished %s", job.info(logger.isEnabledFor(logging.DEBUG)))
+        if job.group_key is not None:  # the next job of its group may run now
+            await self._wakeup.notify("jobs")
 
     def _set_finished(
         self, job: Job, status: Status, result: t.Any, error: t.Optional[str]
@@ -1309,17 +1363,28 @@ class Queue:
             self.aborted += 1
 
     async def retry(self, job: Job, error: t.Optional[str]) -> None:
-        """Put a job back in the queue after a failure, after its retry delay."""
-        await self._retry(job, error)
+        """Put a job back in the queue after a failure, after its retry delay.
+
+        As in SAQ the write is by key (see ``finish``).
+        """
+        self._set_retried(job, error)
+        await self._retried(job, await self._set(job, ("status", "started")))
 
     async def _retry(self, job: Job, error: t.Optional[str]) -> bool:
+        """Retry a job a worker or sweeper ran; whether it was still as they saw it."""
         expected = _Expected.of(job)
         self._set_retried(job, error)
         stored = await self._write(job, expected)
-        if stored:
-            self.retried += 1
-            await self._wakeup.notify("jobs")
+        await self._retried(job, stored)
         return stored
+
+    async def _retried(self, job: Job, stored: bool) -> None:
+        if not stored:
+            return
+        self.retried += 1
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("Retrying %s", job.info(logger.isEnabledFor(logging.DEBUG)))
+        await self._wakeup.notify("jobs")
 
     @staticmethod
     def _set_retried(job: Job, error: t.Optional[str]) -> None:
@@ -1334,18 +1399,35 @@ class Queue:
             job.scheduled = int(time.time() + delay)
 
     async def update(self, job: Job, **kwargs: t.Any) -> None:
-        """Set fields of a job and store it; this touches it (a heartbeat).
-
-        The status stays as it is unless ``status=`` is given.
+        """Set fields of a job and store it by key, as SAQ does; this touches it (a
+        heartbeat). The stored status stays as it is unless ``status=`` is given;
+        ``status=Status.ABORTING`` asks the job's worker to stop it.
         """
-        expected = _Expected.of(job)
-        for name, value in kwargs.items():
+        self._set_fields(job, kwargs)
+        job.touched = now()
+        stored = await self._set(job, kwargs.keys())
+        if stored and job.status == Status.ABORTING:
+            await self._wakeup.notify("aborts")
+
+    @staticmethod
+    def _set_fields(job: Job, fields: dict[str, t.Any]) -> None:
+        for name in fields:
             if name not in _JOB_FIELD_NAMES:
-                raise ValueError(f"Job has no field {name!r}")
+                raise ValueError(
+                    f"Job has no field {name!r}: use one of {', '.join(sorted(_JOB_FIELD_NAMES))}"
+                )
+        for name, value in fields.items():
             setattr(job, name, value)
         job.status = Status(job.status)
-        job.touched = now()
-        await self._write(job, expected)
+
+    async def _set(self, job: Job, given: Iterable[str]) -> bool:
+        """Write a job by key, with the claim's columns only where ``given``; whether
+        it was stored. Through the Job a worker runs, the write applies only while
+        the job is still that run's, and the run is told when it is not."""
+        stored = await self._writes.submit(_set_item(self, job, frozenset(given)))
+        if not stored and job._lease is not None:
+            job._lease.lost()
+        return stored
 
     async def schedule(self, _lock: int = 1) -> list[str]:
         """As in SAQ, where Redis moves due scheduled jobs into the queue. Here a
@@ -1753,6 +1835,20 @@ def _write_item(
     return "update", (*guard[2:], *queue._job_row(job))
 
 
+def _set_item(queue: Queue, job: Job, given: frozenset[str]) -> tuple[str, tuple[t.Any, ...]]:
+    """A write by key of a job's state, for _write_steps: the columns of
+    _KEPT_UNLESS_SET only where ``given``, guarded by the job's lease if it has one."""
+    lease = job._lease
+    guard = (None, None) if lease is None else (lease.worker_id, lease.attempts)
+    if job.ttl == -1 and job.status in TERMINAL_STATUSES:
+        return "remove", (*guard, queue.name, job.key)
+    row = list(queue._job_row(job))
+    for index in _KEPT_COLUMN_INDEXES:
+        if _JOB_COLUMNS[index] not in given:
+            row[index] = None
+    return "set", (*guard, *row)
+
+
 def _write_steps(items: list[tuple[str, tuple[t.Any, ...]]]) -> _Steps[list[bool]]:
     """Apply guarded writes; for each, whether the job was still as expected.
 
@@ -1775,6 +1871,8 @@ def _write_steps(items: list[tuple[str, tuple[t.Any, ...]]]) -> _Steps[list[bool
             ("update", _SQL_WRITE_JOBS, len(_GUARD_COLUMNS) + len(_JOB_COLUMNS)),
             ("finish", _SQL_FINISH_JOBS, 2 + len(_GUARD_COLUMNS) + len(_FINISH_COLUMNS)),
             ("delete", _SQL_DELETE_JOBS, 2 + len(_GUARD_COLUMNS)),
+            ("set", _SQL_SET_JOBS, 2 + len(_JOB_COLUMNS)),
+            ("remove", _SQL_REMOVE_JOBS, 4),
         ):
             rows = [values for item_kind, values in items[start:end] if item_kind == kind]
             if rows:
@@ -1954,7 +2052,12 @@ class _Expected:
 
 def _written_key(item: tuple[str, tuple[t.Any, ...]]) -> str:
     kind, values = item
-    return str(values[4] if kind == "update" else values[1])
+    return str(values[_KEY_INDEX.get(kind, 1)])
+
+
+#: Where the key is in the values of each kind of write (else 1: after the queue).
+_KEY_INDEX = {"update": 4, "set": 3, "remove": 3}
+_KEPT_COLUMN_INDEXES = tuple(_JOB_COLUMNS.index(name) for name in _KEPT_UNLESS_SET)
 
 
 def _expire_at(job: Job) -> t.Optional[float]:
@@ -2762,17 +2865,124 @@ class _SyncWakeup:
 @dataclasses.dataclass
 class _Running:
     """A job this worker runs: the task running its function while it may be
-    cancelled, and why it was cancelled ("abort", "timeout" or "stop")."""
+    cancelled, why it was cancelled ("abort", "timeout", "stop" or "lost"), and the
+    task that runs the job and stores its outcome.
+
+    It is also the run's lease on the Job object (``Job._lease``): writes through
+    that object apply only while the job is still this run's (``worker_id``,
+    ``attempts``), and ``lost()`` is called when one finds that it is not."""
 
     job: Job
+    worker_id: str
     task: t.Optional[asyncio.Task[t.Any]] = None
     cancelled_for: t.Optional[str] = None
     abort_error: t.Optional[str] = None
+    runner: t.Optional[asyncio.Task[t.Any]] = None
+
+    def __post_init__(self) -> None:
+        self.attempts = self.job.attempts
 
     def cancel(self, reason: str) -> None:
         if self.task is not None and self.cancelled_for is None:
             self.cancelled_for = reason
             self.task.cancel()
+
+    def lost(self) -> None:
+        self.cancel("lost")
+
+
+class _Abandoned(asyncio.CancelledError):
+    """The task waiting for a job's thread was cancelled again: the thread still
+    runs, so nothing may be written for the job (see _call)."""
+
+
+class _Threads:
+    """The worker's own threads for sync functions: at most ``size`` (one per slot,
+    and a job keeps its slot until its thread returns), named, and daemons, so that
+    a function that never returns does not keep the process from exiting."""
+
+    def __init__(self, size: int, name: str) -> None:
+        self._size = size
+        self._name = name
+        self._calls: queue_module.SimpleQueue[
+            t.Optional[tuple[concurrent.futures.Future[t.Any], Callable[[], t.Any]]]
+        ] = queue_module.SimpleQueue()
+        self._idle = threading.Semaphore(0)
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def submit(self, call: Callable[[], t.Any]) -> concurrent.futures.Future[t.Any]:
+        future: concurrent.futures.Future[t.Any] = concurrent.futures.Future()
+        self._calls.put((future, call))
+        if not self._idle.acquire(blocking=False):
+            with self._lock:
+                if len(self._threads) < self._size:
+                    thread = threading.Thread(
+                        target=self._work, name=f"{self._name}_{len(self._threads)}", daemon=True
+                    )
+                    thread.start()
+                    self._threads.append(thread)
+        return future
+
+    def shutdown(self) -> None:
+        """Let every thread end once it is idle (a busy one ends after its call)."""
+        with self._lock:
+            for _ in self._threads:
+                self._calls.put(None)
+            self._threads = []
+
+    def _work(self) -> None:
+        while True:
+            item = self._calls.get()
+            if item is None:
+                return
+            future, call = item
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = call()
+                except BaseException as exc:
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+            del item, future, call  # drop the result before waiting for the next call
+            self._idle.release()
+
+
+class _Outage:
+    """A storage error the worker waits out (a full disk, a write lock held past
+    lock_timeout): logged when it starts, then every _OUTAGE_LOG_S, and when it ends;
+    the pause before the next try grows from _OUTAGE_PAUSE_S to _OUTAGE_MAX_PAUSE_S."""
+
+    def __init__(self, worker: Worker, what: str) -> None:
+        self._worker = worker
+        self._what = what
+        self._since = 0.0
+        self._logged = 0.0
+        self._pause = _OUTAGE_PAUSE_S
+
+    def failed(self, exc: Exception) -> float:
+        """Log the error if it is time to; seconds to wait before trying again."""
+        current = time.monotonic()
+        if not self._since:
+            self._since = current
+        if current - self._logged >= _OUTAGE_LOG_S:
+            self._logged = current
+            logger.warning(
+                "Worker %s cannot %s (for %.0f s so far): %s; it keeps trying",
+                self._worker.id, self._what, current - self._since, exc,
+            )  # fmt: skip
+        pause = self._pause
+        self._pause = min(self._pause * 2, _OUTAGE_MAX_PAUSE_S)
+        return pause
+
+    def ended(self) -> None:
+        if self._since:
+            logger.info(
+                "Worker %s can %s again after %.1f s",
+                self._worker.id, self._what, time.monotonic() - self._since,
+            )  # fmt: skip
+            self._since = self._logged = 0.0
+            self._pause = _OUTAGE_PAUSE_S
 
 
 class Worker:
@@ -2781,8 +2991,8 @@ class Worker:
     Args:
         queue: the queue to work on.
         functions: callables (registered by ``__qualname__``) or ``(name, callable)``
-            pairs; each is called as ``function(ctx, **job.kwargs)``, sync ones in a
-            thread with the caller's contextvars.
+            pairs; each is called as ``function(ctx, **job.kwargs)``, sync ones in one
+            of the worker's ``concurrency`` threads with the caller's contextvars.
         id: the worker's id (default: a new uuid).
         concurrency: jobs run at once.
         cron_jobs: CronJobs to enqueue on schedule (their functions are registered).
@@ -2798,6 +3008,9 @@ class Worker:
         cancellation_hard_deadline_s: seconds to wait for cancelled jobs to stop.
         metadata: shown in ``Queue.info()``.
         poll_interval: kept for SAQ compatibility (new jobs are noticed at once).
+        handle_signals: whether ``start()`` stops the worker on SIGINT and SIGTERM
+            (the handlers it replaces are put back at stop). saqlite only: a program
+            that handles signals itself passes False and calls ``stop()``.
 
     Raises:
         ValueError: an invalid option, such as a cron expression or ``burst``
@@ -2827,6 +3040,7 @@ class Worker:
         cancellation_hard_deadline_s: float = 1.0,
         metadata: t.Optional[dict[str, t.Any]] = None,
         poll_interval: float = 0.0,
+        handle_signals: bool = True,
     ) -> None:
         if not isinstance(queue, Queue):
             raise TypeError(f"Worker needs a saqlite Queue, got {queue!r}")
@@ -2870,6 +3084,7 @@ class Worker:
         self.cancellation_hard_deadline_s = cancellation_hard_deadline_s
         self.metadata = metadata
         self.poll_interval = poll_interval
+        self.handle_signals = handle_signals
         self.context: Context = {"worker": self, "queue": queue}
         self._running: dict[str, _Running] = {}
         self._slot_freed: t.Optional[asyncio.Event] = None
@@ -2879,6 +3094,10 @@ class Worker:
         self._claimed = 0
         self._cron_next: dict[str, float] = {}
         self._stopping: t.Optional[asyncio.Future[None]] = None
+        self._threads = _Threads(concurrency, f"saqlite-worker-{self.id[:8]}")
+        self._restore_signals: list[Callable[[], None]] = []
+        self._connected_queue = False
+        self._giving_up_writes = False
 
     def __repr__(self) -> str:
         return f"Worker<id={self.id!r}, queue={self.queue.name!r}>"
@@ -2887,11 +3106,15 @@ class Worker:
 
     async def start(self) -> None:
         """Run until ``stop()``, SIGINT or SIGTERM (or, in burst mode, an empty queue)."""
+        logger.info("Worker starting: %s", repr(self.queue))
         self._stop_event = asyncio.Event()
         self._stopping = None
+        self._giving_up_writes = False
         self._slot_freed = asyncio.Event()
-        self._install_signal_handlers()
+        if self.handle_signals:
+            self._install_signal_handlers()
         try:
+            self._connected_queue = self.queue._conn is None
             await self.queue.connect()
             await _call_hooks(self.startup, self.context)
             await self.queue.worker_info(self.id, self.queue.name, self.metadata, self._info_ttl)
@@ -2915,12 +3138,19 @@ class Worker:
     async def stop(self) -> None:
         """Stop: let running jobs finish for the grace period, then cancel them and put
         them back in the queue; run the shutdown hooks. Safe to call twice: every
-        caller waits for the one stop to end."""
+        caller waits for the one stop to end.
+
+        A sync function cannot be stopped: a job whose thread still runs after
+        ``cancellation_hard_deadline_s`` keeps running, owned by this worker, which
+        stays registered (alive to sweepers) and writes the job back when the thread
+        returns, as long as the event loop runs. If the process exits first, the job
+        is recovered by a sweep like a dead worker's."""
         if self._stopping is None:
             self._stopping = asyncio.ensure_future(self._stop())
         await asyncio.shield(self._stopping)
 
     async def _stop(self) -> None:
+        logger.info("Working shutting down")  # SAQ's words (sic), for log-based alerts
         if self._stop_event is not None:
             self._stop_event.set()
         self._remove_signal_handlers()
@@ -2932,38 +3162,84 @@ class Worker:
             await asyncio.wait(set(self._job_tasks), timeout=self.shutdown_grace_period_s)
         for running in list(self._running.values()):
             running.cancel("stop")
-        if self._job_tasks:  # the cancelled jobs stop, then are written back as queued
-            deadline = self.cancellation_hard_deadline_s + _WRITE_BACK_S
-            await asyncio.wait(set(self._job_tasks), timeout=deadline)
+        if self._job_tasks:
+            await asyncio.wait(set(self._job_tasks), timeout=self.cancellation_hard_deadline_s)
+        for running in self._running.values():
+            logger.warning(
+                "Function: %s did not finish cancellation in time, it may be stuck or blocked",
+                running.job.function,
+            )
+            logger.warning(
+                "Worker %s: %s still runs in a thread; it stays active, owned by this worker, "
+                "until it returns (if this process exits first, a sweep recovers it)",
+                self.id, running.job.info(),
+            )  # fmt: skip
+        lingering = {running.runner for running in self._running.values() if running.runner}
+        writing = self._job_tasks - lingering
+        if writing:  # the cancelled jobs are written back as queued
+            self._giving_up_writes = True
+            await asyncio.wait(writing, timeout=_WRITE_BACK_S)
         try:
             await _call_hooks(self.shutdown, self.context)
         finally:
-            with contextlib.suppress(StorageError, ValueError):
-                await self.queue._forget_worker(self.id)
+            if lingering:
+                self._tasks = [asyncio.create_task(self._linger(lingering))]
+            else:
+                await self._leave()
+
+    async def _linger(self, jobs: set[asyncio.Task[t.Any]]) -> None:
+        """Keep this worker registered while jobs whose threads outlived stop() run
+        and are written back, then leave."""
+        pending = set(jobs)
+        while pending:
+            _done, pending = await asyncio.wait(pending, timeout=self.timers["worker_info"])
+            with contextlib.suppress(Exception):
+                await self._beat()
+        await self._leave()
+
+    async def _leave(self) -> None:
+        """Unregister, and close the queue if the worker opened it."""
+        self._threads.shutdown()
+        with contextlib.suppress(StorageError, ValueError):
+            await self.queue._forget_worker(self.id)
+        if self._connected_queue:
             await self.queue.disconnect()
-            logger.info(
-                "Worker %s stopped; the longest wait for the file's write lock was %.1f ms",
-                self.id,
-                self.queue.worst_lock_wait * 1000,
-            )
+        logger.info(
+            "Worker %s stopped; the longest wait for the file's write lock was %.1f ms",
+            self.id,
+            self.queue.worst_lock_wait * 1000,
+        )
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         event = self._stop_event
         assert event is not None
+        # The loop's own handlers (asyncio keeps them in a private dict) and the
+        # signal module's, so that stop() can put back what was there.
+        loop_handlers = getattr(loop, "_signal_handlers", {})
         for signum in self.SIGNALS:
+            before = loop_handlers.get(signum)
             try:
+                previous = signal.getsignal(signum)
                 loop.add_signal_handler(signum, event.set)
             except (NotImplementedError, RuntimeError, ValueError):
                 # Windows, or not the main thread: signal.signal where allowed.
-                with contextlib.suppress(ValueError):
+                try:
                     signal.signal(signum, lambda *_: loop.call_soon_threadsafe(event.set))
+                except ValueError:
+                    continue
+                self._restore_signals.append(
+                    functools.partial(_restore_loop_signal, None, signum, None, previous)
+                )
+            else:
+                self._restore_signals.append(
+                    functools.partial(_restore_loop_signal, loop, signum, before, previous)
+                )
 
     def _remove_signal_handlers(self) -> None:
-        loop = asyncio.get_running_loop()
-        for signum in self.SIGNALS:
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.remove_signal_handler(signum)
+        while self._restore_signals:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError, TypeError):
+                self._restore_signals.pop()()
 
     @property
     def _info_ttl(self) -> int:
@@ -2971,13 +3247,18 @@ class Worker:
 
     async def _every(self, timer: str, action: Callable[[], Awaitable[t.Any]]) -> None:
         period = float(self.timers[timer])  # type: ignore[literal-required]
+        outage = _Outage(self, f"run its {timer} timer")
         while True:
             try:
                 await action()
             except asyncio.CancelledError:
                 raise
+            except StorageError as exc:  # a locked or full file: said once, then now and then
+                outage.failed(exc)
             except Exception:
                 logger.exception("Worker %s: %s failed", self.id, timer)
+            else:
+                outage.ended()
             await asyncio.sleep(period)
 
     async def _watch_aborts(self) -> None:
@@ -2988,7 +3269,7 @@ class Worker:
         while True:
             generation = wakeup.generation("aborts")
             try:
-                await self.abort()
+                await self._cancel_aborted()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -3012,8 +3293,10 @@ class Worker:
     # -- running jobs --------------------------------------------------------
 
     async def _dispatch(self) -> None:
-        """Claim as many due jobs as there are free slots, and start them."""
+        """Claim as many due jobs as there are free slots, and start them. A storage
+        error (a full disk, a write lock held past lock_timeout) is waited out."""
         assert self._slot_freed is not None
+        outage = _Outage(self, "claim jobs")
         while True:
             # Cleared before looking, so a job that ends during the claim below is seen.
             self._slot_freed.clear()
@@ -3026,15 +3309,20 @@ class Worker:
                 await self._wait_for_slot()
                 continue
             timeout = self.dequeue_timeout if self.burst and not self._running else 0.0
-            if self.burst and self._running:
-                jobs = await self.queue._claim(free, self.id)
-                if not jobs:
-                    await self._wait_for_slot()
-                    continue
-            else:
-                jobs = await self.queue._claim_waiting(free, self.id, timeout)
-                if not jobs:
-                    return  # burst: nothing came within dequeue_timeout
+            try:
+                if self.burst and self._running:
+                    jobs = await self.queue._claim(free, self.id)
+                    if not jobs:
+                        await self._wait_for_slot()
+                        continue
+                else:
+                    jobs = await self.queue._claim_waiting(free, self.id, timeout)
+                    if not jobs:
+                        return  # burst: nothing came within dequeue_timeout
+            except StorageError as exc:
+                await asyncio.sleep(outage.failed(exc))
+                continue
+            outage.ended()
             self._claimed += len(jobs)
             for job in jobs:
                 self._start_job(job)
@@ -3045,9 +3333,10 @@ class Worker:
         await asyncio.sleep(0)  # let jobs that end together free their slots
 
     def _start_job(self, job: Job) -> None:
-        running = _Running(job)
+        running = _Running(job, self.id)
         self._running[job.key] = running
         task = asyncio.create_task(self._run(running))
+        running.runner = task
         self._job_tasks.add(task)
         task.add_done_callback(self._job_tasks.discard)
 
@@ -3062,7 +3351,7 @@ class Worker:
         jobs = await self.queue._claim_waiting(1, self.id, self.dequeue_timeout)
         if not jobs:
             return False
-        running = _Running(jobs[0])
+        running = _Running(jobs[0], self.id, runner=asyncio.current_task())
         self._running[jobs[0].key] = running
         await self._run(running)
         return True
@@ -3071,12 +3360,19 @@ class Worker:
         """Run one claimed job and store its outcome. Its slot is freed as soon as the
         function returns, so the next claim overlaps with this job's write."""
         job = running.job
+        # Writes through this Job object apply while the job is this run's; one that
+        # finds it taken over (swept while this worker was paused) cancels the run.
+        job._lease = running
         context: Context = {**self.context, "job": job}
         cancelled = False
         try:
             outcome, value = await self._execute(running, context)
+        except _Abandoned:  # the thread still runs: leave the job to it (see stop())
+            raise asyncio.CancelledError from None
         except asyncio.CancelledError:  # this task itself, not the job's, was cancelled
-            outcome, value, cancelled = "cancelled", None, True
+            outcome, value, cancelled = "stop", None, True
+        finally:
+            job._lease = None
         self._running.pop(job.key, None)
         if self._slot_freed is not None:
             self._slot_freed.set()
@@ -3097,10 +3393,11 @@ class Worker:
         function = self.functions.get(job.function)
         if function is None:
             registered = ", ".join(sorted(self.functions)) or "none"
-            return "failed", (
+            error = (
                 f"No function named {job.function!r} is registered with worker {self.id} "
                 f"(registered: {registered}). Is the worker configured with this function?"
             )
+            return self._failed(job, error)
         # The function runs in this task, which abort, timeout and stop cancel (no task
         # of its own: that costs more than the rest of a small job's overhead).
         running.task = asyncio.current_task()
@@ -3111,40 +3408,65 @@ class Worker:
         try:
             if self.before_process:
                 await _call_hooks(self.before_process, context)
-            return "complete", await _call(function, context, job.kwargs or {})
+            result = await _call(function, context, job.kwargs or {}, self._threads)
+            if running.cancelled_for is None:
+                return "complete", result
+        except _Abandoned:
+            raise
         except asyncio.CancelledError:
             if running.cancelled_for is None:
                 raise
-            uncancel = getattr(running.task, "uncancel", None)  # Python 3.11+
-            if uncancel is not None:
-                uncancel()
-            if running.cancelled_for == "abort":
-                return "aborted", running.abort_error
-            if running.cancelled_for == "stop":
-                return "cancelled", None
-            timeout = asyncio.TimeoutError(
-                f"{job.function} ran past its timeout of {job.timeout} s"
-            )
-            context["exception"] = timeout
-            error = "".join(traceback.format_exception_only(type(timeout), timeout))
-            return ("retry" if job.retryable else "failed"), error
         except Exception as exc:
             context["exception"] = exc
-            if running.cancelled_for == "abort":
-                return "aborted", running.abort_error
-            return ("retry" if job.retryable else "failed"), traceback.format_exc()
+            if running.cancelled_for is None:
+                return self._failed(job, traceback.format_exc(), exc)
         finally:
             running.task = None  # nothing may cancel this task after the function
             if timer is not None:
                 timer.cancel()
+        # Cancelled: the reason decides the outcome, whatever the function did with
+        # the cancellation (raised it, or caught it and returned).
+        uncancel = getattr(asyncio.current_task(), "uncancel", None)  # Python 3.11+
+        if uncancel is not None:
+            uncancel()
+        if running.cancelled_for == "abort":
+            return "aborted", running.abort_error
+        if running.cancelled_for in ("stop", "lost"):
+            return str(running.cancelled_for), None
+        timeout = asyncio.TimeoutError(f"{job.function} ran past its timeout of {job.timeout} s")
+        context["exception"] = timeout
+        return self._failed(
+            job, "".join(traceback.format_exception_only(type(timeout), timeout)), timeout
+        )
+
+    @staticmethod
+    def _failed(job: Job, error: str, exc: t.Optional[BaseException] = None) -> tuple[str, t.Any]:
+        """The outcome of a failed run, logged as SAQ does ("Error processing job"),
+        at WARNING when the job will be retried and at ERROR when it fails."""
+        retry = job.retryable
+        if logger.isEnabledFor(logging.WARNING if retry else logging.ERROR):
+            if exc is None:
+                logger.log(logging.WARNING if retry else logging.ERROR,
+                           "Error processing job %s: %s", job, error)  # fmt: skip
+            else:
+                logger.log(logging.WARNING if retry else logging.ERROR,
+                           "Error processing job %s", job, exc_info=exc)  # fmt: skip
+        return ("retry" if retry else "failed"), error
 
     async def _store(self, job: Job, outcome: str, value: t.Any) -> None:
         """Write a job's outcome: finished, or back in the queue."""
         # The sweep aborts a stuck job to retry it: the job goes back if it may.
         swept = outcome == "aborted" and value == self.queue.swept_error_message and job.retryable
-        if outcome in ("retry", "cancelled") or swept:
-            error = "cancelled" if outcome == "cancelled" else value
-            await self._settle(job, await self.queue._retry(job, error))
+        if outcome == "lost":
+            logger.warning(
+                "Worker %s lost %s: the job was taken over (swept, then run again) while "
+                "this run was paused or cut off; this run is cancelled and stores nothing",
+                self.id, job.info(),
+            )  # fmt: skip
+        elif outcome in ("retry", "stop") or swept:
+            error = "cancelled" if outcome == "stop" else value
+            stored = await self._persist(job, lambda: self.queue._retry(job, error))
+            await self._settle(job, stored)
         elif outcome == "complete":
             await self._finish(job, Status.COMPLETE, result=value)
         else:
@@ -3159,11 +3481,41 @@ class Worker:
         finish_only = not job.meta
         status_before = job.status
         try:
-            stored = await self.queue._finish(job, status, result, error, finish_only=finish_only)
+            stored = await self._persist(
+                job,
+                lambda: self.queue._finish(job, status, result, error, finish_only=finish_only),
+            )
         except TypeError as exc:  # the result cannot be serialised
             job.status = status_before
-            stored = await self.queue._finish(job, Status.FAILED, None, str(exc))
+            error = str(exc)
+            stored = await self._persist(
+                job, lambda: self.queue._finish(job, Status.FAILED, None, error)
+            )
         await self._settle(job, stored)
+
+    async def _persist(self, job: Job, write: Callable[[], Awaitable[bool]]) -> bool:
+        """Write a job's outcome until it lands: a storage error (a full disk, a
+        write lock held past lock_timeout) is logged and the write tried again, until
+        it lands or the worker stops (then the job stays active for a sweep)."""
+        status, outage = job.status, None
+        while True:
+            job.status = status  # as the worker saw it: the guard of the write
+            try:
+                stored = await write()
+            except StorageError as exc:
+                if self._giving_up_writes:
+                    logger.error(
+                        "Worker %s stopped without storing the outcome of %s: %s; "
+                        "a sweep will recover the job",
+                        self.id, job.info(), exc,
+                    )  # fmt: skip
+                    return True  # nothing more to settle
+                outage = outage or _Outage(self, f"store the outcome of {job.info()}")
+                await asyncio.sleep(outage.failed(exc))
+                continue
+            if outage is not None:
+                outage.ended()
+            return stored
 
     async def _settle(self, job: Job, stored: bool) -> None:
         """After a write that found the job changed: if it was aborted meanwhile, finish
@@ -3181,16 +3533,30 @@ class Worker:
             job.replace(current)
         else:
             logger.warning(
-                "Worker %s: %s changed while it ran (swept or finished elsewhere); "
-                "its outcome here was not stored",
+                "Worker %s lost %s: the job changed while it ran (swept, or finished "
+                "elsewhere); its outcome here was not stored",
                 self.id,
                 job.info(),
             )
 
     async def abort(self, abort_threshold: float = 0.0) -> None:
-        """Cancel the running jobs that were aborted through the queue."""
+        """Cancel the running jobs that were aborted through the queue and have run
+        for at least ``abort_threshold`` seconds, and wait until their functions have
+        returned (a sync function's thread cannot be stopped: its job keeps its slot
+        until it returns) and they are finished ABORTED."""
+        current = asyncio.current_task()
+        waited = {
+            running.runner
+            for running in await self._cancel_aborted(abort_threshold)
+            if running.runner is not None and running.runner is not current
+        }
+        if waited:
+            await asyncio.wait(waited)
+
+    async def _cancel_aborted(self, abort_threshold: float = 0.0) -> list[_Running]:
         if not self._running:
-            return
+            return []
+        cancelled = []
         for key in await self.queue._aborting_keys(self.id):
             running = self._running.get(key)
             if running is None or running.task is None:
@@ -3198,9 +3564,12 @@ class Worker:
             if (running.job.duration("running") or 0) < abort_threshold * 1000:
                 continue
             stored = await self.queue.job(key)
+            logger.info("Aborting %s", running.job.id)
             running.abort_error = (stored.error if stored else None) or "aborted"
             running.job.status = Status.ABORTING
             running.cancel("abort")
+            cancelled.append(running)
+        return cancelled
 
     async def schedule(self, lock: int = 1) -> None:
         """Enqueue the next run of each cron job that is not scheduled yet.
@@ -3223,7 +3592,9 @@ class Worker:
                    for field in ("timeout", "heartbeat", "retries", "ttl")
                    if getattr(cron_job, field) is not None},
             )  # fmt: skip
-            if not await self.queue.enqueue(job):
+            if await self.queue.enqueue(job):
+                logger.info("Scheduled %s", [job.id])
+            else:
                 pending = await self.queue.job(job.key)
                 if pending is None or pending.scheduled != job.scheduled:
                     continue  # the previous run is still going: try again next time
@@ -3236,6 +3607,25 @@ class Worker:
         await self._beat()
         await self._sweep()
         await self.abort()
+
+
+def _restore_loop_signal(
+    loop: t.Optional[asyncio.AbstractEventLoop],
+    signum: int,
+    before: t.Optional[asyncio.Handle],
+    previous: t.Any,
+) -> None:
+    """Undo a Worker's signal handler: the loop's handler it replaced (given a
+    loop), or else the signal module's handler that was there before."""
+    if loop is not None:
+        loop.remove_signal_handler(signum)
+    if loop is not None and before is not None:
+        callback = getattr(before, "_callback", None)
+        if callback is not None:
+            loop.add_signal_handler(signum, callback, *getattr(before, "_args", ()))
+            return
+    if previous is not None:
+        signal.signal(signum, previous)
 
 
 def _hooks(hooks: Hooks) -> list[Hook]:
@@ -3253,14 +3643,27 @@ async def _call_hooks(hooks: list[Hook], context: Context) -> None:
             await outcome
 
 
-async def _call(function: Function, context: Context, kwargs: dict[str, t.Any]) -> t.Any:
-    """Call a job function: a coroutine function directly, others in a thread that
-    sees this task's contextvars."""
+async def _call(
+    function: Function, context: Context, kwargs: dict[str, t.Any], threads: _Threads
+) -> t.Any:
+    """Call a job function: a coroutine function directly, others in one of the
+    worker's threads, seeing this task's contextvars. A thread cannot be stopped:
+    when this call is cancelled, it waits for the thread to return, then raises
+    CancelledError (so the job keeps its slot); cancelled again meanwhile, it
+    raises _Abandoned."""
     if inspect.iscoroutinefunction(function):
         return await function(context, **kwargs)
-    loop = asyncio.get_running_loop()
     call = functools.partial(contextvars.copy_context().run, function, context, **kwargs)
-    outcome = await loop.run_in_executor(None, call)
+    thread = threads.submit(call)
+    try:
+        outcome = await asyncio.wrap_future(thread)
+    except asyncio.CancelledError:
+        if not thread.done():
+            try:
+                await asyncio.wait([asyncio.wrap_future(thread)])
+            except asyncio.CancelledError:
+                raise _Abandoned from None
+        raise
     if inspect.isawaitable(outcome):
         return await outcome
     return outcome
