@@ -315,7 +315,8 @@ _SQL_LEASE_GUARD = (
 _SQL_SET_JOBS = (
     "UPDATE saqlite_jobs SET "
     + ", ".join(
-        f"{c} = COALESCE(v.column{i}, saqlite_jobs.{c})" if c in _KEPT_UNLESS_SET
+        # run_at NULL: an unscheduled job keeps the time it became due
+        f"{c} = COALESCE(v.column{i}, saqlite_jobs.{c})" if c in (*_KEPT_UNLESS_SET, "run_at")
         else f"{c} = v.column{i}"
         for i, c in enumerate(_JOB_COLUMNS, 3)
         if c not in ("queue", "key")

@@ -220,18 +220,26 @@ _ALLOWED: dict[tuple[str, str], str] = {
     # README "Worker.abort": saqlite gives abort_threshold a default (0: abort now).
     ("Worker", "abort"): "abort_threshold has a default",
 }
+# saqlite-only keyword options, each with a default SAQ code never needs to pass (and a
+# README row): left out of the comparison, the rest of the signature must match.
+_EXTRA_OPTIONS: dict[tuple[str, str], set[str]] = {
+    # README "Worker(handle_signals=)": False leaves SIGINT/SIGTERM to the program.
+    ("Worker", "__init__"): {"handle_signals"},
+}
 
 
 def _compare(saq_class: type, lite_class: type) -> list[str]:
     """What differs: each public member of saq_class missing in lite_class or with
     other parameter names, kinds or defaults (tuples and lists compare as lists)."""
 
-    def shape(member: t.Any) -> list[tuple[str, t.Any, t.Any]]:
+    def shape(member: t.Any, extra: t.Collection[str] = ()) -> list[tuple[str, t.Any, t.Any]]:
         def norm(default: t.Any) -> t.Any:
             return list(default) if isinstance(default, (list, tuple)) else default
 
         return [
-            (p.name, p.kind, norm(p.default)) for p in inspect.signature(member).parameters.values()
+            (p.name, p.kind, norm(p.default))
+            for p in inspect.signature(member).parameters.values()
+            if not (p.name in extra and p.kind is p.KEYWORD_ONLY and p.default is not p.empty)
         ]
 
     problems = []
@@ -249,7 +257,8 @@ def _compare(saq_class: type, lite_class: type) -> list[str]:
             problems.append(f"{saq_class.__name__}.{name}: property in one only")
             continue
         if isinstance(member, (staticmethod, classmethod)) or inspect.isfunction(member):
-            if shape(getattr(saq_class, name)) != shape(getattr(lite_class, name)):
+            extra = _EXTRA_OPTIONS.get((saq_class.__name__, name), set())
+            if shape(getattr(saq_class, name)) != shape(getattr(lite_class, name), extra):
                 problems.append(
                     f"{saq_class.__name__}.{name}: {inspect.signature(getattr(saq_class, name))}"
                     f" != {inspect.signature(getattr(lite_class, name))}"
