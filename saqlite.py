@@ -752,21 +752,16 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _check_seconds(owner: str, name: str, value: object, limit: float, hint: str = "") -> None:
-    """A number of seconds from 0 to ``limit``: NaN, infinities and the like can't
-    be stored or compared, so they are refused where they are given."""
+def _check_range(owner: str, name: str, value: object, limit: float, what: str) -> None:
+    """A number from 0 to ``limit``: NaN, infinities and the like can't be stored or
+    compared, so they are refused where they are given."""
     if not _is_number(value) or not 0 <= t.cast(float, value) <= limit:
-        raise ValueError(
-            f"{owner} {name} must be a number of seconds from 0 to {limit:g}{hint}, got {value!r}"
-        )
+        raise ValueError(f"{owner} {name} must be {what} from 0 to {limit:.0f}, got {value!r}")
 
 
-def _check_text(name: str, value: object, optional: bool = False) -> None:
-    if optional and value is None:
-        return
+def _check_text(name: str, value: object) -> None:
     if not isinstance(value, str):
-        kind = "a string or None" if optional else "a string"
-        raise ValueError(f"Job {name} must be {kind}, got {type(value).__name__} {value!r}")
+        raise ValueError(f"Job {name} must be a string, got {type(value).__name__} {value!r}")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -776,32 +771,49 @@ def _check_text(name: str, value: object, optional: bool = False) -> None:
         ) from exc
 
 
+#: The numeric options of a job: name, upper bound, and what they are, for errors.
+_JOB_RANGES = (
+    ("timeout", _MAX_SECONDS, "a number of seconds"),
+    ("heartbeat", _MAX_SECONDS, "a number of seconds"),
+    ("retry_delay", _MAX_SECONDS, "a number of seconds"),
+    ("retries", _MAX_SECONDS, "a number"),
+    ("scheduled", _MAX_EPOCH_S, "an epoch time in seconds (0 = now)"),
+)
+_INT64 = (-(2**63), 2**63 - 1)
+_PLAIN_NUMBERS = frozenset({int, float})
+
+
 def _check_job_options(job: Job) -> None:
     """Refuse, naming the option, the values of a job that could not be stored or run."""
-    for name in ("timeout", "heartbeat", "retries"):
-        _check_seconds("Job", name, getattr(job, name), _MAX_SECONDS)
-    if not (isinstance(job.ttl, int) and _is_number(job.ttl) and -1 <= job.ttl <= _MAX_SECONDS):
+    values = job.__dict__
+    for name, limit, what in _JOB_RANGES:
+        value = values[name]
+        if type(value) not in _PLAIN_NUMBERS or not 0 <= value <= limit:  # NaN too
+            _check_range("Job", name, value, limit, what)  # int and float subclasses pass
+    ttl = job.ttl
+    if not (isinstance(ttl, int) and _is_number(ttl) and -1 <= ttl <= _MAX_SECONDS):
         raise ValueError(
             f"Job ttl must be -1 (delete at once), 0 (keep) or whole seconds up to "
-            f"{_MAX_SECONDS:g}, got {job.ttl!r}"
+            f"{_MAX_SECONDS:.0f}, got {ttl!r}"
         )
-    _check_seconds("Job", "retry_delay", job.retry_delay, _MAX_SECONDS)
-    if not isinstance(job.retry_backoff, bool):
-        _check_seconds(
-            "Job", "retry_backoff", job.retry_backoff, _MAX_SECONDS, " (the cap), True or False"
-        )
-    _check_seconds("Job", "scheduled", job.scheduled, _MAX_EPOCH_S, " (epoch, 0 = now)")
-    if not _is_number(job.progress) or not math.isfinite(job.progress):
-        raise ValueError(f"Job progress must be a finite number, got {job.progress!r}")
-    if not isinstance(job.priority, int) or isinstance(job.priority, bool):
-        raise ValueError(f"Job priority must be an int, got {job.priority!r}")
-    if not -(2**63) <= job.priority < 2**63:
+    backoff = job.retry_backoff
+    if backoff is not True and backoff is not False:
+        what = "True, False or the longest delay in seconds"
+        _check_range("Job", "retry_backoff", backoff, _MAX_SECONDS, what)
+    progress = job.progress
+    if not (_is_number(progress) and -math.inf < progress < math.inf):
+        raise ValueError(f"Job progress must be a finite number, got {progress!r}")
+    priority = job.priority
+    if not (isinstance(priority, int) and _is_number(priority)):
+        raise ValueError(f"Job priority must be an int, got {priority!r}")
+    if not _INT64[0] <= priority <= _INT64[1]:
         raise ValueError(
-            f"Job priority must fit in 64 bits (-2**63 to 2**63 - 1), got {job.priority!r}"
+            f"Job priority must fit in 64 bits (-2**63 to 2**63 - 1), got {priority!r}"
         )
-    _check_text("function", job.function)
-    _check_text("key", job.key)
-    _check_text("group_key", job.group_key, optional=True)
+    for name in ("function", "key", "group_key"):
+        text = values[name]
+        if not (type(text) is str and text.isascii()) and (text is not None or name != "group_key"):
+            _check_text(name, text)  # non-ASCII text, or not text
 
 
 # =============================================================================
@@ -839,7 +851,7 @@ class Queue:
             raise ValueError(
                 f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, got {synchronous!r}"
             )
-        _check_seconds("Queue", "lock_timeout", lock_timeout, _MAX_SECONDS)
+        _check_range("Queue", "lock_timeout", lock_timeout, _MAX_SECONDS, "a number of seconds")
         self.path = os.fspath(path)
         self.name = name
         self._place = (os.path.abspath(self.path), name)  # which queue, for wake-ups
@@ -2749,8 +2761,11 @@ class _SyncWakeup:
             port = self._port
         self._client._fetch(*_register_wakeup(self._client.queue, kind, port))
         with self._condition:
-            if self._socket is not None and self._port == port:  # not closed meanwhile
+            registered = self._socket is not None and self._port == port
+            if registered:
                 self._wanted.add(kind)
+        if not registered:  # closed meanwhile: nobody reads that port any more
+            self._client._fetch(_SQL_UNREGISTER_WAKEUP, (self._client.name, port))
 
     @property
     def _port(self) -> int:
