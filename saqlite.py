@@ -1570,7 +1570,9 @@ class Queue:
 
     async def _insert_all(self, rows: list[tuple[t.Any, ...]]) -> list[bool]:
         """Insert job rows in one transaction; raise (storing none) if one can't be."""
-        inserted = await self._atomic(_all_or_none(_insert_steps(rows)))
+        steps = _all_or_none(_insert_steps(rows))
+        # One row is one statement, atomic on its own: no BEGIN and COMMIT to wait for.
+        inserted = await (self._drive(steps) if len(rows) == 1 else self._atomic(steps))
         if any(inserted):
             await self._wakeup.notify("jobs")
         return inserted
@@ -2700,26 +2702,37 @@ class SyncQueue:
         return t.cast(sqlite3.Connection, self._conn)
 
     def _insert_all(self, rows: list[tuple[t.Any, ...]]) -> list[bool]:
-        """Insert job rows in one transaction; raise (storing none) if one can't be.
+        """Insert job rows in one transaction; raise (storing none) if one can't be."""
+        if len(rows) == 1:  # one statement, atomic on its own
+            inserted = self._drive(_all_or_none(_insert_steps(rows)))
+        else:
+            inserted = self._atomic(_all_or_none(_insert_steps(rows)))
+        if any(inserted):
+            self._wakeup.notify("jobs")
+        return inserted
 
-        The lock is held throughout, so no other thread's statement joins it."""
+    def _atomic(self, steps: _Steps[_R]) -> _R:
+        """Run a sequence of statements as one transaction: all commit, or none. The
+        lock is held throughout, so no other thread's statement joins it.
+
+        ``steps`` is run once: a busy file is waited for at BEGIN, before any step."""
         wait = _LockWait(self.queue)
         with self._lock:
             while True:
                 conn = self._connection()
+                began = False
                 try:
                     with _transaction(conn):
-                        inserted = self._drive(_all_or_none(_insert_steps(rows)))
+                        began = True
+                        wait.done()
+                        return self._drive(steps)
                 except sqlite3.Error as exc:  # BEGIN or COMMIT: statements raise StorageError
+                    if not began:
+                        time.sleep(wait.pause(exc))  # raises StorageError if not a lock wait
+                        continue
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
-                    time.sleep(wait.pause(exc))
-                    continue
-                wait.done()
-                break
-        if any(inserted):
-            self._wakeup.notify("jobs")
-        return inserted
+                    raise _storage_error(self.path, exc) from exc
 
 
 class _SyncWakeup:
