@@ -117,6 +117,11 @@ _OUTAGE_MAX_PAUSE_S = 2.0
 _OUTAGE_LOG_S = 30.0
 #: Rows per multi-row statement; keeps under SQLite's bound-parameter limit.
 _ROWS_PER_STATEMENT = 500
+#: Largest duration a job option takes, in seconds (about 317 years): far enough,
+#: and now + it stays a valid date and fits SQLite's 64-bit integers in ms.
+_MAX_SECONDS = 1e10
+#: Latest ``scheduled`` time: the end of the year 9999, the last that dates can show.
+_MAX_EPOCH_S = 253402300799.0
 
 # The columns of saqlite_jobs that a full write of a job sets, in order. The job
 # itself is stored serialised in `data`, but for its result (in `result`); the columns
@@ -260,7 +265,15 @@ SET status = 'active', worker_id = :worker_id, attempts = attempts + 1,
 WHERE rowid IN (
     SELECT id FROM (SELECT * FROM ungrouped UNION ALL SELECT * FROM grouped)
     ORDER BY priority, run_at, id LIMIT :limit)
-RETURNING {_LOAD_COLUMNS}
+RETURNING key, priority, run_at, {_LOAD_COLUMNS}
+"""
+# A claimed job that cannot be loaded (see Queue._claim) fails on its own.
+_SQL_FAIL_UNLOADABLE = """
+UPDATE saqlite_jobs
+SET status = 'failed', error = :error, completed = :now_ms,
+    expire_at = CASE WHEN ttl > 0 THEN :now + ttl END
+WHERE queue = :queue AND key = :key AND status = 'active' AND attempts = :attempts
+RETURNING key
 """
 
 # A guarded write of whole jobs: each row applies only where the job is still in
@@ -834,21 +847,85 @@ class CronJob:
                 f"Invalid cron expression {self.cron!r} for {_function_name(self.function)}: "
                 "use 5 fields (minute hour day month weekday) and an optional 6th for seconds"
             )
+        try:
+            croniter(self.cron, time.time()).get_next(float)
+        except (ValueError, OverflowError) as exc:  # CroniterBadDateError is a ValueError
+            raise ValueError(
+                f"Cron expression {self.cron!r} for {_function_name(self.function)} never "
+                f"fires ({exc}): check its day and month (e.g. there is no 30 February)"
+            ) from exc
 
 
 def _function_name(function: Function) -> str:
     return str(getattr(function, "__qualname__", None) or getattr(function, "__name__", function))
 
 
-def _check_job_options(job: Job) -> None:
-    for name in ("timeout", "heartbeat", "retries"):
-        value = getattr(job, name)
-        if not isinstance(value, (int, float)) or value < 0:
-            raise ValueError(f"Job {name} must be a number >= 0, got {value!r}")
-    if not isinstance(job.ttl, int) or job.ttl < -1:
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_range(owner: str, name: str, value: object, limit: float, what: str) -> None:
+    """A number from 0 to ``limit``: NaN, infinities and the like can't be stored or
+    compared, so they are refused where they are given."""
+    if not _is_number(value) or not 0 <= t.cast(float, value) <= limit:
+        raise ValueError(f"{owner} {name} must be {what} from 0 to {limit:.0f}, got {value!r}")
+
+
+def _check_text(name: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise ValueError(f"Job {name} must be a string, got {type(value).__name__} {value!r}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
         raise ValueError(
-            f"Job ttl must be -1 (delete at once), 0 (keep) or seconds, got {job.ttl!r}"
+            f"Job {name} {value!r} is not valid text ({exc.reason} at index {exc.start}): "
+            "SQLite stores UTF-8 only"
+        ) from exc
+
+
+#: The numeric options of a job: name, upper bound, and what they are, for errors.
+_JOB_RANGES = (
+    ("timeout", _MAX_SECONDS, "a number of seconds"),
+    ("heartbeat", _MAX_SECONDS, "a number of seconds"),
+    ("retry_delay", _MAX_SECONDS, "a number of seconds"),
+    ("retries", _MAX_SECONDS, "a number"),
+    ("scheduled", _MAX_EPOCH_S, "an epoch time in seconds (0 = now)"),
+)
+_INT64 = (-(2**63), 2**63 - 1)
+_PLAIN_NUMBERS = frozenset({int, float})
+
+
+def _check_job_options(job: Job) -> None:
+    """Refuse, naming the option, the values of a job that could not be stored or run."""
+    values = job.__dict__
+    for name, limit, what in _JOB_RANGES:
+        value = values[name]
+        if type(value) not in _PLAIN_NUMBERS or not 0 <= value <= limit:  # NaN too
+            _check_range("Job", name, value, limit, what)  # int and float subclasses pass
+    ttl = job.ttl
+    if not (isinstance(ttl, int) and _is_number(ttl) and -1 <= ttl <= _MAX_SECONDS):
+        raise ValueError(
+            f"Job ttl must be -1 (delete at once), 0 (keep) or whole seconds up to "
+            f"{_MAX_SECONDS:.0f}, got {ttl!r}"
         )
+    backoff = job.retry_backoff
+    if backoff is not True and backoff is not False:
+        what = "True, False or the longest delay in seconds"
+        _check_range("Job", "retry_backoff", backoff, _MAX_SECONDS, what)
+    progress = job.progress
+    if not (_is_number(progress) and -math.inf < progress < math.inf):
+        raise ValueError(f"Job progress must be a finite number, got {progress!r}")
+    priority = job.priority
+    if not (isinstance(priority, int) and _is_number(priority)):
+        raise ValueError(f"Job priority must be an int, got {priority!r}")
+    if not _INT64[0] <= priority <= _INT64[1]:
+        raise ValueError(
+            f"Job priority must fit in 64 bits (-2**63 to 2**63 - 1), got {priority!r}"
+        )
+    for name in ("function", "key", "group_key"):
+        text = values[name]
+        if not (type(text) is str and text.isascii()) and (text is not None or name != "group_key"):
+            _check_text(name, text)  # non-ASCII text, or not text
 
 
 # =============================================================================
@@ -892,6 +969,7 @@ class Queue:
             raise ValueError(
                 f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, got {synchronous!r}"
             )
+        _check_range("Queue", "lock_timeout", lock_timeout, _MAX_SECONDS, "a number of seconds")
         self.path = os.fspath(path)
         self.name = name
         self._place = (os.path.abspath(self.path), name)  # which queue, for wake-ups
@@ -902,6 +980,9 @@ class Queue:
         self._load: LoadType = load or json.loads
         self._conn: t.Optional[aiosqlite.Connection] = None
         self._connect_lock: t.Optional[asyncio.Lock] = None
+        # The task whose transaction is open on the connection, and what ends it (_atomic).
+        self._owner: t.Optional[asyncio.Task[t.Any]] = None
+        self._unowned: t.Optional[asyncio.Future[None]] = None
         self._before_enqueues: dict[int, BeforeEnqueueType] = {}
         self._inserts = _Batcher(self._insert_rows)
         self._writes = _Batcher(self._write_rows)
@@ -1031,18 +1112,22 @@ class Queue:
     async def enqueue_many(
         self, jobs: Iterable[t.Union[Job, str]], **kwargs: t.Any
     ) -> list[t.Optional[Job]]:
-        """Store many jobs in one transaction per few hundred; much faster than a loop.
+        """Store many jobs in one transaction: all of them, or (on any error, or if the
+        process dies meanwhile) none. Much faster than a loop of enqueue.
 
         Args:
             jobs: Jobs, or function names (then ``kwargs`` apply to each, as in enqueue).
 
         Returns:
             Each job, or None where its key was already waiting or running, in order.
+
+        Raises:
+            ValueError, TypeError: as enqueue, for the first bad job; none is stored.
         """
         prepared = [self._prepare(job, dict(kwargs)) for job in jobs]
         for job in prepared:
             await self._before_enqueue(job)
-        inserted = await self._insert_rows([self._job_row(job) for job in prepared])
+        inserted = await self._insert_all([self._job_row(job) for job in prepared])
         return [job if ok else None for job, ok in zip(prepared, inserted)]
 
     async def _before_enqueue(self, job: Job) -> None:
@@ -1171,7 +1256,7 @@ class Queue:
             return_exceptions: put a JobError in the list instead of raising it.
 
         Returns:
-            The results in order; a job deleted on finishing (``ttl=-1``) has none.
+            The results in order; None for a job deleted on finishing (``ttl=-1``).
 
         Raises:
             JobError: the first job that failed, unless ``return_exceptions``.
@@ -1187,7 +1272,7 @@ class Queue:
         )
         for job in mapping.jobs:
             await self._before_enqueue(job)
-        await self._insert_rows([self._job_row(job) for job in mapping.jobs])
+        await self._insert_all([self._job_row(job) for job in mapping.jobs])
         await self._wait_until(mapping.keys, mapping.settled, timeout)
         return mapping.results(await self.jobs(mapping.keys))
 
@@ -1417,6 +1502,7 @@ class Queue:
                 raise ValueError(
                     f"Job has no field {name!r}: use one of {', '.join(sorted(_JOB_FIELD_NAMES))}"
                 )
+        _check_job_options(dataclasses.replace(job, **fields))
         for name, value in fields.items():
             setattr(job, name, value)
         job.status = Status(job.status)
@@ -1600,7 +1686,7 @@ class Queue:
     def _encode(self, value: dict[str, t.Any], job: Job) -> t.Union[str, bytes]:
         try:
             return self._dump(value)
-        except (TypeError, ValueError, OverflowError) as exc:
+        except Exception as exc:  # whatever dump raises (RecursionError for deep nesting)
             raise TypeError(
                 f"Cannot serialise {job.info()} for queue {self.name!r}: {exc}. Job kwargs, "
                 "meta and results must be JSON-encodable, or give the Queue dump= and load="
@@ -1656,6 +1742,10 @@ class Queue:
             assert conn is not None
         wait = _LockWait(self)
         while True:
+            if self._owner is not None and self._owner is not asyncio.current_task():
+                # Another task's transaction is open: this statement must not join it.
+                await asyncio.wait([t.cast("asyncio.Future[None]", self._unowned)])
+                continue
             try:
                 rows = list(await conn.execute_fetchall(sql, params))
             except sqlite3.Error as exc:
@@ -1665,13 +1755,64 @@ class Queue:
             return rows
 
     async def _drive(self, steps: _Steps[_R]) -> _R:
-        """Run a sequence of statements (see _Steps) on this queue's connection."""
+        """Run a sequence of statements (see _Steps) on this queue's connection; a
+        statement's exception is thrown into ``steps``, which may handle it."""
         try:
             statement = next(steps)
             while True:
-                statement = steps.send(await self._fetch(*statement))
+                try:
+                    rows = await self._fetch(*statement)
+                except Exception as exc:
+                    statement = steps.throw(exc)
+                    continue
+                statement = steps.send(rows)
         except StopIteration as finished:
             return t.cast("_R", finished.value)
+
+    async def _atomic(self, steps: _Steps[_R]) -> _R:
+        """Run a sequence of statements as one transaction: all commit, or none.
+
+        Any exception rolls it back, cancellation too: the ROLLBACK is queued on the
+        connection before any other statement. The connection is shared by every task
+        of this queue (claims, batchers, reads): while the transaction is open, their
+        statements wait in _fetch, so none is taken into it or rolled back with it.
+        """
+        while self._owner is not None:  # one transaction at a time
+            await asyncio.wait([t.cast("asyncio.Future[None]", self._unowned)])
+        unowned = asyncio.get_running_loop().create_future()
+        self._owner, self._unowned = asyncio.current_task(), unowned
+        # From here a ROLLBACK is due if anything fails: even a cancelled BEGIN may run.
+        ended = False
+        try:
+            await self._fetch("BEGIN IMMEDIATE")
+            result = await self._drive(steps)
+            await self._fetch("COMMIT")
+            ended = True
+            return result
+        finally:
+            if ended or self._conn is None:
+                self._release(unowned)
+            else:
+                rollback = asyncio.ensure_future(self._conn.execute("ROLLBACK"))
+                rollback.add_done_callback(lambda done: self._release(unowned, done))
+
+    def _release(
+        self, unowned: asyncio.Future[None], rollback: t.Optional[asyncio.Future[t.Any]] = None
+    ) -> None:
+        """End _atomic's hold on the connection (after its ROLLBACK, if any)."""
+        if rollback is not None and not rollback.cancelled():
+            rollback.exception()  # "no transaction is active" after a failed BEGIN: fine
+        self._owner = self._unowned = None
+        unowned.set_result(None)
+
+    async def _insert_all(self, rows: list[tuple[t.Any, ...]]) -> list[bool]:
+        """Insert job rows in one transaction; raise (storing none) if one can't be."""
+        steps = _all_or_none(_insert_steps(rows))
+        # One row is one statement, atomic on its own: no BEGIN and COMMIT to wait for.
+        inserted = await (self._drive(steps) if len(rows) == 1 else self._atomic(steps))
+        if any(inserted):
+            await self._wakeup.notify("jobs")
+        return inserted
 
     def _job_row(self, job: Job) -> tuple[t.Any, ...]:
         """The values of _JOB_COLUMNS for a job."""
@@ -1704,10 +1845,11 @@ class Queue:
             job.result = self._load(result)["result"]
         return job
 
-    async def _insert_rows(self, rows: list[tuple[t.Any, ...]]) -> list[bool]:
-        """Insert job rows; for each, whether it went in (False: a duplicate key)."""
+    async def _insert_rows(self, rows: list[tuple[t.Any, ...]]) -> list[_Outcome]:
+        """Insert job rows; for each, whether it went in (False: a duplicate key), or
+        the exception that kept it out."""
         results = await self._drive(_insert_steps(rows))
-        if any(results):
+        if any(result is True for result in results):
             await self._wakeup.notify("jobs")
         return results
 
@@ -1715,7 +1857,7 @@ class Queue:
         """Store a job's new state if it is still as expected; whether it was."""
         return await self._writes.submit(_write_item(self, job, expected, finish_only=finish_only))
 
-    async def _write_rows(self, items: list[tuple[str, tuple[t.Any, ...]]]) -> list[bool]:
+    async def _write_rows(self, items: list[tuple[str, tuple[t.Any, ...]]]) -> list[_Outcome]:
         """Apply guarded writes gathered while the previous batch was in flight.
 
         A job written twice in one batch (e.g. a progress update, then its finish) is
@@ -1733,11 +1875,33 @@ class Queue:
         rows = await self._fetch(_SQL_CLAIM, params)
         if not rows:
             return []
-        jobs = [self._row_to_job(row) for row in rows]
+        claimed: list[tuple[t.Any, t.Any, Job]] = []
+        failed = False
+        for key, priority, run_at, *loaded in rows:
+            try:
+                if not (_is_number(priority) and _is_number(run_at)):
+                    raise ValueError(f"priority {priority!r} and run_at {run_at!r} must be numbers")
+                claimed.append((priority, run_at, self._row_to_job(loaded)))
+            except Exception as exc:  # the job alone fails: the others run
+                failed = await self._fail_unloadable(key, loaded[2], exc) or failed
         # RETURNING gives no order: run them in the order they were chosen.
-        jobs.sort(key=lambda job: (job.priority, job.scheduled or _seconds(job.queued)))
+        claimed.sort(key=lambda entry: entry[:2])
         await self._wakeup.notify("changes")
-        return jobs
+        if failed:  # the next job of its group may run
+            await self._wakeup.notify("jobs")
+        return [job for _, _, job in claimed]
+
+    async def _fail_unloadable(self, key: str, attempts: int, exc: Exception) -> bool:
+        """Finish FAILED a claimed job that can't be loaded (it has no Job object)."""
+        error = f"saqlite could not load job {key!r} of queue {self.name!r}: {exc!r}"
+        logger.error("%s", error)
+        current = time.time()
+        params = {"error": error, "now_ms": int(current * 1000), "now": current,
+                  "queue": self.name, "key": key, "attempts": attempts}  # fmt: skip
+        if not await self._fetch(_SQL_FAIL_UNLOADABLE, params):
+            return False
+        self._count(Status.FAILED)
+        return True
 
     async def _claim_waiting(
         self, limit: int, worker_id: t.Optional[str], timeout: float
@@ -1802,24 +1966,85 @@ _INFO_FULL_ONLY = frozenset({"kwargs", "result", "error", "status", "progress", 
 # SyncQueue._drive on sqlite3, so the async and the sync client share every query.
 
 _Statement = tuple[str, t.Any]
+#: A write's outcome for one item: whether it applied, or why it could not be made.
+_Outcome = t.Union[bool, Exception]
 if t.TYPE_CHECKING:
     from collections.abc import Generator
 
     _Steps: TypeAlias = Generator[_Statement, list[t.Any], _R]
 
 
-def _insert_steps(rows: list[tuple[t.Any, ...]]) -> _Steps[list[bool]]:
-    """Insert job rows; for each, whether it went in (False: its key was taken)."""
+def _insert_steps(rows: list[tuple[t.Any, ...]]) -> _Steps[list[_Outcome]]:
+    """Insert job rows; for each, whether it went in (False: its key was taken), or
+    the exception that kept that row out (the others go in: see _isolated)."""
     inserted: set[str] = set()
-    for chunk in _chunks(rows, _ROWS_PER_STATEMENT):
+    failed: dict[int, Exception] = {}
+
+    def statement(chunk: t.Sequence[tuple[t.Any, ...]]) -> _Statement:
         sql = _SQL_INSERT_JOBS.format(rows=_row_placeholders(len(chunk), len(_JOB_COLUMNS)))
-        found = yield sql, [value for row in chunk for value in row]
+        return sql, [value for row in chunk for value in row]
+
+    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+        end = min(start + _ROWS_PER_STATEMENT, len(rows))
+        found = yield from _isolated(statement, rows, start, end, failed)
         inserted.update(key for (key,) in found)
-    results = []
-    for row in rows:
+    results: list[_Outcome] = []
+    for index, row in enumerate(rows):
+        if index in failed:
+            results.append(failed[index])
+            continue
         results.append(row[1] in inserted)
         inserted.discard(row[1])  # a key repeated in one call goes in once
     return results
+
+
+def _isolated(
+    statement: Callable[[t.Sequence[_T]], _Statement],
+    items: t.Sequence[_T],
+    start: int,
+    end: int,
+    failed: dict[int, Exception],
+) -> _Steps[list[t.Any]]:
+    """Run ``statement(items[start:end])`` and return its rows. If it fails because of
+    its values rather than the file (see _fails_every_item), run it again on each half,
+    down to single items, so only the bad items fail: their exceptions go in ``failed``
+    by index, and every other item is written once."""
+    try:
+        return (yield statement(items[start:end]))
+    except Exception as exc:
+        if _fails_every_item(exc):
+            raise
+        if end - start == 1:
+            failed[start] = exc
+            return []
+    middle = (start + end) // 2
+    first = yield from _isolated(statement, items, start, middle, failed)
+    return first + (yield from _isolated(statement, items, middle, end, failed))
+
+
+def _fails_every_item(exc: Exception) -> bool:
+    """Whether a failed statement failed for the file (a lock wait ran out, the disk
+    is full, the file is unreadable), so that writing its items apart would not help."""
+    cause = exc.__cause__ if isinstance(exc, StorageError) else exc
+    return isinstance(cause, sqlite3.Error) and not isinstance(
+        cause,
+        (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError,
+         sqlite3.ProgrammingError),
+    )  # fmt: skip
+
+
+def _succeeded(outcomes: list[_Outcome]) -> list[bool]:
+    """The outcomes of an all-or-nothing call: the first failure is raised."""
+    for outcome in outcomes:
+        if isinstance(outcome, Exception):
+            raise outcome
+    return t.cast("list[bool]", outcomes)
+
+
+def _all_or_none(steps: _Steps[list[_Outcome]]) -> _Steps[list[bool]]:
+    """``steps``, raising the first item's failure inside them (in a transaction, so
+    that it is rolled back)."""
+    return _succeeded((yield from steps))
 
 
 def _write_item(
@@ -1850,13 +2075,14 @@ def _set_item(queue: Queue, job: Job, given: frozenset[str]) -> tuple[str, tuple
     return "set", (*guard, *row)
 
 
-def _write_steps(items: list[tuple[str, tuple[t.Any, ...]]]) -> _Steps[list[bool]]:
-    """Apply guarded writes; for each, whether the job was still as expected.
+def _write_steps(items: list[tuple[str, tuple[t.Any, ...]]]) -> _Steps[list[_Outcome]]:
+    """Apply guarded writes; for each, whether the job was still as expected, or the
+    exception that kept that write out (the others are written: see _isolated).
 
     A job written twice in one batch (e.g. a progress update, then its finish) is
     written in order, by splitting the batch where a key repeats.
     """
-    done: list[bool] = []
+    done: list[_Outcome] = []
     start = 0
     while start < len(items):
         keys: set[str] = set()
@@ -1868,6 +2094,7 @@ def _write_steps(items: list[tuple[str, tuple[t.Any, ...]]]) -> _Steps[list[bool
             keys.add(key)
             end += 1
         written: set[str] = set()
+        failed: dict[int, Exception] = {}
         for kind, sql, width in (
             ("update", _SQL_WRITE_JOBS, len(_GUARD_COLUMNS) + len(_JOB_COLUMNS)),
             ("finish", _SQL_FINISH_JOBS, 2 + len(_GUARD_COLUMNS) + len(_FINISH_COLUMNS)),
@@ -1875,12 +2102,19 @@ def _write_steps(items: list[tuple[str, tuple[t.Any, ...]]]) -> _Steps[list[bool
             ("set", _SQL_SET_JOBS, 2 + len(_JOB_COLUMNS)),
             ("remove", _SQL_REMOVE_JOBS, 4),
         ):
-            rows = [values for item_kind, values in items[start:end] if item_kind == kind]
-            if rows:
-                statement = sql.format(rows=_row_placeholders(len(rows), width))
-                found = yield statement, [value for row in rows for value in row]
-                written.update(key for (key,) in found)
-        done.extend(_written_key(item) in written for item in items[start:end])
+            indexes = [i for i in range(start, end) if items[i][0] == kind]
+            if not indexes:
+                continue
+
+            def statement(chunk: t.Sequence[int], sql: str = sql, width: int = width) -> _Statement:
+                params = [value for i in chunk for value in items[i][1]]
+                return sql.format(rows=_row_placeholders(len(chunk), width)), params
+
+            kind_failed: dict[int, Exception] = {}
+            found = yield from _isolated(statement, indexes, 0, len(indexes), kind_failed)
+            written.update(key for (key,) in found)
+            failed.update((indexes[i], exc) for i, exc in kind_failed.items())
+        done.extend(failed.get(i, _written_key(items[i]) in written) for i in range(start, end))
         start = end
     return done
 
@@ -1980,7 +2214,9 @@ def _abort_steps(queue: Queue, key: str, error: str) -> _Steps[tuple[t.Optional[
         else:
             expected = _Expected.of(current)
             queue._set_finished(current, Status.ABORTED, None, error)
-            (stored,) = yield from _write_steps([_write_item(queue, current, expected)])
+            (stored,) = _succeeded(
+                (yield from _write_steps([_write_item(queue, current, expected)]))
+            )
             if stored:
                 queue.aborted += 1
                 return current, True
@@ -2023,7 +2259,8 @@ class _Mapping:
     def results(self, stored: list[t.Optional[Job]]) -> list[t.Any]:
         results: list[t.Any] = []
         for job in stored:
-            if job is None:
+            if job is None:  # deleted on finishing (ttl=-1): as in SAQ, None in its slot
+                results.append(None)
                 continue
             if job.status in UNSUCCESSFUL_TERMINAL_STATUSES:
                 error = JobError(job)
@@ -2289,10 +2526,13 @@ class _Batcher(t.Generic[_T, _R]):
     """Group commit: items submitted while one flush runs go together in the next.
 
     The first item after a quiet spell is flushed on the next loop iteration, so a
-    lone write waits for nothing.
+    lone write waits for nothing. ``flush`` gives each item its result, or the
+    exception for that item alone; an exception it raises fails the whole batch.
     """
 
-    def __init__(self, flush: Callable[[list[_T]], Awaitable[list[_R]]]) -> None:
+    def __init__(
+        self, flush: Callable[[list[_T]], Awaitable[list[t.Union[_R, Exception]]]]
+    ) -> None:
         self._flush = flush
         self._pending: list[tuple[_T, asyncio.Future[_R]]] = []
         self._task: t.Optional[asyncio.Task[None]] = None
@@ -2325,7 +2565,11 @@ class _Batcher(t.Generic[_T, _R]):
                         future.cancel()
                     raise
                 for (_, future), result in zip(batch, results):
-                    if not future.done():
+                    if future.done():
+                        continue
+                    if isinstance(result, Exception):  # this item alone failed
+                        future.set_exception(result)
+                    else:
                         future.set_result(result)
         finally:
             self._task = None
@@ -2563,7 +2807,10 @@ class SyncQueue:
             priorities=priorities,
         )  # fmt: skip
         self._conn: t.Optional[sqlite3.Connection] = None
-        self._lock = threading.RLock()  # one statement at a time on the connection
+        # One statement (or transaction) at a time on the connection. Lock order: this
+        # lock, then the wake-ups' condition; no database call is made while holding the
+        # condition (an event-loop callback takes it: see _SyncWakeup).
+        self._lock = threading.RLock()
         self._wakeup = _SyncWakeup(self)
 
     def __repr__(self) -> str:
@@ -2613,7 +2860,7 @@ class SyncQueue:
             self._conn = conn
 
     def close(self) -> None:
-        """Close the file. Safe to call twice."""
+        """Close the file. Safe to call twice; a later call opens it again."""
         with self._lock:
             self._wakeup.close()
             if self._conn is not None:
@@ -2631,11 +2878,9 @@ class SyncQueue:
     def enqueue_many(
         self, jobs: Iterable[t.Union[Job, str, Function]], **kwargs: t.Any
     ) -> list[t.Optional[Job]]:
-        """Store many jobs at once: as ``Queue.enqueue_many``."""
+        """Store many jobs in one transaction, all or none: as ``Queue.enqueue_many``."""
         prepared = [self.queue._prepare(job, dict(kwargs)) for job in jobs]
-        inserted = self._drive(_insert_steps([self.queue._job_row(job) for job in prepared]))
-        if any(inserted):
-            self._wakeup.notify("jobs")
+        inserted = self._insert_all([self.queue._job_row(job) for job in prepared])
         return [job if ok else None for job, ok in zip(prepared, inserted)]
 
     def job(self, job_key: str) -> t.Optional[Job]:
@@ -2709,8 +2954,7 @@ class SyncQueue:
             return_exceptions=return_exceptions,
             kwargs=kwargs,
         )
-        self._drive(_insert_steps([self.queue._job_row(job) for job in mapping.jobs]))
-        self._wakeup.notify("jobs")
+        self._insert_all([self.queue._job_row(job) for job in mapping.jobs])
         self._wait_until(mapping.keys, mapping.settled, timeout)
         return mapping.results(self.jobs(mapping.keys))
 
@@ -2740,34 +2984,82 @@ class SyncQueue:
             self._wakeup.wait("changes", generation, min(remaining, _FALLBACK_POLL_S))
 
     def _drive(self, steps: _Steps[_R]) -> _R:
-        """Run a sequence of statements (see _Steps) on this client's connection."""
+        """Run a sequence of statements (see _Steps) on this client's connection; a
+        statement's exception is thrown into ``steps``, which may handle it."""
         try:
             statement = next(steps)
             while True:
-                statement = steps.send(self._fetch(*statement))
+                try:
+                    rows = self._fetch(*statement)
+                except Exception as exc:
+                    statement = steps.throw(exc)
+                    continue
+                statement = steps.send(rows)
         except StopIteration as finished:
             return t.cast("_R", finished.value)
 
     def _fetch(self, sql: str, params: t.Any = ()) -> list[t.Any]:
         """Run one statement (its own transaction) and return its rows."""
-        if self._conn is None:
-            self.connect()
         wait = _LockWait(self.queue)
         while True:
             try:
                 with self._lock:
-                    assert self._conn is not None
-                    rows = self._conn.execute(sql, params).fetchall()
+                    rows = self._connection().execute(sql, params).fetchall()
             except sqlite3.Error as exc:
                 time.sleep(wait.pause(exc))
                 continue
             wait.done()
             return rows
 
+    def _connection(self) -> sqlite3.Connection:
+        """The connection, opened again if another thread closed it; call it holding
+        the lock."""
+        if self._conn is None:
+            self.connect()
+        return t.cast(sqlite3.Connection, self._conn)
+
+    def _insert_all(self, rows: list[tuple[t.Any, ...]]) -> list[bool]:
+        """Insert job rows in one transaction; raise (storing none) if one can't be."""
+        if len(rows) == 1:  # one statement, atomic on its own
+            inserted = self._drive(_all_or_none(_insert_steps(rows)))
+        else:
+            inserted = self._atomic(_all_or_none(_insert_steps(rows)))
+        if any(inserted):
+            self._wakeup.notify("jobs")
+        return inserted
+
+    def _atomic(self, steps: _Steps[_R]) -> _R:
+        """Run a sequence of statements as one transaction: all commit, or none. The
+        lock is held throughout, so no other thread's statement joins it.
+
+        ``steps`` is run once: a busy file is waited for at BEGIN, before any step."""
+        wait = _LockWait(self.queue)
+        with self._lock:
+            while True:
+                conn = self._connection()
+                began = False
+                try:
+                    with _transaction(conn):
+                        began = True
+                        wait.done()
+                        return self._drive(steps)
+                except sqlite3.Error as exc:  # BEGIN or COMMIT: statements raise StorageError
+                    if not began:
+                        time.sleep(wait.pause(exc))  # raises StorageError if not a lock wait
+                        continue
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise _storage_error(self.path, exc) from exc
+
 
 class _SyncWakeup:
     """_Wakeup for SyncQueue: threads wait on a Condition; one of them at a time reads
-    the UDP socket that other processes send news to."""
+    the UDP socket that other processes send news to.
+
+    The condition guards this object's state only: no database call is made while
+    holding it, as an event loop's thread takes it too (wake_threadsafe), and so that
+    the client's lock is always taken first (see SyncQueue.__init__).
+    """
 
     def __init__(self, client: SyncQueue) -> None:
         self._client = client
@@ -2796,8 +3088,14 @@ class _SyncWakeup:
                 self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 self._socket.bind(("127.0.0.1", 0))
                 _local_wakeups.add(self)
-            self._client._fetch(*_register_wakeup(self._client.queue, kind, self._port))
-            self._wanted.add(kind)
+            port = self._port
+        self._client._fetch(*_register_wakeup(self._client.queue, kind, port))
+        with self._condition:
+            registered = self._socket is not None and self._port == port
+            if registered:
+                self._wanted.add(kind)
+        if not registered:  # closed meanwhile: nobody reads that port any more
+            self._client._fetch(_SQL_UNREGISTER_WAKEUP, (self._client.name, port))
 
     @property
     def _port(self) -> int:
@@ -2842,20 +3140,24 @@ class _SyncWakeup:
         _notify_local(self._client.queue, kind)
         with self._condition:
             self._announcer.send(kind, self._client.name)
-            if self._announcer.stale():
-                rows = self._client._fetch(*_Announcer.query(self._client.queue))
+            stale = self._announcer.stale()
+        if stale:
+            rows = self._client._fetch(*_Announcer.query(self._client.queue))
+            with self._condition:
                 self._announcer.send(kind, self._client.name, self._announcer.update(rows))
 
     def close(self) -> None:
         with self._condition:
             _local_wakeups.discard(self)
-            if self._socket is not None:
-                with contextlib.suppress(StorageError):
-                    self._client._fetch(_SQL_UNREGISTER_WAKEUP, (self._client.name, self._port))
-                self._socket.close()
-                self._socket = None
+            sock, self._socket = self._socket, None
             self._announcer.close()
             self._wanted.clear()
+        if sock is not None:
+            with contextlib.suppress(StorageError):
+                self._client._fetch(
+                    _SQL_UNREGISTER_WAKEUP, (self._client.name, sock.getsockname()[1])
+                )
+            sock.close()
 
 
 # =============================================================================
