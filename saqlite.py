@@ -240,19 +240,19 @@ _SQL_INSERT_JOBS = (
 # is running, and only the first of its group in one claim.
 # Only priorities from :low to :high are claimed; times are SQLite's (see _SQL_NOW).
 # (+priority: grouped jobs are found through their own index, not among all queued.)
-_SQL_CLAIM = f"""
+_SQL_CLAIM = """
 WITH ungrouped AS (
     SELECT rowid AS id, priority, run_at FROM saqlite_jobs
-    WHERE queue = :queue AND status = 'queued' AND priority BETWEEN :low AND :high
-      AND run_at <= {_SQL_NOW} AND group_key IS NULL
+    WHERE queue = :queue AND status = 'queued'{in_range}
+      AND run_at <= {now} AND group_key IS NULL
     ORDER BY priority, run_at, rowid LIMIT :limit
 ), grouped AS (
     SELECT id, priority, run_at FROM (
         SELECT rowid AS id, priority, run_at, ROW_NUMBER() OVER (
             PARTITION BY group_key ORDER BY priority, run_at, rowid) AS n
         FROM saqlite_jobs
-        WHERE queue = :queue AND status = 'queued' AND +priority BETWEEN :low AND :high
-          AND run_at <= {_SQL_NOW} AND group_key IS NOT NULL
+        WHERE queue = :queue AND status = 'queued'{in_range_grouped}
+          AND run_at <= {now} AND group_key IS NOT NULL
           AND group_key NOT IN (
               SELECT group_key FROM saqlite_jobs
               WHERE queue = :queue AND group_key IS NOT NULL
@@ -261,12 +261,29 @@ WITH ungrouped AS (
 )
 UPDATE saqlite_jobs
 SET status = 'active', worker_id = :worker_id, attempts = attempts + 1,
-    started = {_SQL_NOW_MS}, touched = {_SQL_NOW_MS}
+    started = {now_ms}, touched = {now_ms}
 WHERE rowid IN (
     SELECT id FROM (SELECT * FROM ungrouped UNION ALL SELECT * FROM grouped)
     ORDER BY priority, run_at, id LIMIT :limit)
-RETURNING key, priority, run_at, {_LOAD_COLUMNS}
+RETURNING key, priority, run_at, {load_columns}
 """
+
+
+@functools.lru_cache(maxsize=2)
+def _claim_sql(in_range: bool) -> str:
+    """_SQL_CLAIM, with the test of Queue(priorities=...) if ``in_range``. Without one
+    a job of any priority is claimed (so a row whose priority is not a number, left by
+    an older saqlite, is claimed and fails alone: see Queue._claim)."""
+    return _SQL_CLAIM.format(
+        in_range=" AND priority BETWEEN :low AND :high" if in_range else "",
+        # +priority: the group part keeps its own index (saqlite_jobs_group)
+        in_range_grouped=" AND +priority BETWEEN :low AND :high" if in_range else "",
+        now=_SQL_NOW,
+        now_ms=_SQL_NOW_MS,
+        load_columns=_LOAD_COLUMNS,
+    )
+
+
 # A claimed job that cannot be loaded (see Queue._claim) fails on its own.
 _SQL_FAIL_UNLOADABLE = """
 UPDATE saqlite_jobs
@@ -1872,7 +1889,7 @@ class Queue:
         low, high = self.priorities
         params = {"queue": self.name, "low": low, "high": high,
                   "worker_id": worker_id, "limit": limit}  # fmt: skip
-        rows = await self._fetch(_SQL_CLAIM, params)
+        rows = await self._fetch(_claim_sql(self.priorities != _ALL_PRIORITIES), params)
         if not rows:
             return []
         claimed: list[tuple[t.Any, t.Any, Job]] = []

@@ -817,10 +817,17 @@ def test_a_job_scheduled_in_the_far_future_is_shown(tmp_path: Path) -> None:
 
     async def far() -> None:
         queue = Queue(path)
-        await queue.enqueue("ok", key="far", scheduled=300_000_000_000)  # year ~11476
+        await queue.enqueue("ok", key="far", scheduled=1)
         await queue.disconnect()
 
     run(far())
+    # Year ~11476: enqueue now refuses it (past 9999), but an older saqlite took it.
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "UPDATE saqlite_jobs SET run_at = 300000000000,"
+            " data = json_set(data, '$.scheduled', 300000000000) WHERE key = 'far'"
+        )
+    conn.close()
     result = cli("job", str(path), "far")
     assert result.returncode == 0, result.stderr
     assert "scheduled  300000000000 s after 1970-01-01" in result.stdout
