@@ -2702,13 +2702,15 @@ class _Wakeup:
 
     async def close(self) -> None:
         _local_wakeups.discard(self)
-        if self._transport is not None:
-            with contextlib.suppress(StorageError):
-                await self._queue._fetch(_SQL_UNREGISTER_WAKEUP, (self._queue.name, self._port))
-            self._transport.close()
-            self._transport = None
+        transport, self._transport = self._transport, None
         self._announcer.close()
         self._wanted.clear()
+        if transport is not None:
+            try:  # closed even if the unregistering is cancelled or fails
+                with contextlib.suppress(StorageError):
+                    await self._queue._fetch(_SQL_UNREGISTER_WAKEUP, (self._queue.name, self._port))
+            finally:
+                transport.close()
 
 
 def _notify_local(queue: Queue, kind: str) -> None:
@@ -3170,11 +3172,13 @@ class _SyncWakeup:
             self._announcer.close()
             self._wanted.clear()
         if sock is not None:
-            with contextlib.suppress(StorageError):
-                self._client._fetch(
-                    _SQL_UNREGISTER_WAKEUP, (self._client.name, sock.getsockname()[1])
-                )
-            sock.close()
+            try:  # the socket is closed whatever the unregistering meets
+                with contextlib.suppress(StorageError):
+                    self._client._fetch(
+                        _SQL_UNREGISTER_WAKEUP, (self._client.name, sock.getsockname()[1])
+                    )
+            finally:
+                sock.close()
 
 
 # =============================================================================
