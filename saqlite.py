@@ -3146,8 +3146,8 @@ class _SyncWakeup:
 
     @staticmethod
     def _receive(sock: socket.socket, timeout: float) -> t.Optional[str]:
-        sock.settimeout(timeout)
-        try:
+        try:  # closed by another thread meanwhile: OSError, here or in recv
+            sock.settimeout(timeout)
             data = sock.recv(256)
         except OSError:  # timed out, or closed meanwhile
             return None
