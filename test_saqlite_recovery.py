@@ -23,6 +23,7 @@ import pytest
 import saqlite
 from saqlite import Queue, Status, SyncQueue, Worker
 from test_saqlite import async_test, make_queue, stored, wait_for, worker_for
+from test_saqlite_processes import stop_processes
 
 HERE = Path(__file__).resolve().parent
 
@@ -99,15 +100,7 @@ class Processes:
         return "\n".join(p.read_text() for p in sorted(self.folder.glob("process-*.log")))
 
     def stop_all(self) -> None:
-        for process in self.started:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.started:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(self.started)
 
 
 @pytest.fixture
