@@ -17,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import typing as t
 from pathlib import Path
 
@@ -204,6 +205,29 @@ def runs_of(folder: Path, pid: int) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
+def pause_between_writes(process: subprocess.Popen[bytes], db: Path) -> None:
+    """Stop ``process`` with SIGSTOP at a moment it holds no write lock.
+
+    A process stopped inside one of its short write transactions would hold every
+    other writer of the file up until it runs again; that is SQLite's locking, not the
+    takeover under test, so the pause is retried until it falls between writes.
+    """
+    for _ in range(200):
+        process.send_signal(signal.SIGSTOP)
+        os.waitpid(process.pid, os.WUNTRACED)  # returns once it is really stopped
+        probe = sqlite3.connect(db, timeout=0)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.rollback()
+            return
+        except sqlite3.OperationalError:  # it was inside a write: let it finish
+            process.send_signal(signal.SIGCONT)
+            time.sleep(0.01)  # room to commit before the next try
+        finally:
+            probe.close()
+    raise AssertionError("the worker held the write lock at every pause")
+
+
 @async_test
 async def test_a_worker_paused_past_its_heartbeat_finds_its_job_taken_over(folder: Path) -> None:
     queue = make_queue(folder / "jobs.db")
@@ -214,7 +238,7 @@ async def test_a_worker_paused_past_its_heartbeat_finds_its_job_taken_over(folde
         job = await queue.enqueue("report", heartbeat=1, retries=3, timeout=0)
         assert job is not None
         await wait_for(lambda: len(runs_of(folder, first.pid)) >= 2)
-        first.send_signal(signal.SIGSTOP)  # a laptop lid closed, a VM paused
+        pause_between_writes(first, folder / "jobs.db")  # a laptop lid closed, a VM paused
         second = start_worker(folder, "second")
         await job.refresh(until_complete=60)
         assert (job.status, job.result, job.attempts) == (Status.COMPLETE, second.pid, 2)
