@@ -2872,9 +2872,13 @@ class SyncQueue:
             _prepare_database(self.queue)
             try:
                 conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            except sqlite3.Error as exc:
+                raise _storage_error(self.path, exc) from exc
+            try:
                 for pragma in _connection_pragmas(self.queue.synchronous):
                     conn.execute(pragma)
             except sqlite3.Error as exc:
+                conn.close()
                 raise _storage_error(self.path, exc) from exc
             self._conn = conn
 

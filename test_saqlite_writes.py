@@ -405,7 +405,8 @@ def test_enqueue_many_killed_while_writing_leaves_all_or_none(tmp_path: Path) ->
     path = tmp_path / "jobs.db"
     wal = Path(f"{path}-wal")
     count = 150_000
-    SyncQueue(path).connect()  # the schema exists: the WAL grows only with the jobs
+    with SyncQueue(path):  # the schema exists now: the WAL grows only with the jobs
+        pass
     start_size = wal.stat().st_size if wal.exists() else 0
     env = {**os.environ, "PYTHONPATH": str(HERE), "PYTHONDONTWRITEBYTECODE": "1"}
     producer = subprocess.Popen(
