@@ -237,7 +237,6 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
-_TERMINAL_SQL = "('complete', 'failed', 'aborted')"
 
 # Now, in epoch seconds, by SQLite's clock. Statements that compare times written by
 # different processes read it in the statement itself rather than trust the clock of
@@ -434,9 +433,24 @@ class Status(str, enum.Enum):
         return self.value
 
 
+#: The status groups, each defined once for the Python and the SQL (see _sql_list).
+#: A waiting job is QUEUED (due or scheduled); a running one is claimed by a worker
+#: (ABORTING: told to stop); a finished one is terminal.
+_RUNNING_STATUSES = (Status.ACTIVE, Status.ABORTING)
+_FINISHED_STATUSES = (Status.COMPLETE, Status.FAILED, Status.ABORTED)
 ACTIVE_STATUSES = frozenset({Status.NEW, Status.QUEUED, Status.ACTIVE})
-TERMINAL_STATUSES = frozenset({Status.COMPLETE, Status.FAILED, Status.ABORTED})
+TERMINAL_STATUSES = frozenset(_FINISHED_STATUSES)
 UNSUCCESSFUL_TERMINAL_STATUSES = frozenset({Status.FAILED, Status.ABORTED})
+
+
+def _sql_list(statuses: tuple[Status, ...]) -> str:
+    """A status group as an SQL list, e.g. ``('active', 'aborting')``: rendered once,
+    when a statement is built, so a statement costs no more than with the literal."""
+    return "(" + ", ".join(f"'{status.value}'" for status in statuses) + ")"
+
+
+_RUNNING_SQL = _sql_list(_RUNNING_STATUSES)
+_FINISHED_SQL = _sql_list(_FINISHED_STATUSES)
 
 
 def now() -> int:
@@ -455,7 +469,7 @@ def _node() -> int:
 
 def _stuck_at(job: Job, current: int) -> bool:
     """Whether a job is running and past its timeout or heartbeat at ``current`` (ms)."""
-    if job.status not in (Status.ACTIVE, Status.ABORTING):
+    if job.status not in _RUNNING_STATUSES:
         return False
     return bool(
         (job.timeout and _seconds(current - job.started) > job.timeout)
@@ -829,8 +843,7 @@ class Queue:
         self.synchronous = synchronous.upper()
         self.lock_timeout = lock_timeout
         self.priorities = _check_priorities(priorities)
-        self._dump: DumpType = dump or json.dumps
-        self._load: LoadType = load or json.loads
+        self._codec = _Codec(self, dump, load)
         self._conn: t.Optional[aiosqlite.Connection] = None
         self._connect_lock: t.Optional[asyncio.Lock] = None
         # The task whose transaction is open on the connection, and what ends it (_atomic).
@@ -953,9 +966,9 @@ class Queue:
             ValueError: the job belongs to another queue, or an option is invalid.
             TypeError: the job cannot be serialised (e.g. a kwarg JSON cannot encode).
         """
-        job = self._prepare(job_or_func, kwargs)
+        job = self._codec.prepare(job_or_func, kwargs)
         await self._before_enqueue(job)
-        inserted = await self._inserts.submit(self._job_row(job))
+        inserted = await self._inserts.submit(self._codec.row(job))
         if not inserted:
             return None
         if logger.isEnabledFor(logging.INFO):
@@ -977,45 +990,15 @@ class Queue:
         Raises:
             ValueError, TypeError: as enqueue, for the first bad job; none is stored.
         """
-        prepared = [self._prepare(job, dict(kwargs)) for job in jobs]
+        prepared = [self._codec.prepare(job, dict(kwargs)) for job in jobs]
         for job in prepared:
             await self._before_enqueue(job)
-        inserted = await self._insert_all([self._job_row(job) for job in prepared])
+        inserted = await self._insert_all([self._codec.row(job) for job in prepared])
         return [job if ok else None for job, ok in zip(prepared, inserted)]
 
     async def _before_enqueue(self, job: Job) -> None:
         for callback in list(self._before_enqueues.values()):
             await callback(job)
-
-    def _prepare(self, job_or_func: t.Union[str, Job, Function], kwargs: dict[str, t.Any]) -> Job:
-        job_fields = {}
-        function_kwargs = {}
-        for name, value in kwargs.items():
-            if name in _JOB_FIELD_NAMES:
-                job_fields[name] = value
-            else:
-                function_kwargs[name] = value
-        if isinstance(job_or_func, Job):
-            job = job_or_func
-            for name, value in job_fields.items():
-                setattr(job, name, value)
-            if function_kwargs:
-                job.kwargs = {**(job.kwargs or {}), **function_kwargs}
-        else:
-            name = job_or_func if isinstance(job_or_func, str) else _function_name(job_or_func)
-            job = Job(name, **job_fields)
-            if function_kwargs:
-                job.kwargs = {**(job.kwargs or {}), **function_kwargs}
-        if job.queue is not None and job.queue.name != self.name:
-            raise ValueError(f"{job.info()} belongs to queue {job.queue.name!r}, not {self.name!r}")
-        _check_job_options(job)
-        job.queue = self
-        job.queued = now()
-        job.status = Status.QUEUED
-        job.attempts = 0
-        job.started = job.completed = job.touched = 0
-        job.worker_id = None
-        return job
 
     # -- reading -------------------------------------------------------------
 
@@ -1047,7 +1030,7 @@ class Queue:
         while True:
             rows = await self._fetch(sql, (self.name, last, *names, batch_size))
             for row in rows:
-                yield self._row_to_job(row[1:])
+                yield self._codec.job(row[1:])
             if len(rows) < batch_size:
                 return
             last = rows[-1][0]
@@ -1131,7 +1114,7 @@ class Queue:
         )
         for job in mapping.jobs:
             await self._before_enqueue(job)
-        await self._insert_all([self._job_row(job) for job in mapping.jobs])
+        await self._insert_all([self._codec.row(job) for job in mapping.jobs])
         await self._wait_until(mapping.keys, mapping.settled, timeout)
         return mapping.results(await self.jobs(mapping.keys))
 
@@ -1263,13 +1246,7 @@ class Queue:
         await self._finished(job, await self._set(job, kwargs.keys() | {"status"}))
 
     async def _finish(
-        self,
-        job: Job,
-        status: Status,
-        result: t.Any = None,
-        error: t.Optional[str] = None,
-        *,
-        finish_only: bool = False,
+        self, job: Job, status: Status, result: t.Any, error: t.Optional[str], finish_only: bool
     ) -> bool:
         """Finish a job a worker or sweeper ran; whether it was still as they saw it.
         ``finish_only`` writes only what a finish changes, for a caller that knows
@@ -1391,7 +1368,7 @@ class Queue:
     # Running jobs, with SQLite's now (epoch ms) to judge them stuck by, and their deaths.
     _SQL_RUNNING_JOBS = f"""
     SELECT {_LOAD_COLUMNS}, {_SQL_NOW_MS}, deaths FROM saqlite_jobs
-    WHERE queue = ? AND status IN ('active', 'aborting')
+    WHERE queue = ? AND status IN {_RUNNING_SQL}
     """
 
     _SQL_DELETE_EXPIRED_JOBS = (
@@ -1445,7 +1422,7 @@ class Queue:
         orphans: list[tuple[Job, int]] = []
         stuck: list[Job] = []
         for row in rows:
-            job, current, deaths = self._row_to_job(row[:-2]), row[-2], row[-1]
+            job, current, deaths = self._codec.job(row[:-2]), row[-2], row[-1]
             if job.worker_id is not None and job.worker_id not in live:
                 orphans.append((job, deaths))
             elif _stuck_at(job, current):
@@ -1460,8 +1437,7 @@ class Queue:
 
     async def _wait_until_not_running(self, keys: list[str], timeout: float) -> None:
         def stopped(statuses: dict[str, Status]) -> bool:
-            running = (Status.ACTIVE, Status.ABORTING)
-            return not any(statuses.get(key) in running for key in keys)
+            return not any(statuses.get(key) in _RUNNING_STATUSES for key in keys)
 
         with contextlib.suppress(asyncio.TimeoutError):
             await self._wait_until(keys, stopped, timeout)
@@ -1503,7 +1479,7 @@ class Queue:
                 f"Its worker died {deaths + 1} times running it (killed, out of memory, "
                 "or a crash in the function?): saqlite does not run it again"
             )
-            return await self._finish(job, Status.FAILED, error=error)
+            return await self._finish(job, Status.FAILED, None, error, finish_only=False)
         params = {"queue": self.name, "key": job.key, "status": job.status.value,
                   "worker_id": job.worker_id, "attempts": job.attempts,
                   "error": self.swept_error_message}  # fmt: skip
@@ -1518,7 +1494,7 @@ class Queue:
         (``"swept"``) retries the job if it may; any other abort sticks (ABORTED)."""
         if error == self.swept_error_message and job.retryable:
             return await self._retry(job, error)
-        return await self._finish(job, Status.ABORTED, error=error)
+        return await self._finish(job, Status.ABORTED, None, error, finish_only=False)
 
     # -- workers -------------------------------------------------------------
 
@@ -1573,20 +1549,7 @@ class Queue:
         Raises:
             TypeError: when ``dump`` cannot encode it, naming the job.
         """
-        return self._encode(job.to_dict(), job)
-
-    def _encode(self, value: dict[str, t.Any], job: Job) -> t.Union[str, bytes]:
-        try:
-            return self._dump(value)
-        except Exception as exc:  # whatever dump raises (RecursionError for deep nesting)
-            raise TypeError(
-                f"Cannot serialise {job.info()} for queue {self.name!r}: {exc}. Job kwargs, "
-                "meta and results must be JSON-encodable, or give the Queue dump= and load="
-            ) from exc
-
-    def _encode_result(self, job: Job) -> t.Union[str, bytes, None]:
-        """The value of the result column: the result as ``{"result": ...}``."""
-        return None if job.result is None else self._encode({"result": job.result}, job)
+        return self._codec.encode(job.to_dict(), job)
 
     def deserialize(
         self,
@@ -1603,7 +1566,7 @@ class Queue:
         """
         if payload is None:
             return None
-        job_dict = dict(payload) if isinstance(payload, dict) else self._load(payload)
+        job_dict = dict(payload) if isinstance(payload, dict) else self._codec.load(payload)
         queue_name = job_dict.pop("queue", self.name)
         if queue_name != self.name:
             raise ValueError(f"Job {job_dict} belongs to queue {queue_name!r}, not {self.name!r}")
@@ -1649,17 +1612,15 @@ class Queue:
     async def _drive(self, steps: _Steps[_R]) -> _R:
         """Run a sequence of statements (see _Steps) on this queue's connection; a
         statement's exception is thrown into ``steps``, which may handle it."""
-        try:
-            statement = next(steps)
-            while True:
-                try:
-                    rows = await self._fetch(*statement)
-                except Exception as exc:
-                    statement = steps.throw(exc)
-                    continue
-                statement = steps.send(rows)
-        except StopIteration as finished:
-            return t.cast("_R", finished.value)
+        stepper = _Stepper(steps)
+        while stepper.statement is not None:
+            try:
+                rows = await self._fetch(*stepper.statement)
+            except Exception as exc:
+                stepper.resume(exc)
+            else:
+                stepper.resume(rows)
+        return t.cast("_R", stepper.result)
 
     async def _atomic(self, steps: _Steps[_R]) -> _R:
         """Run a sequence of statements as one transaction: all commit, or none.
@@ -1705,37 +1666,6 @@ class Queue:
         if any(inserted):
             await self._wakeup.notify("jobs")
         return inserted
-
-    def _job_row(self, job: Job) -> tuple[t.Any, ...]:
-        """The values of _JOB_COLUMNS for a job."""
-        fields = job.to_dict()
-        fields.pop("result", None)  # it has a column of its own
-        run_at = job.scheduled or None  # None: due from now, by SQLite's clock
-        return (
-            self.name, job.key, job.function, job.status.value, job.priority, run_at, job.group_key,
-            job.worker_id, job.attempts, job.queued, job.started, job.touched,
-            job.completed, job.error, job.ttl, _expire_at(job), job.progress,
-            self._encode_result(job), self._encode(fields, job),
-        )  # fmt: skip
-
-    def _row_to_job(self, row: t.Sequence[t.Any]) -> Job:
-        """A Job from the _LOAD_COLUMNS of a row."""
-        data, status, attempts, worker_id, started, touched, completed, error, progress, result = (
-            row
-        )
-        job = self.deserialize(data)
-        assert job is not None
-        job.status = Status(status)
-        job.attempts = attempts
-        job.worker_id = worker_id
-        job.started = started
-        job.touched = touched
-        job.completed = completed
-        job.error = error
-        job.progress = progress
-        if result is not None:
-            job.result = self._load(result)["result"]
-        return job
 
     async def _insert_rows(self, rows: list[tuple[t.Any, ...]]) -> list[_Outcome]:
         """Insert job rows; for each, whether it went in (False: a duplicate key), or
@@ -1788,7 +1718,7 @@ class Queue:
                   AND group_key NOT IN (
                       SELECT group_key FROM saqlite_jobs
                       WHERE queue = :queue AND group_key IS NOT NULL
-                        AND status IN ('active', 'aborting'))
+                        AND status IN {_RUNNING_SQL})
             ) WHERE n = 1
         )
         UPDATE saqlite_jobs
@@ -1814,7 +1744,7 @@ class Queue:
             try:
                 if not (_is_number(priority) and _is_number(run_at)):
                     raise ValueError(f"priority {priority!r} and run_at {run_at!r} must be numbers")
-                claimed.append((priority, run_at, self._row_to_job(loaded)))
+                claimed.append((priority, run_at, self._codec.job(loaded)))
             except Exception as exc:  # the job alone fails: the others run
                 failed = await self._fail_unloadable(key, loaded[2], exc) or failed
         # RETURNING gives no order: run them in the order they were chosen.
@@ -2427,7 +2357,7 @@ class Worker:
             job.status = status_before
             error = str(exc)
             stored = await self._persist(
-                job, lambda: self.queue._finish(job, Status.FAILED, None, error)
+                job, lambda: self.queue._finish(job, Status.FAILED, None, error, finish_only=False)
             )
         await self._settle(job, stored)
 
@@ -2558,24 +2488,23 @@ class SyncQueue:
     thread of its own; safe to share between threads.
 
     Jobs it returns belong to ``self.queue``, the async ``Queue`` twin, so they have
-    the usual fields and ids. Args are as for ``Queue``.
+    the usual fields and ids.
+
+    Args:
+        path, name: as for ``Queue``.
+        args, options: the rest of ``Queue``'s arguments: ``dump``, ``load``,
+            ``synchronous``, ``lock_timeout``, ``priorities``.
     """
 
     def __init__(
         self,
         path: t.Union[str, os.PathLike[str]] = DEFAULT_PATH,
         name: str = "default",
-        dump: t.Optional[DumpType] = None,
-        load: t.Optional[LoadType] = None,
-        *,
-        synchronous: str = "NORMAL",
-        lock_timeout: float = 30.0,
-        priorities: t.Optional[tuple[int, int]] = None,
+        *args: t.Any,
+        **options: t.Any,
     ) -> None:
-        self.queue = Queue(
-            path, name, dump, load, synchronous=synchronous, lock_timeout=lock_timeout,
-            priorities=priorities,
-        )  # fmt: skip
+        self.queue = Queue(path, name, *args, **options)
+        self._codec = self.queue._codec  # one codec: jobs are the twin's
         self._conn: t.Optional[sqlite3.Connection] = None
         # One statement (or transaction) at a time on the connection. Lock order: this
         # lock, then the wake-ups' condition; no database call is made while holding the
@@ -2649,8 +2578,8 @@ class SyncQueue:
         self, jobs: Iterable[t.Union[Job, str, Function]], **kwargs: t.Any
     ) -> list[t.Optional[Job]]:
         """Store many jobs in one transaction, all or none: as ``Queue.enqueue_many``."""
-        prepared = [self.queue._prepare(job, dict(kwargs)) for job in jobs]
-        inserted = self._insert_all([self.queue._job_row(job) for job in prepared])
+        prepared = [self._codec.prepare(job, dict(kwargs)) for job in jobs]
+        inserted = self._insert_all([self._codec.row(job) for job in prepared])
         return [job if ok else None for job, ok in zip(prepared, inserted)]
 
     def job(self, job_key: str) -> t.Optional[Job]:
@@ -2724,7 +2653,7 @@ class SyncQueue:
             return_exceptions=return_exceptions,
             kwargs=kwargs,
         )
-        self._insert_all([self.queue._job_row(job) for job in mapping.jobs])
+        self._insert_all([self._codec.row(job) for job in mapping.jobs])
         self._wait_until(mapping.keys, mapping.settled, timeout)
         return mapping.results(self.jobs(mapping.keys))
 
@@ -2756,17 +2685,15 @@ class SyncQueue:
     def _drive(self, steps: _Steps[_R]) -> _R:
         """Run a sequence of statements (see _Steps) on this client's connection; a
         statement's exception is thrown into ``steps``, which may handle it."""
-        try:
-            statement = next(steps)
-            while True:
-                try:
-                    rows = self._fetch(*statement)
-                except Exception as exc:
-                    statement = steps.throw(exc)
-                    continue
-                statement = steps.send(rows)
-        except StopIteration as finished:
-            return t.cast("_R", finished.value)
+        stepper = _Stepper(steps)
+        while stepper.statement is not None:
+            try:
+                rows = self._fetch(*stepper.statement)
+            except Exception as exc:
+                stepper.resume(exc)
+            else:
+                stepper.resume(rows)
+        return t.cast("_R", stepper.result)
 
     def _fetch(self, sql: str, params: t.Any = ()) -> list[t.Any]:
         """Run one statement (its own transaction) and return its rows."""
@@ -3034,6 +2961,29 @@ if t.TYPE_CHECKING:
 
     _Steps: TypeAlias = Generator[_Statement, list[t.Any], _R]
 
+
+class _Stepper(t.Generic[_R]):
+    """Where a client is in running a sequence of statements (see _Steps): the next
+    ``statement`` to run, or None once done (then ``result`` is the sequence's)."""
+
+    def __init__(self, steps: _Steps[_R]) -> None:
+        self._steps = steps
+        self.statement: t.Optional[_Statement] = None
+        self.result: t.Optional[_R] = None
+        self.resume(None)  # to the first statement
+
+    def resume(self, outcome: t.Union[list[t.Any], Exception, None]) -> None:
+        """Give the sequence the last statement's rows, or throw its exception in."""
+        try:
+            if isinstance(outcome, Exception):
+                self.statement = self._steps.throw(outcome)
+            else:
+                self.statement = self._steps.send(t.cast("list[t.Any]", outcome))
+        except StopIteration as finished:
+            self.statement = None
+            self.result = finished.value
+
+
 # Enqueue: a key that is waiting or running is left alone (no row comes back);
 # a finished one is replaced by the new job. An unscheduled job (run_at NULL) is due
 # from now by SQLite's clock.
@@ -3045,7 +2995,7 @@ _SQL_INSERT_JOBS = (
     )
     + " FROM (VALUES {rows}) WHERE true ON CONFLICT (queue, key) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in _JOB_COLUMNS[2:])
-    + f", deaths = 0 WHERE saqlite_jobs.status IN {_TERMINAL_SQL} RETURNING key"
+    + f", deaths = 0 WHERE saqlite_jobs.status IN {_FINISHED_SQL} RETURNING key"
 )
 
 
@@ -3132,8 +3082,8 @@ def _write_item(
         return "delete", guard
     if finish_only:
         finished = (job.status.value, job.completed, job.error, job.progress)
-        return "finish", (*guard, *finished, queue._encode_result(job), _expire_at(job))
-    return "update", (*guard[2:], *queue._job_row(job))
+        return "finish", (*guard, *finished, queue._codec.encode_result(job), _expire_at(job))
+    return "update", (*guard[2:], *queue._codec.row(job))
 
 
 def _set_item(queue: Queue, job: Job, given: frozenset[str]) -> tuple[str, tuple[t.Any, ...]]:
@@ -3143,7 +3093,7 @@ def _set_item(queue: Queue, job: Job, given: frozenset[str]) -> tuple[str, tuple
     guard = (None, None) if lease is None else (lease.worker_id, lease.attempts)
     if job.ttl == -1 and job.status in TERMINAL_STATUSES:
         return "remove", (*guard, queue.name, job.key)
-    row = list(queue._job_row(job))
+    row = list(queue._codec.row(job))
     for index in _KEPT_COLUMN_INDEXES:
         if _JOB_COLUMNS[index] not in given:
             row[index] = None
@@ -3197,7 +3147,7 @@ _SQL_DELETE_JOBS = (
 _KEPT_UNLESS_SET = ("status", "worker_id", "attempts", "started")
 _SQL_LEASE_GUARD = (
     "(v.column1 IS NULL OR ({table}.worker_id = v.column1 AND {table}.attempts = v.column2"
-    " AND {table}.status IN ('active', 'aborting')))"
+    f" AND {{table}}.status IN {_RUNNING_SQL}))"
 )
 _SQL_SET_JOBS = (
     "UPDATE saqlite_jobs SET "
@@ -3286,7 +3236,7 @@ def _jobs_steps(queue: Queue, keys: list[str]) -> _Steps[list[t.Optional[Job]]]:
     for chunk in _chunks(keys, _ROWS_PER_STATEMENT):
         rows = yield _SQL_GET_JOBS.format(keys=_placeholders(len(chunk))), (queue.name, *chunk)
         for row in rows:
-            found[row[0]] = queue._row_to_job(row[1:])
+            found[row[0]] = queue._codec.job(row[1:])
     return [found.get(key) for key in keys]
 
 
@@ -3374,7 +3324,7 @@ def _info_steps(queue: Queue, jobs: bool, offset: int, limit: int) -> _Steps[Que
         if len(rows) < limit:
             waiting = (queue.name, Status.QUEUED.value, limit - len(rows), max(offset - active, 0))
             rows += yield _SQL_LIST_JOBS, waiting
-        job_dicts = [queue._row_to_job(row).to_dict() for row in rows]
+        job_dicts = [queue._codec.job(row).to_dict() for row in rows]
     return {
         "workers": {worker.id: worker.info for worker in workers if worker.listed},
         "name": queue.name,
@@ -3442,7 +3392,7 @@ class _Mapping:
             template = queue.copy(job_or_func) if isinstance(job_or_func, Job) else job_or_func
             if isinstance(template, Job):
                 template.key = _new_key()
-            self.jobs.append(queue._prepare(template, {**defaults, **job_kwargs}))
+            self.jobs.append(queue._codec.prepare(template, {**defaults, **job_kwargs}))
         self.keys = [job.key for job in self.jobs]
         self.return_exceptions = return_exceptions
 
@@ -4259,6 +4209,8 @@ async def _call(
 
 _JOB_DEFAULTS = tuple((field.name, field.default) for field in dataclasses.fields(Job))
 _JOB_FIELD_NAMES = frozenset(name for name, _ in _JOB_DEFAULTS)
+#: The fields of a job its columns give on load, between data, status and result.
+_LOADED_FIELDS = tuple(_LOAD_COLUMNS.split(", ")[2:-1])
 _INFO_FULL_ONLY = frozenset({"kwargs", "result", "error", "status", "progress", "meta"})
 
 
@@ -4267,6 +4219,88 @@ def _expire_at(job: Job) -> t.Optional[float]:
     if job.status in TERMINAL_STATUSES and job.ttl > 0:
         return time.time() + job.ttl
     return None
+
+
+class _Codec:
+    """How a queue's jobs become rows of saqlite_jobs and back, through its ``dump``
+    and ``load``: the one codec of Queue, SyncQueue and the tooling."""
+
+    def __init__(
+        self, queue: Queue, dump: t.Optional[DumpType], load: t.Optional[LoadType]
+    ) -> None:
+        self.queue = queue
+        self.dump: DumpType = dump or json.dumps
+        self.load: LoadType = load or json.loads
+
+    def prepare(self, job_or_func: t.Union[str, Job, Function], kwargs: dict[str, t.Any]) -> Job:
+        """The job to store for ``enqueue(job_or_func, **kwargs)``, checked."""
+        job_fields = {}
+        function_kwargs = {}
+        for name, value in kwargs.items():
+            if name in _JOB_FIELD_NAMES:
+                job_fields[name] = value
+            else:
+                function_kwargs[name] = value
+        if isinstance(job_or_func, Job):
+            job = job_or_func
+            for name, value in job_fields.items():
+                setattr(job, name, value)
+            if function_kwargs:
+                job.kwargs = {**(job.kwargs or {}), **function_kwargs}
+        else:
+            name = job_or_func if isinstance(job_or_func, str) else _function_name(job_or_func)
+            job = Job(name, **job_fields)
+            if function_kwargs:
+                job.kwargs = {**(job.kwargs or {}), **function_kwargs}
+        if job.queue is not None and job.queue.name != self.queue.name:
+            raise ValueError(
+                f"{job.info()} belongs to queue {job.queue.name!r}, not {self.queue.name!r}"
+            )
+        _check_job_options(job)
+        job.queue = self.queue
+        job.queued = now()
+        job.status = Status.QUEUED
+        job.attempts = 0
+        job.started = job.completed = job.touched = 0
+        job.worker_id = None
+        return job
+
+    def encode(self, value: dict[str, t.Any], job: Job) -> t.Union[str, bytes]:
+        try:
+            return self.dump(value)
+        except Exception as exc:  # whatever dump raises (RecursionError for deep nesting)
+            raise TypeError(
+                f"Cannot serialise {job.info()} for queue {self.queue.name!r}: {exc}. Job kwargs, "
+                "meta and results must be JSON-encodable, or give the Queue dump= and load="
+            ) from exc
+
+    def encode_result(self, job: Job) -> t.Union[str, bytes, None]:
+        """The value of the result column: the result as ``{"result": ...}``."""
+        return None if job.result is None else self.encode({"result": job.result}, job)
+
+    def row(self, job: Job) -> tuple[t.Any, ...]:
+        """The values of _JOB_COLUMNS for a job."""
+        fields = job.to_dict()
+        fields.pop("result", None)  # it has a column of its own
+        run_at = job.scheduled or None  # None: due from now, by SQLite's clock
+        return (
+            self.queue.name, job.key, job.function, job.status.value, job.priority, run_at,
+            job.group_key, job.worker_id, job.attempts, job.queued, job.started, job.touched,
+            job.completed, job.error, job.ttl, _expire_at(job), job.progress,
+            self.encode_result(job), self.encode(fields, job),
+        )  # fmt: skip
+
+    def job(self, row: t.Sequence[t.Any]) -> Job:
+        """A Job from the _LOAD_COLUMNS of a row."""
+        data, status, *fields, result = row
+        job = self.queue.deserialize(data)
+        assert job is not None
+        job.status = Status(status)
+        for name, value in zip(_LOADED_FIELDS, fields):
+            setattr(job, name, value)
+        if result is not None:
+            job.result = self.load(result)["result"]
+        return job
 
 
 # =============================================================================
@@ -4325,7 +4359,7 @@ _ALLOWED_HOST_HELP = (
     "a host name the page answers to, besides IP addresses and localhost (repeatable; "
     "'*' any); by default any with AUTH_PASSWORD set"
 )
-_FINISHED = ("complete", "failed", "aborted")
+_FINISHED = tuple(status.value for status in _FINISHED_STATUSES)
 _RETRYABLE = ("failed", "aborted")
 _ABORTABLE = ("queued", "active")
 _STATUS_NAMES = tuple(status.value for status in Status if status != Status.NEW)
@@ -4341,11 +4375,11 @@ _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _SQL_OPS_QUEUE_NAMES = (
     "SELECT queue FROM saqlite_jobs UNION SELECT queue FROM saqlite_workers ORDER BY 1"
 )
-_SQL_OPS_COUNTS = """
+_SQL_OPS_COUNTS = f"""
 SELECT queue,
     COALESCE(SUM(status = 'queued' AND run_at <= :now), 0),
     COALESCE(SUM(status = 'queued' AND run_at > :now), 0),
-    COALESCE(SUM(status IN ('active', 'aborting')), 0),
+    COALESCE(SUM(status IN {_RUNNING_SQL}), 0),
     COALESCE(SUM(status = 'complete'), 0),
     COALESCE(SUM(status = 'failed'), 0),
     COALESCE(SUM(status = 'aborted'), 0)
@@ -4395,10 +4429,10 @@ ORDER BY completed
 """
 # Whether a burst has work: a job of its worker running or waiting to be retried, or
 # any job of its queue due.
-_SQL_OPS_BURST_BUSY = """
+_SQL_OPS_BURST_BUSY = f"""
 SELECT EXISTS (
     SELECT 1 FROM saqlite_jobs WHERE queue = :queue AND worker_id = :worker_id
-    AND (status IN ('active', 'aborting') OR (status = 'queued' AND attempts > 0))
+    AND (status IN {_RUNNING_SQL} OR (status = 'queued' AND attempts > 0))
 ) OR EXISTS (
     SELECT 1 FROM saqlite_jobs WHERE queue = :queue AND status = 'queued' AND run_at <= :now
 )
@@ -4457,8 +4491,8 @@ class _Store:
             queue = Queue(
                 self.path,
                 name,
-                dump=template._dump if template else None,
-                load=template._load if template else None,
+                dump=template._codec.dump if template else None,
+                load=template._codec.load if template else None,
             )
             self._queues[name] = queue
         return queue
@@ -4478,7 +4512,7 @@ class _Store:
         read (another ``dump``) still shows its key, status and error."""
         queue = self.queue(row[0])
         try:
-            return queue._row_to_job(row[2:])
+            return queue._codec.job(row[2:])
         except (ValueError, TypeError, KeyError):
             status, error = row[3], row[9]
             return _UnreadableJob("?", queue=queue, key=row[1], status=status, error=error)
@@ -4768,7 +4802,7 @@ def _job_json(job: Job) -> dict[str, t.Any]:
     data["status"] = job.status.value
     data["id"] = job.id if job.queue else None
     kinds = ["start", "process", "total"]
-    if job.status in (Status.ACTIVE, Status.ABORTING):
+    if job.status in _RUNNING_STATUSES:
         kinds.append("running")
     data["durations_ms"] = {kind: job.duration(kind) for kind in kinds}
     if isinstance(job, _ListedJob):
@@ -4832,7 +4866,7 @@ def _format_jobs(jobs: Sequence[Job], page: int, limit: int, more: bool) -> str:
 def _job_facts(job: Job) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """A job's settings and its times, as (label, text) pairs for people."""
     current = now()
-    running = job.duration("running") if job.status in (Status.ACTIVE, Status.ABORTING) else None
+    running = job.duration("running") if job.status in _RUNNING_STATUSES else None
     ttl = {0: "keep", -1: "delete when finished"}.get(job.ttl, f"{job.ttl} s")
     settings = [
         ("id", job.id), ("function", job.function), ("queue", job.get_queue().name),
@@ -5272,13 +5306,14 @@ _EXPORT_HOLD = 253402300799.0  # run_at of a taken job: the end of year 9999
 _EXPORT_SLICE = 100
 _EXPORT_SCHEMES = ("redis", "rediss", "postgres", "postgresql")
 _SQL_EXPORT_QUEUES = (
-    "SELECT DISTINCT queue FROM saqlite_jobs WHERE status IN ('queued', 'active', 'aborting') "
+    "SELECT DISTINCT queue FROM saqlite_jobs"
+    f" WHERE status = 'queued' OR status IN {_RUNNING_SQL} "
     "ORDER BY 1"
 )
 _SQL_EXPORT_COUNTS = "SELECT COUNT(*) FROM saqlite_jobs WHERE queue = :queue AND status = 'queued'"
 _SQL_EXPORT_RUNNING = (
     "SELECT key, status FROM saqlite_jobs "
-    "WHERE queue = :queue AND status IN ('active', 'aborting') ORDER BY rowid"
+    f"WHERE queue = :queue AND status IN {_RUNNING_SQL} ORDER BY rowid"
 )
 # A slice of jobs a killed export left taken, and a slice of waiting jobs (read, then
 # taken by rowid once they are known to load: those a worker claimed meanwhile stay).
@@ -5318,7 +5353,7 @@ def _export_load(store: _Store, row: Sequence[t.Any]) -> Job:
         _OpsError: its data cannot be read (stored with another ``dump``).
     """
     try:
-        return store.queue(row[1])._row_to_job(row[3:])
+        return store.queue(row[1])._codec.job(row[3:])
     except (ValueError, TypeError, KeyError) as exc:
         raise _OpsError(
             f"Cannot read job {row[2]!r} of queue {row[1]!r} ({exc}): export reads jobs "
