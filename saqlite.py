@@ -1480,9 +1480,14 @@ class Queue:
                 "or a crash in the function?): saqlite does not run it again"
             )
             return await self._finish(job, Status.FAILED, None, error, finish_only=False)
-        params = {"queue": self.name, "key": job.key, "status": job.status.value,
-                  "worker_id": job.worker_id, "attempts": job.attempts,
-                  "error": self.swept_error_message}  # fmt: skip
+        params = {
+            "queue": self.name,
+            "key": job.key,
+            "status": job.status.value,
+            "worker_id": job.worker_id,
+            "attempts": job.attempts,
+            "error": self.swept_error_message,
+        }
         if not await self._fetch(self._SQL_REQUEUE_ORPHAN, params):
             return False
         await self._wakeup.notify("jobs")
@@ -1525,11 +1530,18 @@ class Queue:
             "metadata": metadata,
         }
         pid = os.getpid()
-        await self._fetch(self._SQL_UPSERT_WORKER, {
-            "id": worker_id, "queue": self.name, "host": _HOST, "pid": pid,
-            "start_token": _start_token(pid), "ttl": ttl,
-            "info": json.dumps(info, default=str),
-        })  # fmt: skip
+        await self._fetch(
+            self._SQL_UPSERT_WORKER,
+            {
+                "id": worker_id,
+                "queue": self.name,
+                "host": _HOST,
+                "pid": pid,
+                "start_token": _start_token(pid),
+                "ttl": ttl,
+                "info": json.dumps(info, default=str),
+            },
+        )
         return info
 
     _SQL_DELETE_WORKER = "DELETE FROM saqlite_workers WHERE id = ?"
@@ -1580,9 +1592,7 @@ class Queue:
         assert copied is not None
         return copied
 
-    # =========================================================================
-    # Storage internals
-    # =========================================================================
+    # -- statements on the file: one, a sequence, a transaction, batched writes -
 
     async def _fetch(self, sql: str, params: t.Any = ()) -> list[t.Any]:
         """Run one statement (its own transaction) and return its rows.
@@ -1689,6 +1699,8 @@ class Queue:
         await self._wakeup.notify("changes")
         return results
 
+    # -- claiming ------------------------------------------------------------
+
     @staticmethod
     @functools.lru_cache(maxsize=2)
     def _claim_sql(in_range: bool) -> str:
@@ -1733,8 +1745,13 @@ class Queue:
     async def _claim(self, limit: int, worker_id: t.Optional[str]) -> list[Job]:
         """Mark up to ``limit`` due jobs ACTIVE for a worker, in one statement."""
         low, high = self.priorities
-        params = {"queue": self.name, "low": low, "high": high,
-                  "worker_id": worker_id, "limit": limit}  # fmt: skip
+        params = {
+            "queue": self.name,
+            "low": low,
+            "high": high,
+            "worker_id": worker_id,
+            "limit": limit,
+        }
         rows = await self._fetch(self._claim_sql(self.priorities != _ALL_PRIORITIES), params)
         if not rows:
             return []
@@ -1768,8 +1785,14 @@ class Queue:
         error = f"saqlite could not load job {key!r} of queue {self.name!r}: {exc!r}"
         logger.error("%s", error)
         current = time.time()
-        params = {"error": error, "now_ms": int(current * 1000), "now": current,
-                  "queue": self.name, "key": key, "attempts": attempts}  # fmt: skip
+        params = {
+            "error": error,
+            "now_ms": int(current * 1000),
+            "now": current,
+            "queue": self.name,
+            "key": key,
+            "attempts": attempts,
+        }
         if not await self._fetch(self._SQL_FAIL_UNLOADABLE, params):
             return False
         self._count(Status.FAILED)
@@ -1843,8 +1866,7 @@ class Queue:
     """
 
     async def _take_lock(self, name: str, seconds: float) -> bool:
-        params = {"name": name, "owner": f"{_HOST}:{os.getpid()}:{id(self)}",
-                  "seconds": seconds}  # fmt: skip
+        params = {"name": name, "owner": f"{_HOST}:{os.getpid()}:{id(self)}", "seconds": seconds}
         return bool(await self._fetch(self._SQL_TAKE_LOCK, params))
 
 
@@ -2040,8 +2062,9 @@ class Worker:
             logger.warning(
                 "Worker %s: %s still runs in a thread; it stays active, owned by this worker, "
                 "until it returns (if this process exits first, a sweep recovers it)",
-                self.id, running.job.info(),
-            )  # fmt: skip
+                self.id,
+                running.job.info(),
+            )
         lingering = {running.runner for running in self._running.values() if running.runner}
         writing = self._job_tasks - lingering
         if writing:  # the cancelled jobs are written back as queued
@@ -2314,11 +2337,19 @@ class Worker:
         retry = job.retryable
         if logger.isEnabledFor(logging.WARNING if retry else logging.ERROR):
             if exc is None:
-                logger.log(logging.WARNING if retry else logging.ERROR,
-                           "Error processing job %s: %s", job, error)  # fmt: skip
+                logger.log(
+                    logging.WARNING if retry else logging.ERROR,
+                    "Error processing job %s: %s",
+                    job,
+                    error,
+                )
             else:
-                logger.log(logging.WARNING if retry else logging.ERROR,
-                           "Error processing job %s", job, exc_info=exc)  # fmt: skip
+                logger.log(
+                    logging.WARNING if retry else logging.ERROR,
+                    "Error processing job %s",
+                    job,
+                    exc_info=exc,
+                )
         return ("retry" if retry else "failed"), error
 
     async def _store(self, job: Job, outcome: str, value: t.Any) -> None:
@@ -2329,8 +2360,9 @@ class Worker:
             logger.warning(
                 "Worker %s lost %s: the job was taken over (swept, then run again) while "
                 "this run was paused or cut off; this run is cancelled and stores nothing",
-                self.id, job.info(),
-            )  # fmt: skip
+                self.id,
+                job.info(),
+            )
         elif outcome in ("retry", "stop") or swept:
             error = "cancelled" if outcome == "stop" else value
             stored = await self._persist(job, lambda: self.queue._retry(job, error))
@@ -2375,8 +2407,10 @@ class Worker:
                     logger.error(
                         "Worker %s stopped without storing the outcome of %s: %s; "
                         "a sweep will recover the job",
-                        self.id, job.info(), exc,
-                    )  # fmt: skip
+                        self.id,
+                        job.info(),
+                        exc,
+                    )
                     return True  # nothing more to settle
                 outage = outage or _Outage(self, f"store the outcome of {job.info()}")
                 await asyncio.sleep(outage.failed(exc))
@@ -2456,10 +2490,12 @@ class Worker:
                 kwargs=cron_job.kwargs,
                 key=f"cron:{name}" if cron_job.unique else f"cron:{name}:{int(next_run)}",
                 scheduled=int(next_run),
-                **{field: getattr(cron_job, field)
-                   for field in ("timeout", "heartbeat", "retries", "ttl")
-                   if getattr(cron_job, field) is not None},
-            )  # fmt: skip
+                **{
+                    field: getattr(cron_job, field)
+                    for field in ("timeout", "heartbeat", "retries", "ttl")
+                    if getattr(cron_job, field) is not None
+                },
+            )
             if await self.queue.enqueue(job):
                 logger.info("Scheduled %s", [job.id])
             else:
@@ -3053,9 +3089,13 @@ def _fails_every_item(exc: Exception) -> bool:
     cause = exc.__cause__ if isinstance(exc, StorageError) else exc
     return isinstance(cause, sqlite3.Error) and not isinstance(
         cause,
-        (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError,
-         sqlite3.ProgrammingError),
-    )  # fmt: skip
+        (
+            sqlite3.IntegrityError,
+            sqlite3.DataError,
+            sqlite3.InterfaceError,
+            sqlite3.ProgrammingError,
+        ),
+    )
 
 
 def _succeeded(outcomes: list[_Outcome]) -> list[bool]:
@@ -3153,7 +3193,8 @@ _SQL_SET_JOBS = (
     "UPDATE saqlite_jobs SET "
     + ", ".join(
         # run_at NULL: an unscheduled job keeps the time it became due
-        f"{c} = COALESCE(v.column{i}, saqlite_jobs.{c})" if c in (*_KEPT_UNLESS_SET, "run_at")
+        f"{c} = COALESCE(v.column{i}, saqlite_jobs.{c})"
+        if c in (*_KEPT_UNLESS_SET, "run_at")
         else f"{c} = v.column{i}"
         for i, c in enumerate(_JOB_COLUMNS, 3)
         if c not in ("queue", "key")
@@ -3162,7 +3203,7 @@ _SQL_SET_JOBS = (
     " WHERE saqlite_jobs.queue = v.column3 AND saqlite_jobs.key = v.column4 AND "
     + _SQL_LEASE_GUARD.format(table="saqlite_jobs")
     + " RETURNING saqlite_jobs.key"
-)  # fmt: skip
+)
 _SQL_REMOVE_JOBS = (
     "DELETE FROM saqlite_jobs WHERE rowid IN ("
     " SELECT j.rowid FROM saqlite_jobs AS j JOIN (VALUES {rows}) AS v"
@@ -3352,8 +3393,7 @@ def _abort_steps(queue: Queue, key: str, error: str) -> _Steps[tuple[t.Optional[
         if current is None or current.status in TERMINAL_STATUSES | {Status.ABORTING}:
             return current, False
         if current.status == Status.ACTIVE:
-            params = {"error": error, "queue": queue.name, "key": key,
-                      "attempts": current.attempts}  # fmt: skip
+            params = {"error": error, "queue": queue.name, "key": key, "attempts": current.attempts}
             if (yield _SQL_REQUEST_ABORT, params):
                 current.status, current.error = Status.ABORTING, error
                 return current, True
@@ -4127,8 +4167,11 @@ class _Outage:
             self._logged = current
             logger.warning(
                 "Worker %s cannot %s (for %.0f s so far): %s; it keeps trying",
-                self._worker.id, self._what, current - self._since, exc,
-            )  # fmt: skip
+                self._worker.id,
+                self._what,
+                current - self._since,
+                exc,
+            )
         pause = self._pause
         self._pause = min(self._pause * 2, _OUTAGE_MAX_PAUSE_S)
         return pause
@@ -4137,8 +4180,10 @@ class _Outage:
         if self._since:
             logger.info(
                 "Worker %s can %s again after %.1f s",
-                self._worker.id, self._what, time.monotonic() - self._since,
-            )  # fmt: skip
+                self._worker.id,
+                self._what,
+                time.monotonic() - self._since,
+            )
             self._since = self._logged = 0.0
             self._pause = _OUTAGE_PAUSE_S
 
@@ -4318,6 +4363,13 @@ if __name__ == "__main__":
 # OPERATOR TOOLING: only the terminal commands, the page and their command-line
 # options come after this line; nothing above uses anything below. A copy of this
 # file cut here runs queues and workers (test_saqlite_layout.py checks it).
+#
+# Besides the public API, the tooling uses these internals, and only these:
+#   Queue._fetch (one statement), Queue._retry (a guarded retry), Queue._codec
+#   (dump, load, a job from _LOAD_COLUMNS); _LOAD_COLUMNS, the status groups
+#   (_RUNNING_STATUSES, _FINISHED_STATUSES, _RUNNING_SQL), _alive, _seconds;
+#   the command line's _OpsError, _load_settings, _configure_logging, _OPS_COMMANDS,
+#   _SETTINGS_HELP, _VERBOSE_HELP, and _EXTRAS, which it fills with a _CommandLineExtras.
 # #############################################################################
 
 
@@ -4599,10 +4651,17 @@ async def _overview(store: _Store, queue: t.Optional[str] = None) -> dict[str, t
         if not _alive(host, pid, None, expire_at <= current) or queue not in (None, name):
             continue
         stats = json.loads(info)
-        workers.append({
-            "id": worker_id, "queue": name, "host": host, "pid": pid, "beat": beat,
-            "stats": stats.get("stats", {}), "metadata": stats.get("metadata"),
-        })  # fmt: skip
+        workers.append(
+            {
+                "id": worker_id,
+                "queue": name,
+                "host": host,
+                "pid": pid,
+                "beat": beat,
+                "stats": stats.get("stats", {}),
+                "metadata": stats.get("metadata"),
+            }
+        )
     queues = []
     for name in names:
         if queue not in (None, name):
@@ -4829,16 +4888,33 @@ def _format_overview(overview: dict[str, t.Any]) -> str:
     workers = overview["workers"]
     lines.append(f"\n{len(workers)} live worker{'' if len(workers) == 1 else 's'}")
     if workers:
-        headers = ("WORKER", "QUEUE", "HOST:PID", "BEAT", "UPTIME", "COMPLETE", "FAILED",
-                   "RETRIED", "ABORTED")  # fmt: skip
+        headers = (
+            "WORKER",
+            "QUEUE",
+            "HOST:PID",
+            "BEAT",
+            "UPTIME",
+            "COMPLETE",
+            "FAILED",
+            "RETRIED",
+            "ABORTED",
+        )
         rows = []
         for w in workers:
             stats = w["stats"]
-            rows.append([
-                w["id"], w["queue"], f"{w['host']}:{w['pid']}", _fmt_ago(w["beat"] * 1000, current),
-                _fmt_span(stats.get("uptime")), stats.get("complete", 0), stats.get("failed", 0),
-                stats.get("retried", 0), stats.get("aborted", 0),
-            ])  # fmt: skip
+            rows.append(
+                [
+                    w["id"],
+                    w["queue"],
+                    f"{w['host']}:{w['pid']}",
+                    _fmt_ago(w["beat"] * 1000, current),
+                    _fmt_span(stats.get("uptime")),
+                    stats.get("complete", 0),
+                    stats.get("failed", 0),
+                    stats.get("retried", 0),
+                    stats.get("aborted", 0),
+                ]
+            )
         lines.append(_table(headers, rows, right=range(5, 9)))
     return "\n".join(lines)
 
@@ -5049,8 +5125,14 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
         offset = (args.page - 1) * args.limit
         jobs, more = await _list_jobs(store, where, offset, args.limit)
         if args.json:
-            _print_json({"jobs": [_job_json(job) for job in jobs], "page": args.page,
-                         "limit": args.limit, "more": more})  # fmt: skip
+            _print_json(
+                {
+                    "jobs": [_job_json(job) for job in jobs],
+                    "page": args.page,
+                    "limit": args.limit,
+                    "more": more,
+                }
+            )
         else:
             print(_format_jobs(jobs, args.page, args.limit, more))
         return 0
@@ -5122,22 +5204,31 @@ def _cmd_change(args: argparse.Namespace) -> int:
                     continue
                 await change_one(job)
         else:
-            progress = _Progress(f"{args.command}", await _count_jobs(store, where),
-                                 enabled=not args.quiet)  # fmt: skip
+            progress = _Progress(
+                f"{args.command}", await _count_jobs(store, where), enabled=not args.quiet
+            )
             async for batch in _matching_jobs(store, where):
                 await asyncio.gather(*(change_one(job) for job in batch))
                 progress.update(len(done) + len(skipped) + len(refused))
             progress.close()
         if args.json:
-            _print_json({
-                verb: [{"queue": j.get_queue().name, "key": j.key, "status": j.status.value}
-                       for j in done],
-                "skipped": [{"queue": j.get_queue().name, "key": j.key, "status": j.status.value}
-                            for j in skipped],
-                "missing": missing,
-                "refused": [{"queue": j.get_queue().name, "key": j.key, "status": j.status.value}
-                            for j in refused],
-            })  # fmt: skip
+            _print_json(
+                {
+                    verb: [
+                        {"queue": j.get_queue().name, "key": j.key, "status": j.status.value}
+                        for j in done
+                    ],
+                    "skipped": [
+                        {"queue": j.get_queue().name, "key": j.key, "status": j.status.value}
+                        for j in skipped
+                    ],
+                    "missing": missing,
+                    "refused": [
+                        {"queue": j.get_queue().name, "key": j.key, "status": j.status.value}
+                        for j in refused
+                    ],
+                }
+            )
         else:
             if args.keys:
                 for job in done:
@@ -5171,13 +5262,16 @@ def _cmd_purge(args: argparse.Namespace) -> int:
             count = await _purge(store, where, before_ms, progress)
             progress.close()
         if args.json:
-            _print_json({"purged": 0 if args.dry_run else count, "matched": count,
-                         "dry_run": args.dry_run})  # fmt: skip
+            _print_json(
+                {"purged": 0 if args.dry_run else count, "matched": count, "dry_run": args.dry_run}
+            )
         else:
             would = "would delete" if args.dry_run else "deleted"
             statuses = "/".join(where.statuses)
-            print(f"{would} {count} {statuses} job{'' if count == 1 else 's'} finished before "
-                  f"{_fmt_time(before_ms)}")  # fmt: skip
+            print(
+                f"{would} {count} {statuses} job{'' if count == 1 else 's'} finished before "
+                f"{_fmt_time(before_ms)}"
+            )
         return 0
 
     return _run_on_store(args.file, action)
@@ -5204,8 +5298,10 @@ def _cmd_burst(args: argparse.Namespace) -> int:
 
     def detail() -> tuple[int, str]:
         done = queue.complete + queue.failed + queue.aborted
-        return done, (f"jobs ({queue.complete} complete, {queue.failed} failed, "
-                      f"{queue.aborted} aborted, {queue.retried} retried)")  # fmt: skip
+        return done, (
+            f"jobs ({queue.complete} complete, {queue.failed} failed, "
+            f"{queue.aborted} aborted, {queue.retried} retried)"
+        )
 
     async def watch() -> None:
         """Stop the worker once it has been idle for ``--wait`` seconds."""
@@ -5252,22 +5348,33 @@ def _cmd_burst(args: argparse.Namespace) -> int:
     failed = bool(queue.failed or queue.aborted)
     left = bool(pending) and not (args.allow_pending or args.max_jobs is not None)
     if args.json:
-        _print_json({
-            "path": queue.path, "jobs": done, "complete": queue.complete, "failed": queue.failed,
-            "aborted": queue.aborted, "retried": queue.retried, "pending": len(pending),
-            "seconds": round(seconds, 3),
-            "failures": [{"key": k, "status": s, "error": e} for k, s, e in failures],
-            "pending_jobs": [{"key": k, "function": f, "due": _fmt_time(due * 1000)}
-                             for k, f, due in pending[:100]],
-        })  # fmt: skip
+        _print_json(
+            {
+                "path": queue.path,
+                "jobs": done,
+                "complete": queue.complete,
+                "failed": queue.failed,
+                "aborted": queue.aborted,
+                "retried": queue.retried,
+                "pending": len(pending),
+                "seconds": round(seconds, 3),
+                "failures": [{"key": k, "status": s, "error": e} for k, s, e in failures],
+                "pending_jobs": [
+                    {"key": k, "function": f, "due": _fmt_time(due * 1000)}
+                    for k, f, due in pending[:100]
+                ],
+            }
+        )
     else:
         for key, status, error in failures[:20]:
             print(f"{status} {_clean(key)}: {_error_line(error)}", file=sys.stderr)
         if len(failures) > 20:
             print(f"... and {len(failures) - 20} more", file=sys.stderr)
         for key, function, due in pending[:20]:
-            print(f"pending {_clean(key)} ({_clean(function)}): due {_fmt_time(due * 1000)}",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"pending {_clean(key)} ({_clean(function)}): due {_fmt_time(due * 1000)}",
+                file=sys.stderr,
+            )
         if len(pending) > 20:
             print(f"... and {len(pending) - 20} more pending", file=sys.stderr)
         verdict = "FAILED" if failed else "PENDING" if left else "ok"
@@ -5342,8 +5449,20 @@ UPDATE saqlite_jobs SET worker_id = NULL, run_at = :run_at
 WHERE queue = :queue AND key = :key AND status = 'queued' AND worker_id = :mark
 """
 #: The Job fields an export keeps (those SAQ's Job has), besides function and kwargs.
-_EXPORT_FIELDS = ("key", "scheduled", "priority", "retries", "timeout", "heartbeat", "ttl",
-                  "meta", "retry_delay", "retry_backoff", "group_key", "attempts")  # fmt: skip
+_EXPORT_FIELDS = (
+    "key",
+    "scheduled",
+    "priority",
+    "retries",
+    "timeout",
+    "heartbeat",
+    "ttl",
+    "meta",
+    "retry_delay",
+    "retry_backoff",
+    "group_key",
+    "attempts",
+)
 
 
 def _export_load(store: _Store, row: Sequence[t.Any]) -> Job:
@@ -5460,8 +5579,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
             return 2
 
     async def action(store: _Store) -> int:
-        names = [args.queue] if args.queue else [
-            name for (name,) in await store.fetch(_SQL_EXPORT_QUEUES)]  # fmt: skip
+        names = (
+            [args.queue]
+            if args.queue
+            else [name for (name,) in await store.fetch(_SQL_EXPORT_QUEUES)]
+        )
         waiting = {}
         for name in names:
             waiting[name] = int((await store.fetch(_SQL_EXPORT_COUNTS, {"queue": name}))[0][0])
@@ -5508,16 +5630,24 @@ def _cmd_export(args: argparse.Namespace) -> int:
                 if args.dry_run:
                     print(f"{_clean(name)}: would move {outcome['to_move']} job(s)")
                 else:
-                    extra = (f" ({outcome['already_in_saq']} already there from an interrupted "
-                             "export)" if outcome["already_in_saq"] else "")  # fmt: skip
+                    extra = (
+                        f" ({outcome['already_in_saq']} already there from an interrupted export)"
+                        if outcome["already_in_saq"]
+                        else ""
+                    )
                     print(f"{_clean(name)}: moved {outcome['moved']} job(s) to SAQ{extra}")
             for job in conflicts:
-                print(f"kept {_clean(job['queue'])} {_clean(job['key'])}: SAQ has another job "
-                      "waiting with this key", file=sys.stderr)  # fmt: skip
+                print(
+                    f"kept {_clean(job['queue'])} {_clean(job['key'])}: SAQ has another job "
+                    "waiting with this key",
+                    file=sys.stderr,
+                )
         if running:
-            print(f"saqlite export: {len(running)} running job(s) were not moved: stop the "
-                  "workers first (they finish or put their jobs back), then export again",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"saqlite export: {len(running)} running job(s) were not moved: stop the "
+                "workers first (they finish or put their jobs back), then export again",
+                file=sys.stderr,
+            )
         return 1 if running or conflicts else 0
 
     return _run_on_store(args.file, action)
@@ -5525,9 +5655,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _ops_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="saqlite", description="Operate saqlite queues.", epilog=_OPS_EPILOG,
+        prog="saqlite",
+        description="Operate saqlite queues.",
+        epilog=_OPS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str, run: Callable[[argparse.Namespace], int]) -> t.Any:
@@ -5547,7 +5679,7 @@ def _ops_parser() -> argparse.ArgumentParser:
             metavar="STATUS",
             help=f"only these statuses, comma-separated ({', '.join(statuses)})",
         )
-        sub.add_argument("--function", help="only jobs of this function")  # fmt: skip
+        sub.add_argument("--function", help="only jobs of this function")
 
     sub = command("info", "Queues with their job counts, and the live workers.", _cmd_info)
     sub.add_argument("--queue", help="only this queue")
@@ -5569,8 +5701,9 @@ def _ops_parser() -> argparse.ArgumentParser:
         sub.add_argument("--error", help="the error to store (default: who did it)")
         sub.add_argument("-q", "--quiet", action="store_true", help="no progress")
     sub = command("purge", "Delete finished jobs that finished longer ago than an age.", _cmd_purge)
-    sub.add_argument("--older-than", required=True, metavar="AGE",
-                     help="e.g. 30s, 15m, 12h, 7d, 2w (0 = all)")  # fmt: skip
+    sub.add_argument(
+        "--older-than", required=True, metavar="AGE", help="e.g. 30s, 15m, 12h, 7d, 2w (0 = all)"
+    )
     filters(sub, _FINISHED)
     sub.add_argument("--dry-run", action="store_true", help="only count them")
     sub.add_argument("-q", "--quiet", action="store_true", help="no progress")
@@ -5579,10 +5712,18 @@ def _ops_parser() -> argparse.ArgumentParser:
     sub.formatter_class = argparse.RawDescriptionHelpFormatter
     sub.add_argument("settings", help=_SETTINGS_HELP)
     sub.add_argument("--max-jobs", type=int, help="stop after this many jobs (the rest may wait)")
-    sub.add_argument("--wait", type=float, default=1.0, metavar="SECONDS",
-                     help="stop once nothing ran or was due for this long (default 1)")  # fmt: skip
-    sub.add_argument("--allow-pending", action="store_true",
-                     help="exit 0 though jobs are left waiting (scheduled later)")  # fmt: skip
+    sub.add_argument(
+        "--wait",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="stop once nothing ran or was due for this long (default 1)",
+    )
+    sub.add_argument(
+        "--allow-pending",
+        action="store_true",
+        help="exit 0 though jobs are left waiting (scheduled later)",
+    )
     sub.add_argument("-v", "--verbose", action="count", default=0, help=_VERBOSE_HELP)
     sub.add_argument("-q", "--quiet", action="store_true", help="no progress, log only errors")
     sub = command("web", "Serve the monitoring page for saqlite files.", _cmd_web)
@@ -5592,10 +5733,12 @@ def _ops_parser() -> argparse.ArgumentParser:
     sub.add_argument("--refresh", type=float, default=3.0, help="seconds between refreshes")
     sub.add_argument("--allowed-host", action="append", metavar="NAME", help=_ALLOWED_HOST_HELP)
     sub = command(
-        "export", "Move the waiting and scheduled jobs into SAQ at a redis:// or postgres:// "
+        "export",
+        "Move the waiting and scheduled jobs into SAQ at a redis:// or postgres:// "
         "URL (SAQ must be installed). Running jobs stay: stop the workers first. An "
-        "interrupted export loses nothing: run it again to finish.", _cmd_export,
-    )  # fmt: skip
+        "interrupted export loses nothing: run it again to finish.",
+        _cmd_export,
+    )
     sub.add_argument("url", metavar="URL", help="SAQ's queue URL: redis://... or postgres://...")
     sub.add_argument("--queue", help="only this queue (default: every queue with jobs)")
     sub.add_argument("--dry-run", action="store_true", help="only count what would move")
@@ -5810,20 +5953,27 @@ class _WebApp:
             response = _WebResponse(413, b"Request body too large", "text/plain")
         else:
             response = await self.handle(request)
-        headers = [("content-type", response.content_type),
-                         ("content-length", str(len(response.body))),
-                         ("x-content-type-options", "nosniff"),
-                         ("referrer-policy", "same-origin"),
-                         ("cache-control", "no-store"), *response.headers]  # fmt: skip
-        await send({
-            "type": "http.response.start",
-            "status": response.status,
-            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
-        })  # fmt: skip
-        await send({
-            "type": "http.response.body",
-            "body": b"" if request.method == "HEAD" else response.body,
-        })  # fmt: skip
+        headers = [
+            ("content-type", response.content_type),
+            ("content-length", str(len(response.body))),
+            ("x-content-type-options", "nosniff"),
+            ("referrer-policy", "same-origin"),
+            ("cache-control", "no-store"),
+            *response.headers,
+        ]
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+            }
+        )
+        await send(
+            {
+                "type": "http.response.body",
+                "body": b"" if request.method == "HEAD" else response.body,
+            }
+        )
 
     async def _lifespan(self, receive: _ASGIReceive, send: _ASGISend) -> None:
         while True:
@@ -5860,8 +6010,9 @@ class _WebApp:
         if handler is None:
             allowed = [m for m, path in self._routes if path == request.path]
             if allowed:
-                return _WebResponse(405, b"Method not allowed", "text/plain",
-                                    [("allow", ", ".join(allowed))])  # fmt: skip
+                return _WebResponse(
+                    405, b"Method not allowed", "text/plain", [("allow", ", ".join(allowed))]
+                )
             return self._error_page(request, 404, "No such page.")
         if method == "POST" and not _same_origin(request):
             return _WebResponse(403, b"Cross-site request refused", "text/plain")
@@ -5988,11 +6139,18 @@ auto-refresh</label>
         current = now()
         rows = []
         for q in overview["queues"]:
-            cells = [f'<td><a href="{_e(self._url(request, "/jobs", db=db, queue=q["name"]))}">'
-                     f'{_e(q["name"])}</a></td>']  # fmt: skip
-            for kind, status in (("queued", "queued"), ("scheduled", "queued"),
-                                 ("active", "active,aborting"), ("complete", "complete"),
-                                 ("failed", "failed"), ("aborted", "aborted")):  # fmt: skip
+            cells = [
+                f'<td><a href="{_e(self._url(request, "/jobs", db=db, queue=q["name"]))}">'
+                f"{_e(q['name'])}</a></td>"
+            ]
+            for kind, status in (
+                ("queued", "queued"),
+                ("scheduled", "queued"),
+                ("active", "active,aborting"),
+                ("complete", "complete"),
+                ("failed", "failed"),
+                ("aborted", "aborted"),
+            ):
                 url = self._url(request, "/jobs", db=db, queue=q["name"], status=status)
                 cells.append(f'<td class="n"><a href="{_e(url)}">{_e(q[kind])}</a></td>')
             cells.append(f'<td class="n">{_e(q["workers"])}</td>')
@@ -6008,10 +6166,12 @@ auto-refresh</label>
                 f"<td>{_e(w['host'])}:{_e(w['pid'])}</td>"
                 f"<td>{_e(_fmt_ago(w['beat'] * 1000, current))}</td>"
                 f"<td class=n>{_e(_fmt_span(stats.get('uptime')))}</td>"
-                + "".join(f"<td class=n>{_e(stats.get(k, 0))}</td>"
-                          for k in ("complete", "failed", "retried", "aborted"))
+                + "".join(
+                    f"<td class=n>{_e(stats.get(k, 0))}</td>"
+                    for k in ("complete", "failed", "retried", "aborted")
+                )
                 + f"<td><code>{_e(metadata)}</code></td></tr>"
-            )  # fmt: skip
+            )
         if not workers:
             workers.append('<tr><td colspan="10" class="muted">No live worker.</td></tr>')
         return f"""<h2>Queues <span class="muted">{_e(overview["path"])}</span></h2>
@@ -6135,8 +6295,14 @@ auto-refresh</label>
                 done = "aborted" if aborted else "not-aborted"
         except _OpsError as exc:
             raise _WebError(409, str(exc)) from None
-        url = self._url(request, "/job", db=params.get("db", "0"), queue=job.get_queue().name,
-                        key=job.key, done=done)  # fmt: skip
+        url = self._url(
+            request,
+            "/job",
+            db=params.get("db", "0"),
+            queue=job.get_queue().name,
+            key=job.key,
+            done=done,
+        )
         return _WebResponse(303, b"", "text/plain", [("location", url)])
 
     # -- JSON ---------------------------------------------------------------------
@@ -6152,8 +6318,9 @@ auto-refresh</label>
     async def _api_jobs(self, request: _WebRequest, nonce: str) -> _WebResponse:
         where, page, limit = self._filter(request)
         jobs, more = await _list_jobs(self._store(request), where, (page - 1) * limit, limit)
-        return _json_response({"jobs": [_job_json(job) for job in jobs], "page": page,
-                               "limit": limit, "more": more})  # fmt: skip
+        return _json_response(
+            {"jobs": [_job_json(job) for job in jobs], "page": page, "limit": limit, "more": more}
+        )
 
     async def _api_job(self, request: _WebRequest, nonce: str) -> _WebResponse:
         return _json_response(_job_json(await self._job(request, request.query)))
@@ -6246,8 +6413,11 @@ def web_app(
     by_path: dict[str, list[Queue]] = {}
     for item in items:
         queue = item if isinstance(item, Queue) else None
-        path = item.path if isinstance(item, Queue) else (
-            Queue.from_url(item).path if item.startswith("sqlite:") else item)  # fmt: skip
+        path = (
+            item.path
+            if isinstance(item, Queue)
+            else (Queue.from_url(item).path if item.startswith("sqlite:") else item)
+        )
         queues = by_path.setdefault(os.path.abspath(path), [])
         if queue is not None:
             queues.append(queue)
@@ -6313,19 +6483,27 @@ async def _handle_http(
             )
         except _BadRequest as exc:
             phrase = http.HTTPStatus(exc.status).phrase
-            writer.write(f"HTTP/1.1 {exc.status} {phrase}\r\nConnection: close\r\n"
-                         "Content-Length: 0\r\n\r\n".encode())  # fmt: skip
+            writer.write(
+                f"HTTP/1.1 {exc.status} {phrase}\r\nConnection: close\r\n"
+                "Content-Length: 0\r\n\r\n".encode()
+            )
             await writer.drain()
             return
         path, _, query = target.partition("?")
         scope = {
-            "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": "1.1", "method": method.upper(), "scheme": "http",
-            "path": urllib.parse.unquote(path), "raw_path": path.encode("latin-1"),
-            "query_string": query.encode("latin-1"), "root_path": "", "headers": headers,
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": method.upper(),
+            "scheme": "http",
+            "path": urllib.parse.unquote(path),
+            "raw_path": path.encode("latin-1"),
+            "query_string": query.encode("latin-1"),
+            "root_path": "",
+            "headers": headers,
             "client": writer.get_extra_info("peername"),
             "server": writer.get_extra_info("sockname"),
-        }  # fmt: skip
+        }
         sent = started = False
 
         async def receive() -> _ASGIMessage:
@@ -6341,8 +6519,10 @@ async def _handle_http(
                 started = True
                 status = int(message["status"])
                 lines = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}"]
-                lines += [f"{k.decode('latin-1')}: {v.decode('latin-1')}"
-                          for k, v in message.get("headers", [])]  # fmt: skip
+                lines += [
+                    f"{k.decode('latin-1')}: {v.decode('latin-1')}"
+                    for k, v in message.get("headers", [])
+                ]
                 lines.append("connection: close")
                 writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
             elif message["type"] == "http.response.body":
@@ -6354,11 +6534,17 @@ async def _handle_http(
         except Exception:  # an answer, not a dropped connection; the traceback to the log
             logger.exception("The page failed on %s %s", method, path)
             if not started:
-                writer.write(b"HTTP/1.1 500 Internal Server Error\r\nConnection: close\r\n"
-                             b"Content-Length: 0\r\n\r\n")  # fmt: skip
+                writer.write(
+                    b"HTTP/1.1 500 Internal Server Error\r\nConnection: close\r\n"
+                    b"Content-Length: 0\r\n\r\n"
+                )
                 await writer.drain()
-    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError,
-            ConnectionError):  # fmt: skip
+    except (
+        asyncio.IncompleteReadError,
+        asyncio.LimitOverrunError,
+        asyncio.TimeoutError,
+        ConnectionError,
+    ):
         pass  # the client went away or was too slow
     finally:
         writer.close()
@@ -6387,8 +6573,11 @@ async def _start_http(
         ) from None
     address = server.sockets[0].getsockname()
     if not app.auth_password and host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"saqlite: warning: the page on {host} lets anyone retry and abort jobs; "
-              "set AUTH_PASSWORD", file=sys.stderr)  # fmt: skip
+        print(
+            f"saqlite: warning: the page on {host} lets anyone retry and abort jobs; "
+            "set AUTH_PASSWORD",
+            file=sys.stderr,
+        )
     print(f"saqlite: serving the page at http://{address[0]}:{address[1]}/", flush=True)
     return server
 

@@ -8,8 +8,10 @@ workers from the command line and passes the core tests.
 
 from __future__ import annotations
 
+import ast
 import builtins
 import os
+import re
 import shutil
 import subprocess
 import symtable
@@ -70,6 +72,47 @@ def test_nothing_above_the_marker_uses_a_name_defined_below_it() -> None:
     visit(module)
     assert not missing, f"names used above the marker but defined below it: {missing}"
     assert "saqlite" not in missing
+
+
+def test_the_tooling_uses_only_the_internals_the_marker_lists() -> None:
+    """The tooling may use the public API and the internals listed at the marker: a
+    private name of the core used below the marker must be listed there."""
+    text = (HERE / "saqlite.py").read_text()
+    core, tooling = text[: text.index(MARKER)], text[text.index(MARKER) :]
+    listed_block = tooling[: tooling.index("\n# ####")]
+    listed = set(re.findall(r"\b_[A-Za-z]\w*", listed_block))
+    core_tree = ast.parse(core)
+    core_names = {
+        node.id
+        for node in ast.walk(core_tree)
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store)
+    } | {
+        node.name
+        for node in ast.walk(core_tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+    }
+    core_attributes = {
+        node.name
+        for cls in core_tree.body
+        if isinstance(cls, ast.ClassDef) and cls.name in ("Queue", "Job", "Worker", "CronJob")
+        for node in cls.body
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+    } | {"_codec"}
+    tooling_tree = ast.parse(tooling)
+    core_attributes -= {  # the tooling's own methods and attributes of the same names
+        node.attr if isinstance(node, ast.Attribute) else node.name
+        for node in ast.walk(tooling_tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        or (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store))
+    }
+    used = set()
+    for node in ast.walk(tooling_tree):
+        if isinstance(node, ast.Name) and node.id in core_names:
+            used.add(node.id)
+        elif isinstance(node, ast.Attribute) and node.attr in core_attributes:
+            used.add(node.attr)
+    private = {name for name in used if name.startswith("_") and not name.startswith("__")}
+    assert private - {"_"} <= listed, f"not listed at the marker: {private - listed - {'_'}}"
 
 
 def test_cut_copy_imports_without_the_tooling_and_runs_workers_from_the_command_line(
