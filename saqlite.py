@@ -3020,16 +3020,20 @@ class _Stepper(t.Generic[_R]):
             self.result = finished.value
 
 
+def _rows_named(columns: t.Sequence[str]) -> str:
+    """The rows of a write as a table ``v`` with these columns (``{rows}``: the
+    placeholders, filled in per statement)."""
+    return f"WITH v({', '.join(columns)}) AS (VALUES {{rows}}) "
+
+
 # Enqueue: a key that is waiting or running is left alone (no row comes back);
 # a finished one is replaced by the new job. An unscheduled job (run_at NULL) is due
 # from now by SQLite's clock.
 _SQL_INSERT_JOBS = (
-    f"INSERT INTO saqlite_jobs ({', '.join(_JOB_COLUMNS)}) SELECT "
-    + ", ".join(
-        f"COALESCE(column{i}, {_SQL_NOW})" if c == "run_at" else f"column{i}"
-        for i, c in enumerate(_JOB_COLUMNS, 1)
-    )
-    + " FROM (VALUES {rows}) WHERE true ON CONFLICT (queue, key) DO UPDATE SET "
+    _rows_named(_JOB_COLUMNS)
+    + f"INSERT INTO saqlite_jobs ({', '.join(_JOB_COLUMNS)}) SELECT "
+    + ", ".join(f"COALESCE(run_at, {_SQL_NOW})" if c == "run_at" else c for c in _JOB_COLUMNS)
+    + " FROM v WHERE true ON CONFLICT (queue, key) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in _JOB_COLUMNS[2:])
     + f", deaths = 0 WHERE saqlite_jobs.status IN {_FINISHED_SQL} RETURNING key"
 )
@@ -3144,77 +3148,84 @@ def _set_item(queue: Queue, job: Job, given: frozenset[str]) -> tuple[str, tuple
 # the state its writer last saw (status, worker and attempt), so a late writer never
 # overwrites an abort or a sweep that came in between.
 _GUARD_COLUMNS = ("expected_status", "expected_worker", "expected_attempts")
+_GUARD = (
+    "saqlite_jobs.queue = v.queue AND saqlite_jobs.key = v.key"
+    " AND saqlite_jobs.status = v.expected_status"
+    " AND saqlite_jobs.worker_id IS v.expected_worker"
+    " AND saqlite_jobs.attempts = v.expected_attempts"
+)
+_WRITE_COLUMNS = (*_GUARD_COLUMNS, *_JOB_COLUMNS)
 _SQL_WRITE_JOBS = (
-    "UPDATE saqlite_jobs SET "
+    _rows_named(_WRITE_COLUMNS)
+    + "UPDATE saqlite_jobs SET "
     + ", ".join(
         # run_at NULL: an unscheduled job keeps the time it became due
-        f"{c} = COALESCE(v.column{i}, saqlite_jobs.run_at)"
-        if c == "run_at"
-        else f"{c} = v.column{i}"
-        for i, c in enumerate(_JOB_COLUMNS, 1 + len(_GUARD_COLUMNS))
+        f"{c} = COALESCE(v.{c}, saqlite_jobs.run_at)" if c == "run_at" else f"{c} = v.{c}"
+        for c in _JOB_COLUMNS
         if c not in ("queue", "key")
     )
-    + " FROM (VALUES {rows}) AS v"
-    " WHERE saqlite_jobs.queue = v.column4 AND saqlite_jobs.key = v.column5"
-    " AND saqlite_jobs.status = v.column1 AND saqlite_jobs.worker_id IS v.column2"
-    " AND saqlite_jobs.attempts = v.column3"
-    " RETURNING saqlite_jobs.key"
+    + f" FROM v WHERE {_GUARD} RETURNING saqlite_jobs.key"
 )
 # A worker's finish: only the fields a finish changes, so the job is not serialised
 # again (see Queue._finish). Guarded like _SQL_WRITE_JOBS.
 _FINISH_COLUMNS = ("status", "completed", "error", "progress", "result", "expire_at")
+_FINISH_WRITE_COLUMNS = ("queue", "key", *_GUARD_COLUMNS, *_FINISH_COLUMNS)
 _SQL_FINISH_JOBS = (
-    "UPDATE saqlite_jobs SET "
-    + ", ".join(f"{c} = v.column{i}" for i, c in enumerate(_FINISH_COLUMNS, 6))
-    + " FROM (VALUES {rows}) AS v"
-    " WHERE saqlite_jobs.queue = v.column1 AND saqlite_jobs.key = v.column2"
-    " AND saqlite_jobs.status = v.column3 AND saqlite_jobs.worker_id IS v.column4"
-    " AND saqlite_jobs.attempts = v.column5"
-    " RETURNING saqlite_jobs.key"
+    _rows_named(_FINISH_WRITE_COLUMNS)
+    + "UPDATE saqlite_jobs SET "
+    + ", ".join(f"{c} = v.{c}" for c in _FINISH_COLUMNS)
+    + f" FROM v WHERE {_GUARD} RETURNING saqlite_jobs.key"
 )
+_DELETE_COLUMNS = ("queue", "key", *_GUARD_COLUMNS)
 _SQL_DELETE_JOBS = (
-    "DELETE FROM saqlite_jobs WHERE rowid IN ("
-    " SELECT j.rowid FROM saqlite_jobs AS j JOIN (VALUES {rows}) AS v"
-    " ON j.queue = v.column1 AND j.key = v.column2 AND j.status = v.column3"
-    " AND j.worker_id IS v.column4 AND j.attempts = v.column5"
+    _rows_named(_DELETE_COLUMNS) + "DELETE FROM saqlite_jobs WHERE rowid IN ("
+    f" SELECT saqlite_jobs.rowid FROM saqlite_jobs JOIN v ON {_GUARD}"
     ") RETURNING key"
 )
 
 # A write by key, as SAQ's: the last writer wins. The columns a claim owns (status,
 # worker_id, attempts, started) keep their stored value where the row gives NULL,
-# i.e. unless the call sets them. A row with a lease (column1-2: the worker and
-# attempt that run the job) applies only while that run still owns the job.
+# i.e. unless the call sets them. A row with a lease (the worker and attempt that run
+# the job) applies only while that run still owns the job.
 _KEPT_UNLESS_SET = ("status", "worker_id", "attempts", "started")
-_SQL_LEASE_GUARD = (
-    "(v.column1 IS NULL OR ({table}.worker_id = v.column1 AND {table}.attempts = v.column2"
-    f" AND {{table}}.status IN {_RUNNING_SQL}))"
+_LEASE_COLUMNS = ("lease_worker", "lease_attempts")
+_LEASE_GUARD = (
+    "saqlite_jobs.queue = v.queue AND saqlite_jobs.key = v.key AND (v.lease_worker IS NULL"
+    " OR (saqlite_jobs.worker_id = v.lease_worker"
+    " AND saqlite_jobs.attempts = v.lease_attempts"
+    f" AND saqlite_jobs.status IN {_RUNNING_SQL}))"
 )
+_SET_COLUMNS = (*_LEASE_COLUMNS, *_JOB_COLUMNS)
 _SQL_SET_JOBS = (
-    "UPDATE saqlite_jobs SET "
+    _rows_named(_SET_COLUMNS)
+    + "UPDATE saqlite_jobs SET "
     + ", ".join(
         # run_at NULL: an unscheduled job keeps the time it became due
-        f"{c} = COALESCE(v.column{i}, saqlite_jobs.{c})"
+        f"{c} = COALESCE(v.{c}, saqlite_jobs.{c})"
         if c in (*_KEPT_UNLESS_SET, "run_at")
-        else f"{c} = v.column{i}"
-        for i, c in enumerate(_JOB_COLUMNS, 3)
+        else f"{c} = v.{c}"
+        for c in _JOB_COLUMNS
         if c not in ("queue", "key")
     )
-    + " FROM (VALUES {rows}) AS v"
-    " WHERE saqlite_jobs.queue = v.column3 AND saqlite_jobs.key = v.column4 AND "
-    + _SQL_LEASE_GUARD.format(table="saqlite_jobs")
-    + " RETURNING saqlite_jobs.key"
+    + f" FROM v WHERE {_LEASE_GUARD} RETURNING saqlite_jobs.key"
 )
+_REMOVE_COLUMNS = (*_LEASE_COLUMNS, "queue", "key")
 _SQL_REMOVE_JOBS = (
-    "DELETE FROM saqlite_jobs WHERE rowid IN ("
-    " SELECT j.rowid FROM saqlite_jobs AS j JOIN (VALUES {rows}) AS v"
-    " ON j.queue = v.column3 AND j.key = v.column4 AND "
-    + _SQL_LEASE_GUARD.format(table="j")
-    + ") RETURNING key"
+    _rows_named(_REMOVE_COLUMNS) + "DELETE FROM saqlite_jobs WHERE rowid IN ("
+    f" SELECT saqlite_jobs.rowid FROM saqlite_jobs JOIN v ON {_LEASE_GUARD}"
+    ") RETURNING key"
 )
 
-
-#: Where the key is in the values of each kind of write (else 1: after the queue).
-_KEY_INDEX = {"update": 4, "set": 3, "remove": 3}
+#: Each kind of write: its statement, and the columns of its rows.
+_WRITES = {
+    "update": (_SQL_WRITE_JOBS, _WRITE_COLUMNS),
+    "finish": (_SQL_FINISH_JOBS, _FINISH_WRITE_COLUMNS),
+    "delete": (_SQL_DELETE_JOBS, _DELETE_COLUMNS),
+    "set": (_SQL_SET_JOBS, _SET_COLUMNS),
+    "remove": (_SQL_REMOVE_JOBS, _REMOVE_COLUMNS),
+}
+#: Where the key is in the values of each kind of write.
+_KEY_INDEX = {kind: columns.index("key") for kind, (_, columns) in _WRITES.items()}
 _KEPT_COLUMN_INDEXES = tuple(_JOB_COLUMNS.index(name) for name in _KEPT_UNLESS_SET)
 
 
@@ -3238,18 +3249,14 @@ def _write_steps(items: list[tuple[str, tuple[t.Any, ...]]]) -> _Steps[list[_Out
             end += 1
         written: set[str] = set()
         failed: dict[int, Exception] = {}
-        for kind, sql, width in (
-            ("update", _SQL_WRITE_JOBS, len(_GUARD_COLUMNS) + len(_JOB_COLUMNS)),
-            ("finish", _SQL_FINISH_JOBS, 2 + len(_GUARD_COLUMNS) + len(_FINISH_COLUMNS)),
-            ("delete", _SQL_DELETE_JOBS, 2 + len(_GUARD_COLUMNS)),
-            ("set", _SQL_SET_JOBS, 2 + len(_JOB_COLUMNS)),
-            ("remove", _SQL_REMOVE_JOBS, 4),
-        ):
+        for kind, (sql, columns) in _WRITES.items():
             indexes = [i for i in range(start, end) if items[i][0] == kind]
             if not indexes:
                 continue
 
-            def statement(chunk: t.Sequence[int], sql: str = sql, width: int = width) -> _Statement:
+            def statement(
+                chunk: t.Sequence[int], sql: str = sql, width: int = len(columns)
+            ) -> _Statement:
                 params = [value for i in chunk for value in items[i][1]]
                 return sql.format(rows=_row_placeholders(len(chunk), width)), params
 
@@ -3264,7 +3271,7 @@ def _write_steps(items: list[tuple[str, tuple[t.Any, ...]]]) -> _Steps[list[_Out
 
 def _written_key(item: tuple[str, tuple[t.Any, ...]]) -> str:
     kind, values = item
-    return str(values[_KEY_INDEX.get(kind, 1)])
+    return str(values[_KEY_INDEX[kind]])
 
 
 _SQL_GET_JOBS = (
