@@ -35,6 +35,7 @@ Sections, in reading order (search for the banners):
         Wake-ups         datagrams that tell waiters of new jobs, changes and aborts
         Running jobs     the worker's threads, hooks, storage outages
         The codec        a job to its row and back
+        Running this file    ``python saqlite.py`` / ``python -m saqlite``: main()
     Then one marker line; after it only the operator tooling, which nothing above
     uses (cut the file there to vendor the core alone):
         Operator tooling: terminal commands   ``saqlite info|jobs|retry|...``, export
@@ -84,10 +85,13 @@ from croniter import croniter
 __version__ = "0.1.0"
 
 __all__ = [
+    "ACTIVE_STATUSES",
     "BeforeEnqueueType",
     "Context",
     "CountKind",
     "CronJob",
+    "DEFAULT_PATH",
+    "DEFAULT_SWEPT_JOB_ERROR",
     "DumpType",
     "Function",
     "InvalidUrlError",
@@ -95,18 +99,24 @@ __all__ = [
     "JobError",
     "ListenCallback",
     "LoadType",
+    "MIN_SQLITE_VERSION",
     "Queue",
     "QueueInfo",
+    "SCHEMA_VERSION",
+    "SYNCHRONOUS_MODES",
     "SettingsDict",
     "Status",
     "StorageError",
     "SyncQueue",
+    "TERMINAL_STATUSES",
     "TimersDict",
+    "UNSUCCESSFUL_TERMINAL_STATUSES",
     "Worker",
     "WorkerInfo",
     "WorkerStats",
     "exponential_backoff",
     "main",
+    "now",
 ]
 
 logger = logging.getLogger(__name__)
@@ -2791,8 +2801,8 @@ class SyncQueue:
 
 _SETTINGS_HELP = "module.attribute naming a dict of Worker arguments, or a module with `settings`"
 _VERBOSE_HELP = "log DEBUG too (default INFO); -vv adds aiosqlite's line per statement"
-
-
+#: The operator tooling's commands (after the marker), named here so that a copy of
+#: this file cut at the marker says what it lacks rather than take one for settings.
 _OPS_COMMANDS = ("info", "jobs", "job", "retry", "abort", "purge", "burst", "web", "export")
 
 
@@ -2981,7 +2991,7 @@ def main(argv: t.Optional[list[str]] = None) -> int:
 
 
 # =============================================================================
-# Storage steps: the statements of each operation, shared by Queue and SyncQueue
+# Storage steps: each operation's statements, shared by Queue and SyncQueue
 # =============================================================================
 
 #

@@ -187,3 +187,15 @@ def test_core_tests_pass_against_the_cut_copy(cut_dir: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout
+
+
+def test_every_public_name_is_in_all() -> None:
+    """A name without a leading underscore is API: it is in ``__all__`` (but for the
+    module's logger)."""
+    public = {
+        name
+        for name, value in vars(saqlite).items()
+        if not name.startswith("_") and getattr(value, "__module__", "saqlite") == "saqlite"
+    }
+    imported_modules = {name for name, value in vars(saqlite).items() if type(value) is type(os)}
+    assert public - imported_modules - {"logger", "t"} <= set(saqlite.__all__)
