@@ -4444,74 +4444,16 @@ _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _SQL_OPS_QUEUE_NAMES = (
     "SELECT queue FROM saqlite_jobs UNION SELECT queue FROM saqlite_workers ORDER BY 1"
 )
-_SQL_OPS_COUNTS = f"""
-SELECT queue,
-    COALESCE(SUM(status = 'queued' AND run_at <= :now), 0),
-    COALESCE(SUM(status = 'queued' AND run_at > :now), 0),
-    COALESCE(SUM(status IN {_RUNNING_SQL}), 0),
-    COALESCE(SUM(status = 'complete'), 0),
-    COALESCE(SUM(status = 'failed'), 0),
-    COALESCE(SUM(status = 'aborted'), 0)
-FROM saqlite_jobs GROUP BY queue
-"""
-_SQL_OPS_WORKERS = (
-    "SELECT id, queue, host, pid, beat, expire_at, info FROM saqlite_workers ORDER BY queue, id"
-)
+#: Characters of a job's data, result or error a listing reads; a job with more is
+#: listed from its columns (kwargs and result left out), an error is cut in the middle.
+_LIST_VALUE_CAP = 8192
+_SQL_OPS_COUNT_OLD_JOBS = "SELECT COUNT(*) FROM saqlite_jobs WHERE {where} AND completed < :before"
+
+
 # Job filters: the conditions a _JobFilter uses, joined with AND (all bound parameters).
 _SQL_OPS_WHERE_QUEUE = "queue = :queue"
 _SQL_OPS_WHERE_STATUSES = "status IN (SELECT value FROM json_each(:statuses))"
 _SQL_OPS_WHERE_FUNCTION = "function = :function"
-#: Characters of a job's data, result or error a listing reads; a job with more is
-#: listed from its columns (kwargs and result left out), an error is cut in the middle.
-_LIST_VALUE_CAP = 8192
-# _LOAD_COLUMNS within the cap (else NULL), then the columns to list a bigger job by.
-_SQL_OPS_LIST_JOBS = """
-SELECT queue, key,
-    CASE WHEN length(data) <= :cap AND ifnull(length(result), 0) <= :cap THEN data END,
-    status, attempts, worker_id, started, touched, completed,
-    CASE WHEN length(error) <= :cap THEN error
-        ELSE substr(error, 1, :cap / 2) || char(10) || '...' || char(10) || substr(error, -:cap / 2)
-    END,
-    progress, CASE WHEN ifnull(length(result), 0) <= :cap THEN result END,
-    function, queued, priority, CAST(run_at AS INTEGER), group_key, length(data), length(result)
-FROM saqlite_jobs WHERE {where}
-ORDER BY queued DESC, rowid DESC LIMIT :limit OFFSET :offset
-"""
-_SQL_OPS_SELECT_JOBS = f"""
-SELECT rowid, queue, key, {_LOAD_COLUMNS} FROM saqlite_jobs
-WHERE {{where}} AND rowid > :after ORDER BY rowid LIMIT :limit
-"""
-_SQL_OPS_COUNT_JOBS = "SELECT COUNT(*) FROM saqlite_jobs WHERE {where}"
-_SQL_OPS_COUNT_OLD_JOBS = "SELECT COUNT(*) FROM saqlite_jobs WHERE {where} AND completed < :before"
-_SQL_OPS_FIND_JOB = (
-    f"SELECT queue, key, {_LOAD_COLUMNS} FROM saqlite_jobs WHERE queue = :queue AND key = :key"
-)
-_SQL_OPS_PURGE = """
-DELETE FROM saqlite_jobs WHERE rowid IN (
-    SELECT rowid FROM saqlite_jobs WHERE {where} AND completed < :before LIMIT :limit
-) RETURNING key
-"""
-_SQL_OPS_WORKER_FAILURES = """
-SELECT key, status, error FROM saqlite_jobs
-WHERE queue = :queue AND worker_id = :worker_id AND status IN ('failed', 'aborted')
-ORDER BY completed
-"""
-# Whether a burst has work: a job of its worker running or waiting to be retried, or
-# any job of its queue due.
-_SQL_OPS_BURST_BUSY = f"""
-SELECT EXISTS (
-    SELECT 1 FROM saqlite_jobs WHERE queue = :queue AND worker_id = :worker_id
-    AND (status IN {_RUNNING_SQL} OR (status = 'queued' AND attempts > 0))
-) OR EXISTS (
-    SELECT 1 FROM saqlite_jobs WHERE queue = :queue AND status = 'queued' AND run_at <= :now
-)
-"""
-# What a burst leaves behind: waiting jobs but for the cron jobs a worker schedules.
-_SQL_OPS_BURST_PENDING = """
-SELECT key, function, run_at FROM saqlite_jobs
-WHERE queue = :queue AND status = 'queued' AND key NOT LIKE 'cron:%' ORDER BY run_at
-"""
-_SQL_OPS_IS_SAQLITE = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'saqlite_jobs'"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -4622,6 +4564,9 @@ def _listed_job(store: _Store, row: Sequence[t.Any]) -> Job:
     return job
 
 
+_SQL_OPS_IS_SAQLITE = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'saqlite_jobs'"
+
+
 def _open_store(target: str) -> _Store:
     """The store for a path or ``sqlite:///`` URL; it must be a saqlite file.
 
@@ -4658,6 +4603,21 @@ def _open_store(target: str) -> _Store:
 # -- reading and changing jobs --------------------------------------------------
 
 
+_SQL_OPS_COUNTS = f"""
+SELECT queue,
+    COALESCE(SUM(status = 'queued' AND run_at <= :now), 0),
+    COALESCE(SUM(status = 'queued' AND run_at > :now), 0),
+    COALESCE(SUM(status IN {_RUNNING_SQL}), 0),
+    COALESCE(SUM(status = 'complete'), 0),
+    COALESCE(SUM(status = 'failed'), 0),
+    COALESCE(SUM(status = 'aborted'), 0)
+FROM saqlite_jobs GROUP BY queue
+"""
+_SQL_OPS_WORKERS = (
+    "SELECT id, queue, host, pid, beat, expire_at, info FROM saqlite_workers ORDER BY queue, id"
+)
+
+
 async def _overview(store: _Store, queue: t.Optional[str] = None) -> dict[str, t.Any]:
     """Per queue: job counts by status and live workers; and the live workers."""
     current = time.time()
@@ -4691,6 +4651,21 @@ async def _overview(store: _Store, queue: t.Optional[str] = None) -> dict[str, t
     return {"path": store.path, "queues": queues, "workers": workers}
 
 
+# _LOAD_COLUMNS within the cap (else NULL), then the columns to list a bigger job by.
+_SQL_OPS_LIST_JOBS = """
+SELECT queue, key,
+    CASE WHEN length(data) <= :cap AND ifnull(length(result), 0) <= :cap THEN data END,
+    status, attempts, worker_id, started, touched, completed,
+    CASE WHEN length(error) <= :cap THEN error
+        ELSE substr(error, 1, :cap / 2) || char(10) || '...' || char(10) || substr(error, -:cap / 2)
+    END,
+    progress, CASE WHEN ifnull(length(result), 0) <= :cap THEN result END,
+    function, queued, priority, CAST(run_at AS INTEGER), group_key, length(data), length(result)
+FROM saqlite_jobs WHERE {where}
+ORDER BY queued DESC, rowid DESC LIMIT :limit OFFSET :offset
+"""
+
+
 async def _list_jobs(
     store: _Store, where: _JobFilter, offset: int = 0, limit: int = 20
 ) -> tuple[list[Job], bool]:
@@ -4702,10 +4677,19 @@ async def _list_jobs(
     return [_listed_job(store, row) for row in rows[:limit]], len(rows) > limit
 
 
+_SQL_OPS_COUNT_JOBS = "SELECT COUNT(*) FROM saqlite_jobs WHERE {where}"
+
+
 async def _count_jobs(store: _Store, where: _JobFilter) -> int:
     condition, params = where.where()
     rows = await store.fetch(_SQL_OPS_COUNT_JOBS.format(where=condition), params)
     return int(rows[0][0])
+
+
+_SQL_OPS_SELECT_JOBS = f"""
+SELECT rowid, queue, key, {_LOAD_COLUMNS} FROM saqlite_jobs
+WHERE {{where}} AND rowid > :after ORDER BY rowid LIMIT :limit
+"""
 
 
 async def _matching_jobs(store: _Store, where: _JobFilter) -> AsyncIterator[list[Job]]:
@@ -4720,6 +4704,11 @@ async def _matching_jobs(store: _Store, where: _JobFilter) -> AsyncIterator[list
         if len(rows) < _OPS_BATCH:
             return
         after = rows[-1][0]
+
+
+_SQL_OPS_FIND_JOB = (
+    f"SELECT queue, key, {_LOAD_COLUMNS} FROM saqlite_jobs WHERE queue = :queue AND key = :key"
+)
 
 
 async def _find_jobs(store: _Store, ref: str, queue: t.Optional[str] = None) -> list[Job]:
@@ -4765,6 +4754,13 @@ async def _abort_job(job: Job, error: str) -> bool:
         raise _OpsError(job.refusal("abort"), code=1)
     await job.get_queue().abort(job, error)
     return job.status in (Status.ABORTED, Status.ABORTING)
+
+
+_SQL_OPS_PURGE = """
+DELETE FROM saqlite_jobs WHERE rowid IN (
+    SELECT rowid FROM saqlite_jobs WHERE {where} AND completed < :before LIMIT :limit
+) RETURNING key
+"""
 
 
 async def _purge(
@@ -5294,6 +5290,28 @@ def _cmd_purge(args: argparse.Namespace) -> int:
     return _run_on_store(args.file, action)
 
 
+_SQL_OPS_WORKER_FAILURES = """
+SELECT key, status, error FROM saqlite_jobs
+WHERE queue = :queue AND worker_id = :worker_id AND status IN ('failed', 'aborted')
+ORDER BY completed
+"""
+# Whether a burst has work: a job of its worker running or waiting to be retried, or
+# any job of its queue due.
+_SQL_OPS_BURST_BUSY = f"""
+SELECT EXISTS (
+    SELECT 1 FROM saqlite_jobs WHERE queue = :queue AND worker_id = :worker_id
+    AND (status IN {_RUNNING_SQL} OR (status = 'queued' AND attempts > 0))
+) OR EXISTS (
+    SELECT 1 FROM saqlite_jobs WHERE queue = :queue AND status = 'queued' AND run_at <= :now
+)
+"""
+# What a burst leaves behind: waiting jobs but for the cron jobs a worker schedules.
+_SQL_OPS_BURST_PENDING = """
+SELECT key, function, run_at FROM saqlite_jobs
+WHERE queue = :queue AND status = 'queued' AND key NOT LIKE 'cron:%' ORDER BY run_at
+"""
+
+
 def _cmd_burst(args: argparse.Namespace) -> int:
     """Run a worker until the queue's work is done (see ``_BURST_HELP``); exit 1 if
     any job failed or was aborted, or if jobs are left pending."""
@@ -5429,42 +5447,6 @@ _EXPORT_MARK = "saqlite export"
 _EXPORT_HOLD = 253402300799.0  # run_at of a taken job: the end of year 9999
 _EXPORT_SLICE = 100
 _EXPORT_SCHEMES = ("redis", "rediss", "postgres", "postgresql")
-_SQL_EXPORT_QUEUES = (
-    "SELECT DISTINCT queue FROM saqlite_jobs"
-    f" WHERE status = 'queued' OR status IN {_RUNNING_SQL} "
-    "ORDER BY 1"
-)
-_SQL_EXPORT_COUNTS = "SELECT COUNT(*) FROM saqlite_jobs WHERE queue = :queue AND status = 'queued'"
-_SQL_EXPORT_RUNNING = (
-    "SELECT key, status FROM saqlite_jobs "
-    f"WHERE queue = :queue AND status IN {_RUNNING_SQL} ORDER BY rowid"
-)
-# A slice of jobs a killed export left taken, and a slice of waiting jobs (read, then
-# taken by rowid once they are known to load: those a worker claimed meanwhile stay).
-_SQL_EXPORT_TAKEN = f"""
-SELECT rowid, queue, key, {_LOAD_COLUMNS} FROM saqlite_jobs
-WHERE queue = :queue AND status = 'queued' AND worker_id = :mark AND rowid > :after
-ORDER BY rowid LIMIT :limit
-"""
-_SQL_EXPORT_WAITING = f"""
-SELECT rowid, queue, key, {_LOAD_COLUMNS} FROM saqlite_jobs
-WHERE queue = :queue AND status = 'queued' AND worker_id IS NOT :mark AND rowid > :after
-ORDER BY rowid LIMIT :limit
-"""
-_SQL_EXPORT_TAKE = """
-UPDATE saqlite_jobs SET worker_id = :mark, run_at = :hold
-WHERE rowid IN (SELECT value FROM json_each(:rowids)) AND status = 'queued'
-  AND worker_id IS NOT :mark
-RETURNING rowid
-"""
-_SQL_EXPORT_DELETE = """
-DELETE FROM saqlite_jobs WHERE queue = :queue AND status = 'queued' AND worker_id = :mark
-  AND key IN (SELECT value FROM json_each(:keys))
-"""
-_SQL_EXPORT_RESTORE = """
-UPDATE saqlite_jobs SET worker_id = NULL, run_at = :run_at
-WHERE queue = :queue AND key = :key AND status = 'queued' AND worker_id = :mark
-"""
 #: The Job fields an export keeps (those SAQ's Job has), besides function and kwargs.
 _EXPORT_FIELDS = (
     "key",
@@ -5503,6 +5485,22 @@ def _saq_job(saq: t.Any, job: Job) -> t.Any:
     known = {field.name for field in dataclasses.fields(saq.Job)}
     options = {name: getattr(job, name) for name in _EXPORT_FIELDS if name in known}
     return saq.Job(function=job.function, kwargs=job.kwargs, **options)
+
+
+_SQL_EXPORT_TAKE = """
+UPDATE saqlite_jobs SET worker_id = :mark, run_at = :hold
+WHERE rowid IN (SELECT value FROM json_each(:rowids)) AND status = 'queued'
+  AND worker_id IS NOT :mark
+RETURNING rowid
+"""
+_SQL_EXPORT_DELETE = """
+DELETE FROM saqlite_jobs WHERE queue = :queue AND status = 'queued' AND worker_id = :mark
+  AND key IN (SELECT value FROM json_each(:keys))
+"""
+_SQL_EXPORT_RESTORE = """
+UPDATE saqlite_jobs SET worker_id = NULL, run_at = :run_at
+WHERE queue = :queue AND key = :key AND status = 'queued' AND worker_id = :mark
+"""
 
 
 async def _export_slice(
@@ -5545,6 +5543,20 @@ async def _export_slice(
     return moved, len(present), conflicts
 
 
+# A slice of jobs a killed export left taken, and a slice of waiting jobs (read, then
+# taken by rowid once they are known to load: those a worker claimed meanwhile stay).
+_SQL_EXPORT_TAKEN = f"""
+SELECT rowid, queue, key, {_LOAD_COLUMNS} FROM saqlite_jobs
+WHERE queue = :queue AND status = 'queued' AND worker_id = :mark AND rowid > :after
+ORDER BY rowid LIMIT :limit
+"""
+_SQL_EXPORT_WAITING = f"""
+SELECT rowid, queue, key, {_LOAD_COLUMNS} FROM saqlite_jobs
+WHERE queue = :queue AND status = 'queued' AND worker_id IS NOT :mark AND rowid > :after
+ORDER BY rowid LIMIT :limit
+"""
+
+
 async def _export_queue(
     store: _Store, saq: t.Any, url: str, name: str, advance: Callable[[int], None]
 ) -> tuple[int, int, list[Job]]:
@@ -5572,6 +5584,18 @@ async def _export_queue(
     finally:
         await saq_queue.disconnect()
     return moved, already, conflicts
+
+
+_SQL_EXPORT_QUEUES = (
+    "SELECT DISTINCT queue FROM saqlite_jobs"
+    f" WHERE status = 'queued' OR status IN {_RUNNING_SQL} "
+    "ORDER BY 1"
+)
+_SQL_EXPORT_COUNTS = "SELECT COUNT(*) FROM saqlite_jobs WHERE queue = :queue AND status = 'queued'"
+_SQL_EXPORT_RUNNING = (
+    "SELECT key, status FROM saqlite_jobs "
+    f"WHERE queue = :queue AND status IN {_RUNNING_SQL} ORDER BY rowid"
+)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
