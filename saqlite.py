@@ -2549,6 +2549,11 @@ class SyncQueue:
         *args: t.Any,
         **options: t.Any,
     ) -> None:
+        if "swept_error_message" in options:  # a Queue option that only a sweep uses
+            raise TypeError(
+                "SyncQueue takes no swept_error_message: only a worker's sweep uses it; "
+                "give it to the Queue of the Worker"
+            )
         self.queue = Queue(path, name, *args, **options)
         self._codec = self.queue._codec  # one codec: jobs are the twin's
         self._conn: t.Optional[sqlite3.Connection] = None

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import ast
 import builtins
+import json
 import os
 import re
 import shutil
 import subprocess
 import symtable
 import sys
+import typing as t
 from pathlib import Path
 
 import pytest
@@ -199,3 +201,25 @@ def test_every_public_name_is_in_all() -> None:
     }
     imported_modules = {name for name, value in vars(saqlite).items() if type(value) is type(os)}
     assert public - imported_modules - {"logger", "t"} <= set(saqlite.__all__)
+
+
+def test_sync_queue_takes_queue_arguments_positionally_and_by_name(tmp_path: Path) -> None:
+    """SyncQueue passes what follows path and name to its Queue twin: dump and load
+    positionally as before, the options by name; an option it cannot use is refused."""
+
+    def dump(value: dict[str, object]) -> str:
+        return "x" + json.dumps(value)
+
+    def load(text: t.Union[str, bytes]) -> t.Any:
+        return json.loads(text[1:])
+
+    path = tmp_path / "jobs.db"
+    with saqlite.SyncQueue(path, "mail", dump, load, lock_timeout=2.0) as client:
+        assert (client.name, client.queue.lock_timeout) == ("mail", 2.0)
+        client.enqueue("send", key="k", to="a@b")
+        job = client.job("k")
+        assert job is not None and job.kwargs == {"to": "a@b"}
+    with pytest.raises(TypeError, match="SyncQueue takes no swept_error_message"):
+        saqlite.SyncQueue(path, swept_error_message="gone")
+    with pytest.raises(TypeError, match="synchronus"):
+        saqlite.SyncQueue(path, synchronus="FULL")
