@@ -1,5 +1,14 @@
 # saqlite: SAQ's job queue on one SQLite file.
-# Copyright (c) 2026 the saqlite authors. MIT licence (see the end of this file).
+# Copyright (c) 2026 the saqlite authors. MIT licence:
+#
+# Permission is hereby granted, free of charge, to any person obtaining a copy of this
+# software and associated documentation files (the "Software"), to deal in the Software
+# without restriction, including without limitation the rights to use, copy, modify,
+# merge, publish, distribute, sublicense, and/or sell copies of the Software, and to
+# permit persons to whom the Software is furnished to do so, subject to the following
+# conditions: The above copyright notice and this permission notice shall be included
+# in all copies or substantial portions of the Software. THE SOFTWARE IS PROVIDED "AS
+# IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR IMPLIED.
 """saqlite: a durable async job queue in one Python file on one SQLite file.
 
 It reproduces the API of SAQ (Simple Async Queue): ``Job``, ``CronJob``, ``Queue``,
@@ -10,9 +19,27 @@ This module is a single file with two dependencies (aiosqlite and croniter). You
 copy it into your project (keep this notice); nothing in it depends on its own name.
 
 Sections, in reading order (search for the banners):
-    Constants and SQL / Errors / Types / Status, Job, CronJob / Queue /
-    Storage steps / Storage internals / Sync client / Worker /
-    Operations: terminal commands / Web page / Command line
+    The public API, top down:
+        Constants        defaults and tuning
+        The schema       the tables, their migrations, and SQLite's clock (_SQL_NOW)
+        Errors / Types   exceptions; the typed dicts and callables of the API
+        Status, Job, CronJob
+        Queue            the async client; each statement beside the method that runs it
+        Worker           claims and runs jobs, cron, sweeps
+        SyncQueue        the same queue for code without an event loop
+        Command line: running workers    ``python -m saqlite module.settings``
+    The private machinery they run on:
+        Storage steps    the statements of each operation, shared by Queue and SyncQueue
+        The file         connection, lock waits, which processes are alive
+        Group commit     _Batcher: many writes, one transaction
+        Wake-ups         datagrams that tell waiters of new jobs, changes and aborts
+        Running jobs     the worker's threads, hooks, storage outages
+        The codec        a job to its row and back
+        Running this file    ``python saqlite.py`` / ``python -m saqlite``: main()
+    Then one marker line; after it only the operator tooling, which nothing above
+    uses (cut the file there to vendor the core alone):
+        Operator tooling: terminal commands   ``saqlite info|jobs|retry|...``, export
+        Operator tooling: the web page        the ASGI page and its small HTTP server
 """
 
 from __future__ import annotations
@@ -58,10 +85,13 @@ from croniter import croniter
 __version__ = "0.1.0"
 
 __all__ = [
+    "ACTIVE_STATUSES",
     "BeforeEnqueueType",
     "Context",
     "CountKind",
     "CronJob",
+    "DEFAULT_PATH",
+    "DEFAULT_SWEPT_JOB_ERROR",
     "DumpType",
     "Function",
     "InvalidUrlError",
@@ -69,19 +99,24 @@ __all__ = [
     "JobError",
     "ListenCallback",
     "LoadType",
+    "MIN_SQLITE_VERSION",
     "Queue",
     "QueueInfo",
+    "SCHEMA_VERSION",
+    "SYNCHRONOUS_MODES",
     "SettingsDict",
     "Status",
     "StorageError",
     "SyncQueue",
+    "TERMINAL_STATUSES",
     "TimersDict",
+    "UNSUCCESSFUL_TERMINAL_STATUSES",
     "Worker",
     "WorkerInfo",
     "WorkerStats",
     "exponential_backoff",
     "main",
-    "web_app",
+    "now",
 ]
 
 logger = logging.getLogger(__name__)
@@ -89,7 +124,7 @@ logger.addHandler(logging.NullHandler())
 
 
 # =============================================================================
-# Constants and SQL
+# Constants
 # =============================================================================
 
 DEFAULT_PATH = "saqlite.db"
@@ -122,6 +157,11 @@ _ROWS_PER_STATEMENT = 500
 _MAX_SECONDS = 1e10
 #: Latest ``scheduled`` time: the end of the year 9999, the last that dates can show.
 _MAX_EPOCH_S = 253402300799.0
+
+
+# =============================================================================
+# The schema
+# =============================================================================
 
 # The columns of saqlite_jobs that a full write of a job sets, in order. The job
 # itself is stored serialised in `data`, but for its result (in `result`); the columns
@@ -207,13 +247,6 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
-_SQL_CREATE_META = "CREATE TABLE IF NOT EXISTS saqlite_meta (name TEXT PRIMARY KEY, value)"
-_SQL_SCHEMA_VERSION = "SELECT value FROM saqlite_meta WHERE name = 'schema_version'"
-_SQL_SET_SCHEMA_VERSION = (
-    "INSERT OR REPLACE INTO saqlite_meta (name, value) VALUES ('schema_version', ?)"
-)
-
-_TERMINAL_SQL = "('complete', 'failed', 'aborted')"
 
 # Now, in epoch seconds, by SQLite's clock. Statements that compare times written by
 # different processes read it in the statement itself rather than trust the clock of
@@ -221,232 +254,32 @@ _TERMINAL_SQL = "('complete', 'failed', 'aborted')"
 _SQL_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 _SQL_NOW_MS = f"CAST({_SQL_NOW} * 1000 AS INTEGER)"
 
-# Enqueue: a key that is waiting or running is left alone (no row comes back);
-# a finished one is replaced by the new job. An unscheduled job (run_at NULL) is due
-# from now by SQLite's clock.
-_SQL_INSERT_JOBS = (
-    f"INSERT INTO saqlite_jobs ({', '.join(_JOB_COLUMNS)}) SELECT "
-    + ", ".join(
-        f"COALESCE(column{i}, {_SQL_NOW})" if c == "run_at" else f"column{i}"
-        for i, c in enumerate(_JOB_COLUMNS, 1)
-    )
-    + " FROM (VALUES {rows}) WHERE true ON CONFLICT (queue, key) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in _JOB_COLUMNS[2:])
-    + f", deaths = 0 WHERE saqlite_jobs.status IN {_TERMINAL_SQL} RETURNING key"
+_SQL_CREATE_META = "CREATE TABLE IF NOT EXISTS saqlite_meta (name TEXT PRIMARY KEY, value)"
+_SQL_SCHEMA_VERSION = "SELECT value FROM saqlite_meta WHERE name = 'schema_version'"
+_SQL_SET_SCHEMA_VERSION = (
+    "INSERT OR REPLACE INTO saqlite_meta (name, value) VALUES ('schema_version', ?)"
 )
 
-# Claim up to N due jobs of a queue in one statement: by priority, then run_at,
-# then enqueue order. A job with a group_key is taken only when no job of its group
-# is running, and only the first of its group in one claim.
-# Only priorities from :low to :high are claimed; times are SQLite's (see _SQL_NOW).
-# (+priority: grouped jobs are found through their own index, not among all queued.)
-_SQL_CLAIM = """
-WITH ungrouped AS (
-    SELECT rowid AS id, priority, run_at FROM saqlite_jobs
-    WHERE queue = :queue AND status = 'queued'{in_range}
-      AND run_at <= {now} AND group_key IS NULL
-    ORDER BY priority, run_at, rowid LIMIT :limit
-), grouped AS (
-    SELECT id, priority, run_at FROM (
-        SELECT rowid AS id, priority, run_at, ROW_NUMBER() OVER (
-            PARTITION BY group_key ORDER BY priority, run_at, rowid) AS n
-        FROM saqlite_jobs
-        WHERE queue = :queue AND status = 'queued'{in_range_grouped}
-          AND run_at <= {now} AND group_key IS NOT NULL
-          AND group_key NOT IN (
-              SELECT group_key FROM saqlite_jobs
-              WHERE queue = :queue AND group_key IS NOT NULL
-                AND status IN ('active', 'aborting'))
-    ) WHERE n = 1
-)
-UPDATE saqlite_jobs
-SET status = 'active', worker_id = :worker_id, attempts = attempts + 1,
-    started = {now_ms}, touched = {now_ms}
-WHERE rowid IN (
-    SELECT id FROM (SELECT * FROM ungrouped UNION ALL SELECT * FROM grouped)
-    ORDER BY priority, run_at, id LIMIT :limit)
-RETURNING key, priority, run_at, {load_columns}
-"""
 
-
-@functools.lru_cache(maxsize=2)
-def _claim_sql(in_range: bool) -> str:
-    """_SQL_CLAIM, with the test of Queue(priorities=...) if ``in_range``. Without one
-    a job of any priority is claimed (so a row whose priority is not a number, left by
-    an older saqlite, is claimed and fails alone: see Queue._claim)."""
-    return _SQL_CLAIM.format(
-        in_range=" AND priority BETWEEN :low AND :high" if in_range else "",
-        # +priority: the group part keeps its own index (saqlite_jobs_group)
-        in_range_grouped=" AND +priority BETWEEN :low AND :high" if in_range else "",
-        now=_SQL_NOW,
-        now_ms=_SQL_NOW_MS,
-        load_columns=_LOAD_COLUMNS,
-    )
-
-
-# A claimed job that cannot be loaded (see Queue._claim) fails on its own.
-_SQL_FAIL_UNLOADABLE = """
-UPDATE saqlite_jobs
-SET status = 'failed', error = :error, completed = :now_ms,
-    expire_at = CASE WHEN ttl > 0 THEN :now + ttl END
-WHERE queue = :queue AND key = :key AND status = 'active' AND attempts = :attempts
-RETURNING key
-"""
-
-# A guarded write of whole jobs: each row applies only where the job is still in
-# the state its writer last saw (status, worker and attempt), so a late writer never
-# overwrites an abort or a sweep that came in between.
-_GUARD_COLUMNS = ("expected_status", "expected_worker", "expected_attempts")
-_SQL_WRITE_JOBS = (
-    "UPDATE saqlite_jobs SET "
-    + ", ".join(
-        # run_at NULL: an unscheduled job keeps the time it became due
-        f"{c} = COALESCE(v.column{i}, saqlite_jobs.run_at)"
-        if c == "run_at"
-        else f"{c} = v.column{i}"
-        for i, c in enumerate(_JOB_COLUMNS, 1 + len(_GUARD_COLUMNS))
-        if c not in ("queue", "key")
-    )
-    + " FROM (VALUES {rows}) AS v"
-    " WHERE saqlite_jobs.queue = v.column4 AND saqlite_jobs.key = v.column5"
-    " AND saqlite_jobs.status = v.column1 AND saqlite_jobs.worker_id IS v.column2"
-    " AND saqlite_jobs.attempts = v.column3"
-    " RETURNING saqlite_jobs.key"
-)
-# A worker's finish: only the fields a finish changes, so the job is not serialised
-# again (see Queue._finish). Guarded like _SQL_WRITE_JOBS.
-_FINISH_COLUMNS = ("status", "completed", "error", "progress", "result", "expire_at")
-_SQL_FINISH_JOBS = (
-    "UPDATE saqlite_jobs SET "
-    + ", ".join(f"{c} = v.column{i}" for i, c in enumerate(_FINISH_COLUMNS, 6))
-    + " FROM (VALUES {rows}) AS v"
-    " WHERE saqlite_jobs.queue = v.column1 AND saqlite_jobs.key = v.column2"
-    " AND saqlite_jobs.status = v.column3 AND saqlite_jobs.worker_id IS v.column4"
-    " AND saqlite_jobs.attempts = v.column5"
-    " RETURNING saqlite_jobs.key"
-)
-_SQL_DELETE_JOBS = (
-    "DELETE FROM saqlite_jobs WHERE rowid IN ("
-    " SELECT j.rowid FROM saqlite_jobs AS j JOIN (VALUES {rows}) AS v"
-    " ON j.queue = v.column1 AND j.key = v.column2 AND j.status = v.column3"
-    " AND j.worker_id IS v.column4 AND j.attempts = v.column5"
-    ") RETURNING key"
-)
-
-# A write by key, as SAQ's: the last writer wins. The columns a claim owns (status,
-# worker_id, attempts, started) keep their stored value where the row gives NULL,
-# i.e. unless the call sets them. A row with a lease (column1-2: the worker and
-# attempt that run the job) applies only while that run still owns the job.
-_KEPT_UNLESS_SET = ("status", "worker_id", "attempts", "started")
-_SQL_LEASE_GUARD = (
-    "(v.column1 IS NULL OR ({table}.worker_id = v.column1 AND {table}.attempts = v.column2"
-    " AND {table}.status IN ('active', 'aborting')))"
-)
-_SQL_SET_JOBS = (
-    "UPDATE saqlite_jobs SET "
-    + ", ".join(
-        # run_at NULL: an unscheduled job keeps the time it became due
-        f"{c} = COALESCE(v.column{i}, saqlite_jobs.{c})" if c in (*_KEPT_UNLESS_SET, "run_at")
-        else f"{c} = v.column{i}"
-        for i, c in enumerate(_JOB_COLUMNS, 3)
-        if c not in ("queue", "key")
-    )
-    + " FROM (VALUES {rows}) AS v"
-    " WHERE saqlite_jobs.queue = v.column3 AND saqlite_jobs.key = v.column4 AND "
-    + _SQL_LEASE_GUARD.format(table="saqlite_jobs")
-    + " RETURNING saqlite_jobs.key"
-)  # fmt: skip
-_SQL_REMOVE_JOBS = (
-    "DELETE FROM saqlite_jobs WHERE rowid IN ("
-    " SELECT j.rowid FROM saqlite_jobs AS j JOIN (VALUES {rows}) AS v"
-    " ON j.queue = v.column3 AND j.key = v.column4 AND "
-    + _SQL_LEASE_GUARD.format(table="j")
-    + ") RETURNING key"
-)
-
-_SQL_REQUEST_ABORT = """
-UPDATE saqlite_jobs SET status = 'aborting', error = :error
-WHERE queue = :queue AND key = :key AND status = 'active' AND attempts = :attempts
-RETURNING key
-"""
-_SQL_ABORTING_KEYS = """
-SELECT key FROM saqlite_jobs WHERE queue = ? AND worker_id = ? AND status = 'aborting'
-"""
-_SQL_GET_JOBS = (
-    f"SELECT key, {_LOAD_COLUMNS} FROM saqlite_jobs WHERE queue = ? AND key IN ({{keys}})"
-)
-_SQL_GET_STATUSES = "SELECT key, status FROM saqlite_jobs WHERE queue = ? AND key IN ({keys})"
-_SQL_ITER_JOBS = f"""
-SELECT rowid, {_LOAD_COLUMNS} FROM saqlite_jobs
-WHERE queue = ? AND rowid > ? AND status IN ({{statuses}})
-ORDER BY rowid LIMIT ?
-"""
-# Unfinished jobs of one status (as info() lists them), in the order they are claimed.
-_SQL_LIST_JOBS = f"""
-SELECT {_LOAD_COLUMNS} FROM saqlite_jobs WHERE queue = ? AND status = ?
-ORDER BY priority, run_at, rowid LIMIT ? OFFSET ?
-"""
-# When the next scheduled job falls due (jobs due now but not claimed wait for their
-# group: the end of the group's running job wakes the claimers).
-# In seconds from now, by SQLite's clock.
-_SQL_NEXT_RUN_AT = f"""
-SELECT MIN(run_at) - {_SQL_NOW} FROM saqlite_jobs
-WHERE queue = ? AND status = 'queued' AND run_at > {_SQL_NOW}
-"""
-# As in SAQ, an ABORTING job is neither active nor incomplete: it is on its way out.
-_SQL_COUNTS = f"""
-SELECT
-    COALESCE(SUM(status = 'queued' AND run_at <= {_SQL_NOW}), 0),
-    COALESCE(SUM(status = 'queued' AND run_at > {_SQL_NOW}), 0),
-    COALESCE(SUM(status = 'active'), 0)
-FROM saqlite_jobs WHERE queue = :queue AND status IN ('queued', 'active')
-"""
-# Running jobs, with SQLite's now (epoch ms) to judge them stuck by, and their deaths.
-_SQL_RUNNING_JOBS = f"""
-SELECT {_LOAD_COLUMNS}, {_SQL_NOW_MS}, deaths FROM saqlite_jobs
-WHERE queue = ? AND status IN ('active', 'aborting')
-"""
-_SQL_DELETE_EXPIRED_JOBS = f"DELETE FROM saqlite_jobs WHERE expire_at <= {_SQL_NOW} RETURNING key"
-# A job whose worker died goes back to the queue without the attempt it was charged.
-_SQL_REQUEUE_ORPHAN = f"""
-UPDATE saqlite_jobs
-SET status = 'queued', attempts = attempts - 1, deaths = deaths + 1, error = :error,
-    started = 0, completed = 0, progress = 0, touched = {_SQL_NOW_MS}
-WHERE queue = :queue AND key = :key AND status = :status AND worker_id IS :worker_id
-  AND attempts = :attempts
-RETURNING key
-"""
-_SQL_DATA_VERSION = "PRAGMA data_version"
-_SQL_CHECKPOINT = "PRAGMA wal_checkpoint(TRUNCATE)"
-
-_SQL_UPSERT_WORKER = f"""
-INSERT INTO saqlite_workers (id, queue, host, pid, start_token, beat, expire_at, info)
-VALUES (:id, :queue, :host, :pid, :start_token, {_SQL_NOW}, {_SQL_NOW} + :ttl, :info)
-ON CONFLICT (id) DO UPDATE SET
-    beat = excluded.beat, expire_at = excluded.expire_at, info = excluded.info
-"""
-_SQL_DELETE_WORKER = "DELETE FROM saqlite_workers WHERE id = ?"
-# Each worker, and whether its worker_info ttl has run out (by SQLite's clock).
-_SQL_WORKERS = f"""
-SELECT id, host, pid, start_token, expire_at <= {_SQL_NOW}, info FROM saqlite_workers
-WHERE queue = ?
-"""
-_SQL_DELETE_WORKERS = "DELETE FROM saqlite_workers WHERE id IN ({ids})"
-
-_SQL_REGISTER_WAKEUP = """
-INSERT OR REPLACE INTO saqlite_wakeup (queue, kind, port, host, pid) VALUES (?, ?, ?, ?, ?)
-"""
-_SQL_UNREGISTER_WAKEUP = "DELETE FROM saqlite_wakeup WHERE queue = ? AND port = ?"
-_SQL_WAKEUP_PORTS = "SELECT kind, port, host, pid FROM saqlite_wakeup WHERE queue = ?"
-_SQL_DELETE_WAKEUP = "DELETE FROM saqlite_wakeup WHERE host = ? AND pid = ?"
-
-# A lease: taken when free, expired, or already ours (by SQLite's clock).
-_SQL_TAKE_LOCK = f"""
-INSERT INTO saqlite_locks (name, owner, expire_at) VALUES (:name, :owner, {_SQL_NOW} + :seconds)
-ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expire_at = excluded.expire_at
-WHERE saqlite_locks.expire_at <= {_SQL_NOW} OR saqlite_locks.owner = excluded.owner
-RETURNING owner
-"""
+def _migrate(conn: sqlite3.Connection, path: str) -> None:
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        raise StorageError(path, f"{path} cannot use WAL journal mode (got {mode!r})")
+    with _transaction(conn):
+        conn.execute(_SQL_CREATE_META)
+        row = conn.execute(_SQL_SCHEMA_VERSION).fetchone()
+        version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise StorageError(
+                path,
+                f"{path} has saqlite schema version {version}, newer than this saqlite "
+                f"{__version__} understands ({SCHEMA_VERSION}): upgrade saqlite",
+            )
+        for statements in _MIGRATIONS[version:]:
+            for statement in statements:
+                conn.execute(statement)
+        if version < SCHEMA_VERSION:
+            conn.execute(_SQL_SET_SCHEMA_VERSION, (SCHEMA_VERSION,))
 
 
 # =============================================================================
@@ -483,6 +316,18 @@ class StorageError(RuntimeError):
 
 class InvalidUrlError(ValueError):
     """``Queue.from_url`` or ``SyncQueue.from_url`` was given a URL it cannot open."""
+
+
+class _OpsError(Exception):
+    """A command cannot do what it was asked; the message says why and what to do.
+
+    Args:
+        code: the exit code: 2 a usage or settings error, 1 a job missing.
+    """
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 # =============================================================================
@@ -598,9 +443,24 @@ class Status(str, enum.Enum):
         return self.value
 
 
+#: The status groups, each defined once for the Python and the SQL (see _sql_list).
+#: A waiting job is QUEUED (due or scheduled); a running one is claimed by a worker
+#: (ABORTING: told to stop); a finished one is terminal.
+_RUNNING_STATUSES = (Status.ACTIVE, Status.ABORTING)
+_FINISHED_STATUSES = (Status.COMPLETE, Status.FAILED, Status.ABORTED)
 ACTIVE_STATUSES = frozenset({Status.NEW, Status.QUEUED, Status.ACTIVE})
-TERMINAL_STATUSES = frozenset({Status.COMPLETE, Status.FAILED, Status.ABORTED})
+TERMINAL_STATUSES = frozenset(_FINISHED_STATUSES)
 UNSUCCESSFUL_TERMINAL_STATUSES = frozenset({Status.FAILED, Status.ABORTED})
+
+
+def _sql_list(statuses: tuple[Status, ...]) -> str:
+    """A status group as an SQL list, e.g. ``('active', 'aborting')``: rendered once,
+    when a statement is built, so a statement costs no more than with the literal."""
+    return "(" + ", ".join(f"'{status.value}'" for status in statuses) + ")"
+
+
+_RUNNING_SQL = _sql_list(_RUNNING_STATUSES)
+_FINISHED_SQL = _sql_list(_FINISHED_STATUSES)
 
 
 def now() -> int:
@@ -619,7 +479,7 @@ def _node() -> int:
 
 def _stuck_at(job: Job, current: int) -> bool:
     """Whether a job is running and past its timeout or heartbeat at ``current`` (ms)."""
-    if job.status not in (Status.ACTIVE, Status.ABORTING):
+    if job.status not in _RUNNING_STATUSES:
         return False
     return bool(
         (job.timeout and _seconds(current - job.started) > job.timeout)
@@ -993,8 +853,7 @@ class Queue:
         self.synchronous = synchronous.upper()
         self.lock_timeout = lock_timeout
         self.priorities = _check_priorities(priorities)
-        self._dump: DumpType = dump or json.dumps
-        self._load: LoadType = load or json.loads
+        self._codec = _Codec(self, dump, load)
         self._conn: t.Optional[aiosqlite.Connection] = None
         self._connect_lock: t.Optional[asyncio.Lock] = None
         # The task whose transaction is open on the connection, and what ends it (_atomic).
@@ -1117,9 +976,9 @@ class Queue:
             ValueError: the job belongs to another queue, or an option is invalid.
             TypeError: the job cannot be serialised (e.g. a kwarg JSON cannot encode).
         """
-        job = self._prepare(job_or_func, kwargs)
+        job = self._codec.prepare(job_or_func, kwargs)
         await self._before_enqueue(job)
-        inserted = await self._inserts.submit(self._job_row(job))
+        inserted = await self._inserts.submit(self._codec.row(job))
         if not inserted:
             return None
         if logger.isEnabledFor(logging.INFO):
@@ -1141,45 +1000,15 @@ class Queue:
         Raises:
             ValueError, TypeError: as enqueue, for the first bad job; none is stored.
         """
-        prepared = [self._prepare(job, dict(kwargs)) for job in jobs]
+        prepared = [self._codec.prepare(job, dict(kwargs)) for job in jobs]
         for job in prepared:
             await self._before_enqueue(job)
-        inserted = await self._insert_all([self._job_row(job) for job in prepared])
+        inserted = await self._insert_all([self._codec.row(job) for job in prepared])
         return [job if ok else None for job, ok in zip(prepared, inserted)]
 
     async def _before_enqueue(self, job: Job) -> None:
         for callback in list(self._before_enqueues.values()):
             await callback(job)
-
-    def _prepare(self, job_or_func: t.Union[str, Job, Function], kwargs: dict[str, t.Any]) -> Job:
-        job_fields = {}
-        function_kwargs = {}
-        for name, value in kwargs.items():
-            if name in _JOB_FIELD_NAMES:
-                job_fields[name] = value
-            else:
-                function_kwargs[name] = value
-        if isinstance(job_or_func, Job):
-            job = job_or_func
-            for name, value in job_fields.items():
-                setattr(job, name, value)
-            if function_kwargs:
-                job.kwargs = {**(job.kwargs or {}), **function_kwargs}
-        else:
-            name = job_or_func if isinstance(job_or_func, str) else _function_name(job_or_func)
-            job = Job(name, **job_fields)
-            if function_kwargs:
-                job.kwargs = {**(job.kwargs or {}), **function_kwargs}
-        if job.queue is not None and job.queue.name != self.name:
-            raise ValueError(f"{job.info()} belongs to queue {job.queue.name!r}, not {self.name!r}")
-        _check_job_options(job)
-        job.queue = self
-        job.queued = now()
-        job.status = Status.QUEUED
-        job.attempts = 0
-        job.started = job.completed = job.touched = 0
-        job.worker_id = None
-        return job
 
     # -- reading -------------------------------------------------------------
 
@@ -1191,6 +1020,12 @@ class Queue:
         """The jobs with these keys, in the order asked (None where missing)."""
         return await self._drive(_jobs_steps(self, list(job_keys)))
 
+    _SQL_ITER_JOBS = f"""
+    SELECT rowid, {_LOAD_COLUMNS} FROM saqlite_jobs
+    WHERE queue = ? AND rowid > ? AND status IN ({{statuses}})
+    ORDER BY rowid LIMIT ?
+    """
+
     async def iter_jobs(
         self, statuses: Iterable[Status] = tuple(Status), batch_size: int = 100
     ) -> AsyncIterator[Job]:
@@ -1200,12 +1035,12 @@ class Queue:
         stop the file from being checkpointed.
         """
         names = [Status(s).value for s in statuses]
-        sql = _SQL_ITER_JOBS.format(statuses=_placeholders(len(names)))
+        sql = self._SQL_ITER_JOBS.format(statuses=_placeholders(len(names)))
         last = 0
         while True:
             rows = await self._fetch(sql, (self.name, last, *names, batch_size))
             for row in rows:
-                yield self._row_to_job(row[1:])
+                yield self._codec.job(row[1:])
             if len(rows) < batch_size:
                 return
             last = rows[-1][0]
@@ -1289,7 +1124,7 @@ class Queue:
         )
         for job in mapping.jobs:
             await self._before_enqueue(job)
-        await self._insert_all([self._job_row(job) for job in mapping.jobs])
+        await self._insert_all([self._codec.row(job) for job in mapping.jobs])
         await self._wait_until(mapping.keys, mapping.settled, timeout)
         return mapping.results(await self.jobs(mapping.keys))
 
@@ -1421,13 +1256,7 @@ class Queue:
         await self._finished(job, await self._set(job, kwargs.keys() | {"status"}))
 
     async def _finish(
-        self,
-        job: Job,
-        status: Status,
-        result: t.Any = None,
-        error: t.Optional[str] = None,
-        *,
-        finish_only: bool = False,
+        self, job: Job, status: Status, result: t.Any, error: t.Optional[str], finish_only: bool
     ) -> bool:
         """Finish a job a worker or sweeper ran; whether it was still as they saw it.
         ``finish_only`` writes only what a finish changes, for a caller that knows
@@ -1546,6 +1375,20 @@ class Queue:
         """Finish an aborting job as ABORTED with its error (as in SAQ)."""
         await job.finish(Status.ABORTED, error=job.error)
 
+    # Running jobs, with SQLite's now (epoch ms) to judge them stuck by, and their deaths.
+    _SQL_RUNNING_JOBS = f"""
+    SELECT {_LOAD_COLUMNS}, {_SQL_NOW_MS}, deaths FROM saqlite_jobs
+    WHERE queue = ? AND status IN {_RUNNING_SQL}
+    """
+
+    _SQL_DELETE_EXPIRED_JOBS = (
+        f"DELETE FROM saqlite_jobs WHERE expire_at <= {_SQL_NOW} RETURNING key"
+    )
+
+    _SQL_DELETE_WORKERS = "DELETE FROM saqlite_workers WHERE id IN ({ids})"
+
+    _SQL_CHECKPOINT = "PRAGMA wal_checkpoint(TRUNCATE)"
+
     async def sweep(self, lock: int = 60, abort: float = 5.0) -> list[str]:
         """Delete expired jobs and workers, and recover stuck jobs.
 
@@ -1571,25 +1414,25 @@ class Queue:
         await self.connect()
         if not await self._take_lock(f"sweep:{self.name}", lock):
             return []
-        expired = await self._fetch(_SQL_DELETE_EXPIRED_JOBS)
+        expired = await self._fetch(self._SQL_DELETE_EXPIRED_JOBS)
         if expired:
             logger.info("Deleted %d expired job(s)", len(expired))
         # Running jobs first, then workers: a worker registers before it claims, so
         # every worker of these jobs is in the list read after them.
-        rows = await self._fetch(_SQL_RUNNING_JOBS, (self.name,))
+        rows = await self._fetch(self._SQL_RUNNING_JOBS, (self.name,))
         workers = await self._workers()
         live = {worker.id for worker in workers if worker.alive}
         dead = [worker.id for worker in workers if not worker.alive]
         if dead:
-            await self._fetch(_SQL_DELETE_WORKERS.format(ids=_placeholders(len(dead))), dead)
+            await self._fetch(self._SQL_DELETE_WORKERS.format(ids=_placeholders(len(dead))), dead)
         await self._wakeup.forget_dead()
         # Keep the -wal file from growing: copy it into the database and empty it (a
         # no-op while a reader still needs it; the next sweep tries again).
-        await self._fetch(_SQL_CHECKPOINT)
+        await self._fetch(self._SQL_CHECKPOINT)
         orphans: list[tuple[Job, int]] = []
         stuck: list[Job] = []
         for row in rows:
-            job, current, deaths = self._row_to_job(row[:-2]), row[-2], row[-1]
+            job, current, deaths = self._codec.job(row[:-2]), row[-2], row[-1]
             if job.worker_id is not None and job.worker_id not in live:
                 orphans.append((job, deaths))
             elif _stuck_at(job, current):
@@ -1604,8 +1447,7 @@ class Queue:
 
     async def _wait_until_not_running(self, keys: list[str], timeout: float) -> None:
         def stopped(statuses: dict[str, Status]) -> bool:
-            running = (Status.ACTIVE, Status.ABORTING)
-            return not any(statuses.get(key) in running for key in keys)
+            return not any(statuses.get(key) in _RUNNING_STATUSES for key in keys)
 
         with contextlib.suppress(asyncio.TimeoutError):
             await self._wait_until(keys, stopped, timeout)
@@ -1626,6 +1468,16 @@ class Queue:
             return current.retryable and await self._retry(current, self.swept_error_message)
         return current.status == Status.QUEUED and current.error == self.swept_error_message
 
+    # A job whose worker died goes back to the queue without the attempt it was charged.
+    _SQL_REQUEUE_ORPHAN = f"""
+    UPDATE saqlite_jobs
+    SET status = 'queued', attempts = attempts - 1, deaths = deaths + 1, error = :error,
+        started = 0, completed = 0, progress = 0, touched = {_SQL_NOW_MS}
+    WHERE queue = :queue AND key = :key AND status = :status AND worker_id IS :worker_id
+      AND attempts = :attempts
+    RETURNING key
+    """
+
     async def _recover_orphan(self, job: Job, deaths: int) -> bool:
         """Put back a job whose worker died (uncharged), or fail it after _MAX_DEATHS;
         a job being aborted ends ABORTED. Whether it was still as seen."""
@@ -1637,11 +1489,16 @@ class Queue:
                 f"Its worker died {deaths + 1} times running it (killed, out of memory, "
                 "or a crash in the function?): saqlite does not run it again"
             )
-            return await self._finish(job, Status.FAILED, error=error)
-        params = {"queue": self.name, "key": job.key, "status": job.status.value,
-                  "worker_id": job.worker_id, "attempts": job.attempts,
-                  "error": self.swept_error_message}  # fmt: skip
-        if not await self._fetch(_SQL_REQUEUE_ORPHAN, params):
+            return await self._finish(job, Status.FAILED, None, error, finish_only=False)
+        params = {
+            "queue": self.name,
+            "key": job.key,
+            "status": job.status.value,
+            "worker_id": job.worker_id,
+            "attempts": job.attempts,
+            "error": self.swept_error_message,
+        }
+        if not await self._fetch(self._SQL_REQUEUE_ORPHAN, params):
             return False
         await self._wakeup.notify("jobs")
         await self._wakeup.notify("changes")
@@ -1652,9 +1509,16 @@ class Queue:
         (``"swept"``) retries the job if it may; any other abort sticks (ABORTED)."""
         if error == self.swept_error_message and job.retryable:
             return await self._retry(job, error)
-        return await self._finish(job, Status.ABORTED, error=error)
+        return await self._finish(job, Status.ABORTED, None, error, finish_only=False)
 
     # -- workers -------------------------------------------------------------
+
+    _SQL_UPSERT_WORKER = f"""
+    INSERT INTO saqlite_workers (id, queue, host, pid, start_token, beat, expire_at, info)
+    VALUES (:id, :queue, :host, :pid, :start_token, {_SQL_NOW}, {_SQL_NOW} + :ttl, :info)
+    ON CONFLICT (id) DO UPDATE SET
+        beat = excluded.beat, expire_at = excluded.expire_at, info = excluded.info
+    """
 
     async def worker_info(
         self,
@@ -1676,15 +1540,24 @@ class Queue:
             "metadata": metadata,
         }
         pid = os.getpid()
-        await self._fetch(_SQL_UPSERT_WORKER, {
-            "id": worker_id, "queue": self.name, "host": _HOST, "pid": pid,
-            "start_token": _start_token(pid), "ttl": ttl,
-            "info": json.dumps(info, default=str),
-        })  # fmt: skip
+        await self._fetch(
+            self._SQL_UPSERT_WORKER,
+            {
+                "id": worker_id,
+                "queue": self.name,
+                "host": _HOST,
+                "pid": pid,
+                "start_token": _start_token(pid),
+                "ttl": ttl,
+                "info": json.dumps(info, default=str),
+            },
+        )
         return info
 
+    _SQL_DELETE_WORKER = "DELETE FROM saqlite_workers WHERE id = ?"
+
     async def _forget_worker(self, worker_id: str) -> None:
-        await self._fetch(_SQL_DELETE_WORKER, (worker_id,))
+        await self._fetch(self._SQL_DELETE_WORKER, (worker_id,))
 
     async def _workers(self) -> list[_WorkerState]:
         """Every registered worker of this queue, and whether it is alive."""
@@ -1698,20 +1571,7 @@ class Queue:
         Raises:
             TypeError: when ``dump`` cannot encode it, naming the job.
         """
-        return self._encode(job.to_dict(), job)
-
-    def _encode(self, value: dict[str, t.Any], job: Job) -> t.Union[str, bytes]:
-        try:
-            return self._dump(value)
-        except Exception as exc:  # whatever dump raises (RecursionError for deep nesting)
-            raise TypeError(
-                f"Cannot serialise {job.info()} for queue {self.name!r}: {exc}. Job kwargs, "
-                "meta and results must be JSON-encodable, or give the Queue dump= and load="
-            ) from exc
-
-    def _encode_result(self, job: Job) -> t.Union[str, bytes, None]:
-        """The value of the result column: the result as ``{"result": ...}``."""
-        return None if job.result is None else self._encode({"result": job.result}, job)
+        return self._codec.encode(job.to_dict(), job)
 
     def deserialize(
         self,
@@ -1728,7 +1588,7 @@ class Queue:
         """
         if payload is None:
             return None
-        job_dict = dict(payload) if isinstance(payload, dict) else self._load(payload)
+        job_dict = dict(payload) if isinstance(payload, dict) else self._codec.load(payload)
         queue_name = job_dict.pop("queue", self.name)
         if queue_name != self.name:
             raise ValueError(f"Job {job_dict} belongs to queue {queue_name!r}, not {self.name!r}")
@@ -1742,9 +1602,7 @@ class Queue:
         assert copied is not None
         return copied
 
-    # =========================================================================
-    # Storage internals
-    # =========================================================================
+    # -- statements on the file: one, a sequence, a transaction, batched writes -
 
     async def _fetch(self, sql: str, params: t.Any = ()) -> list[t.Any]:
         """Run one statement (its own transaction) and return its rows.
@@ -1774,17 +1632,15 @@ class Queue:
     async def _drive(self, steps: _Steps[_R]) -> _R:
         """Run a sequence of statements (see _Steps) on this queue's connection; a
         statement's exception is thrown into ``steps``, which may handle it."""
-        try:
-            statement = next(steps)
-            while True:
-                try:
-                    rows = await self._fetch(*statement)
-                except Exception as exc:
-                    statement = steps.throw(exc)
-                    continue
-                statement = steps.send(rows)
-        except StopIteration as finished:
-            return t.cast("_R", finished.value)
+        stepper = _Stepper(steps)
+        while stepper.statement is not None:
+            try:
+                rows = await self._fetch(*stepper.statement)
+            except Exception as exc:
+                stepper.resume(exc)
+            else:
+                stepper.resume(rows)
+        return t.cast("_R", stepper.result)
 
     async def _atomic(self, steps: _Steps[_R]) -> _R:
         """Run a sequence of statements as one transaction: all commit, or none.
@@ -1831,37 +1687,6 @@ class Queue:
             await self._wakeup.notify("jobs")
         return inserted
 
-    def _job_row(self, job: Job) -> tuple[t.Any, ...]:
-        """The values of _JOB_COLUMNS for a job."""
-        fields = job.to_dict()
-        fields.pop("result", None)  # it has a column of its own
-        run_at = job.scheduled or None  # None: due from now, by SQLite's clock
-        return (
-            self.name, job.key, job.function, job.status.value, job.priority, run_at, job.group_key,
-            job.worker_id, job.attempts, job.queued, job.started, job.touched,
-            job.completed, job.error, job.ttl, _expire_at(job), job.progress,
-            self._encode_result(job), self._encode(fields, job),
-        )  # fmt: skip
-
-    def _row_to_job(self, row: t.Sequence[t.Any]) -> Job:
-        """A Job from the _LOAD_COLUMNS of a row."""
-        data, status, attempts, worker_id, started, touched, completed, error, progress, result = (
-            row
-        )
-        job = self.deserialize(data)
-        assert job is not None
-        job.status = Status(status)
-        job.attempts = attempts
-        job.worker_id = worker_id
-        job.started = started
-        job.touched = touched
-        job.completed = completed
-        job.error = error
-        job.progress = progress
-        if result is not None:
-            job.result = self._load(result)["result"]
-        return job
-
     async def _insert_rows(self, rows: list[tuple[t.Any, ...]]) -> list[_Outcome]:
         """Insert job rows; for each, whether it went in (False: a duplicate key), or
         the exception that kept it out."""
@@ -1884,12 +1709,60 @@ class Queue:
         await self._wakeup.notify("changes")
         return results
 
+    # -- claiming ------------------------------------------------------------
+
+    @staticmethod
+    @functools.lru_cache(maxsize=2)
+    def _claim_sql(in_range: bool) -> str:
+        """The claim, with the test of Queue(priorities=...) if ``in_range``. Without one
+        a job of any priority is claimed (so a row whose priority is not a number, left by
+        an older saqlite, is claimed and fails alone: see Queue._claim)."""
+        # Claim up to N due jobs of a queue in one statement: by priority, then run_at,
+        # then enqueue order. A job with a group_key is taken only when no job of its group
+        # is running, and only the first of its group in one claim.
+        # Only priorities from :low to :high are claimed; times are SQLite's (see _SQL_NOW).
+        # (+priority: grouped jobs are found through their own index, not among all queued.)
+        test = " AND priority BETWEEN :low AND :high" if in_range else ""
+        grouped_test = " AND +priority BETWEEN :low AND :high" if in_range else ""
+        return f"""
+        WITH ungrouped AS (
+            SELECT rowid AS id, priority, run_at FROM saqlite_jobs
+            WHERE queue = :queue AND status = 'queued'{test}
+              AND run_at <= {_SQL_NOW} AND group_key IS NULL
+            ORDER BY priority, run_at, rowid LIMIT :limit
+        ), grouped AS (
+            SELECT id, priority, run_at FROM (
+                SELECT rowid AS id, priority, run_at, ROW_NUMBER() OVER (
+                    PARTITION BY group_key ORDER BY priority, run_at, rowid) AS n
+                FROM saqlite_jobs
+                WHERE queue = :queue AND status = 'queued'{grouped_test}
+                  AND run_at <= {_SQL_NOW} AND group_key IS NOT NULL
+                  AND group_key NOT IN (
+                      SELECT group_key FROM saqlite_jobs
+                      WHERE queue = :queue AND group_key IS NOT NULL
+                        AND status IN {_RUNNING_SQL})
+            ) WHERE n = 1
+        )
+        UPDATE saqlite_jobs
+        SET status = 'active', worker_id = :worker_id, attempts = attempts + 1,
+            started = {_SQL_NOW_MS}, touched = {_SQL_NOW_MS}
+        WHERE rowid IN (
+            SELECT id FROM (SELECT * FROM ungrouped UNION ALL SELECT * FROM grouped)
+            ORDER BY priority, run_at, id LIMIT :limit)
+        RETURNING key, priority, run_at, {_LOAD_COLUMNS}
+        """
+
     async def _claim(self, limit: int, worker_id: t.Optional[str]) -> list[Job]:
         """Mark up to ``limit`` due jobs ACTIVE for a worker, in one statement."""
         low, high = self.priorities
-        params = {"queue": self.name, "low": low, "high": high,
-                  "worker_id": worker_id, "limit": limit}  # fmt: skip
-        rows = await self._fetch(_claim_sql(self.priorities != _ALL_PRIORITIES), params)
+        params = {
+            "queue": self.name,
+            "low": low,
+            "high": high,
+            "worker_id": worker_id,
+            "limit": limit,
+        }
+        rows = await self._fetch(self._claim_sql(self.priorities != _ALL_PRIORITIES), params)
         if not rows:
             return []
         claimed: list[tuple[t.Any, t.Any, Job]] = []
@@ -1898,7 +1771,7 @@ class Queue:
             try:
                 if not (_is_number(priority) and _is_number(run_at)):
                     raise ValueError(f"priority {priority!r} and run_at {run_at!r} must be numbers")
-                claimed.append((priority, run_at, self._row_to_job(loaded)))
+                claimed.append((priority, run_at, self._codec.job(loaded)))
             except Exception as exc:  # the job alone fails: the others run
                 failed = await self._fail_unloadable(key, loaded[2], exc) or failed
         # RETURNING gives no order: run them in the order they were chosen.
@@ -1908,14 +1781,29 @@ class Queue:
             await self._wakeup.notify("jobs")
         return [job for _, _, job in claimed]
 
+    # A claimed job that cannot be loaded (see Queue._claim) fails on its own.
+    _SQL_FAIL_UNLOADABLE = """
+    UPDATE saqlite_jobs
+    SET status = 'failed', error = :error, completed = :now_ms,
+        expire_at = CASE WHEN ttl > 0 THEN :now + ttl END
+    WHERE queue = :queue AND key = :key AND status = 'active' AND attempts = :attempts
+    RETURNING key
+    """
+
     async def _fail_unloadable(self, key: str, attempts: int, exc: Exception) -> bool:
         """Finish FAILED a claimed job that can't be loaded (it has no Job object)."""
         error = f"saqlite could not load job {key!r} of queue {self.name!r}: {exc!r}"
         logger.error("%s", error)
         current = time.time()
-        params = {"error": error, "now_ms": int(current * 1000), "now": current,
-                  "queue": self.name, "key": key, "attempts": attempts}  # fmt: skip
-        if not await self._fetch(_SQL_FAIL_UNLOADABLE, params):
+        params = {
+            "error": error,
+            "now_ms": int(current * 1000),
+            "now": current,
+            "queue": self.name,
+            "key": key,
+            "attempts": attempts,
+        }
+        if not await self._fetch(self._SQL_FAIL_UNLOADABLE, params):
             return False
         self._count(Status.FAILED)
         return True
@@ -1936,6 +1824,14 @@ class Queue:
                 return []
             await self._wait_for_work(generation, remaining)
 
+    # When the next scheduled job falls due (jobs due now but not claimed wait for their
+    # group: the end of the group's running job wakes the claimers).
+    # In seconds from now, by SQLite's clock.
+    _SQL_NEXT_RUN_AT = f"""
+    SELECT MIN(run_at) - {_SQL_NOW} FROM saqlite_jobs
+    WHERE queue = ? AND status = 'queued' AND run_at > {_SQL_NOW}
+    """
+
     async def _wait_for_work(self, generation: int, limit: float) -> None:
         """Sleep until work may be ready: a wake-up, a scheduled job falling due, or a
         commit by another process (checked every _FALLBACK_POLL_S), at most ``limit``
@@ -1944,7 +1840,7 @@ class Queue:
         """
         version = await self._data_version()
         deadline = time.monotonic() + min(limit, _FORCED_CLAIM_S)
-        rows = await self._fetch(_SQL_NEXT_RUN_AT, (self.name,))
+        rows = await self._fetch(self._SQL_NEXT_RUN_AT, (self.name,))
         if rows and rows[0][0] is not None:
             deadline = min(deadline, time.monotonic() + max(rows[0][0], 0))
         while True:
@@ -1956,1361 +1852,37 @@ class Queue:
             if await self._data_version() != version:
                 return
 
+    _SQL_DATA_VERSION = "PRAGMA data_version"
+
     async def _data_version(self) -> int:
-        rows = await self._fetch(_SQL_DATA_VERSION)
+        rows = await self._fetch(self._SQL_DATA_VERSION)
         return int(rows[0][0])
 
+    _SQL_ABORTING_KEYS = """
+    SELECT key FROM saqlite_jobs WHERE queue = ? AND worker_id = ? AND status = 'aborting'
+    """
+
     async def _aborting_keys(self, worker_id: str) -> list[str]:
-        return [key for (key,) in await self._fetch(_SQL_ABORTING_KEYS, (self.name, worker_id))]
+        return [
+            key for (key,) in await self._fetch(self._SQL_ABORTING_KEYS, (self.name, worker_id))
+        ]
+
+    # A lease: taken when free, expired, or already ours (by SQLite's clock).
+    _SQL_TAKE_LOCK = f"""
+    INSERT INTO saqlite_locks (name, owner, expire_at) VALUES (:name, :owner, {_SQL_NOW} + :seconds)
+    ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expire_at = excluded.expire_at
+    WHERE saqlite_locks.expire_at <= {_SQL_NOW} OR saqlite_locks.owner = excluded.owner
+    RETURNING owner
+    """
 
     async def _take_lock(self, name: str, seconds: float) -> bool:
-        params = {"name": name, "owner": f"{_HOST}:{os.getpid()}:{id(self)}",
-                  "seconds": seconds}  # fmt: skip
-        return bool(await self._fetch(_SQL_TAKE_LOCK, params))
-
-
-_JOB_DEFAULTS = tuple((field.name, field.default) for field in dataclasses.fields(Job))
-_JOB_FIELD_NAMES = frozenset(name for name, _ in _JOB_DEFAULTS)
-_INFO_FULL_ONLY = frozenset({"kwargs", "result", "error", "status", "progress", "meta"})
-
-
-# =============================================================================
-# Storage steps: the statements of each operation, shared by Queue and SyncQueue
-# =============================================================================
-#
-# Each is a generator that yields (sql, params), receives the statement's rows and
-# finally returns the operation's result; Queue._drive runs them on aiosqlite and
-# SyncQueue._drive on sqlite3, so the async and the sync client share every query.
-
-_Statement = tuple[str, t.Any]
-#: A write's outcome for one item: whether it applied, or why it could not be made.
-_Outcome = t.Union[bool, Exception]
-if t.TYPE_CHECKING:
-    from collections.abc import Generator
-
-    _Steps: TypeAlias = Generator[_Statement, list[t.Any], _R]
-
-
-def _insert_steps(rows: list[tuple[t.Any, ...]]) -> _Steps[list[_Outcome]]:
-    """Insert job rows; for each, whether it went in (False: its key was taken), or
-    the exception that kept that row out (the others go in: see _isolated)."""
-    inserted: set[str] = set()
-    failed: dict[int, Exception] = {}
-
-    def statement(chunk: t.Sequence[tuple[t.Any, ...]]) -> _Statement:
-        sql = _SQL_INSERT_JOBS.format(rows=_row_placeholders(len(chunk), len(_JOB_COLUMNS)))
-        return sql, [value for row in chunk for value in row]
-
-    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
-        end = min(start + _ROWS_PER_STATEMENT, len(rows))
-        found = yield from _isolated(statement, rows, start, end, failed)
-        inserted.update(key for (key,) in found)
-    results: list[_Outcome] = []
-    for index, row in enumerate(rows):
-        if index in failed:
-            results.append(failed[index])
-            continue
-        results.append(row[1] in inserted)
-        inserted.discard(row[1])  # a key repeated in one call goes in once
-    return results
-
-
-def _isolated(
-    statement: Callable[[t.Sequence[_T]], _Statement],
-    items: t.Sequence[_T],
-    start: int,
-    end: int,
-    failed: dict[int, Exception],
-) -> _Steps[list[t.Any]]:
-    """Run ``statement(items[start:end])`` and return its rows. If it fails because of
-    its values rather than the file (see _fails_every_item), run it again on each half,
-    down to single items, so only the bad items fail: their exceptions go in ``failed``
-    by index, and every other item is written once."""
-    try:
-        return (yield statement(items[start:end]))
-    except Exception as exc:
-        if _fails_every_item(exc):
-            raise
-        if end - start == 1:
-            failed[start] = exc
-            return []
-    middle = (start + end) // 2
-    first = yield from _isolated(statement, items, start, middle, failed)
-    return first + (yield from _isolated(statement, items, middle, end, failed))
-
-
-def _fails_every_item(exc: Exception) -> bool:
-    """Whether a failed statement failed for the file (a lock wait ran out, the disk
-    is full, the file is unreadable), so that writing its items apart would not help."""
-    cause = exc.__cause__ if isinstance(exc, StorageError) else exc
-    return isinstance(cause, sqlite3.Error) and not isinstance(
-        cause,
-        (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError,
-         sqlite3.ProgrammingError),
-    )  # fmt: skip
-
-
-def _succeeded(outcomes: list[_Outcome]) -> list[bool]:
-    """The outcomes of an all-or-nothing call: the first failure is raised."""
-    for outcome in outcomes:
-        if isinstance(outcome, Exception):
-            raise outcome
-    return t.cast("list[bool]", outcomes)
-
-
-def _all_or_none(steps: _Steps[list[_Outcome]]) -> _Steps[list[bool]]:
-    """``steps``, raising the first item's failure inside them (in a transaction, so
-    that it is rolled back)."""
-    return _succeeded((yield from steps))
-
-
-def _write_item(
-    queue: Queue, job: Job, expected: _Expected, *, finish_only: bool = False
-) -> tuple[str, tuple[t.Any, ...]]:
-    """A guarded write of a job's state, for _write_steps; with ``finish_only``, only
-    the fields a finish changes (see Queue._finish)."""
-    guard = expected.values(queue.name, job.key)
-    if job.ttl == -1 and job.status in TERMINAL_STATUSES:
-        return "delete", guard
-    if finish_only:
-        finished = (job.status.value, job.completed, job.error, job.progress)
-        return "finish", (*guard, *finished, queue._encode_result(job), _expire_at(job))
-    return "update", (*guard[2:], *queue._job_row(job))
-
-
-def _set_item(queue: Queue, job: Job, given: frozenset[str]) -> tuple[str, tuple[t.Any, ...]]:
-    """A write by key of a job's state, for _write_steps: the columns of
-    _KEPT_UNLESS_SET only where ``given``, guarded by the job's lease if it has one."""
-    lease = job._lease
-    guard = (None, None) if lease is None else (lease.worker_id, lease.attempts)
-    if job.ttl == -1 and job.status in TERMINAL_STATUSES:
-        return "remove", (*guard, queue.name, job.key)
-    row = list(queue._job_row(job))
-    for index in _KEPT_COLUMN_INDEXES:
-        if _JOB_COLUMNS[index] not in given:
-            row[index] = None
-    return "set", (*guard, *row)
-
-
-def _write_steps(items: list[tuple[str, tuple[t.Any, ...]]]) -> _Steps[list[_Outcome]]:
-    """Apply guarded writes; for each, whether the job was still as expected, or the
-    exception that kept that write out (the others are written: see _isolated).
-
-    A job written twice in one batch (e.g. a progress update, then its finish) is
-    written in order, by splitting the batch where a key repeats.
-    """
-    done: list[_Outcome] = []
-    start = 0
-    while start < len(items):
-        keys: set[str] = set()
-        end = start
-        while end < len(items) and end - start < _ROWS_PER_STATEMENT:
-            key = _written_key(items[end])
-            if key in keys:
-                break
-            keys.add(key)
-            end += 1
-        written: set[str] = set()
-        failed: dict[int, Exception] = {}
-        for kind, sql, width in (
-            ("update", _SQL_WRITE_JOBS, len(_GUARD_COLUMNS) + len(_JOB_COLUMNS)),
-            ("finish", _SQL_FINISH_JOBS, 2 + len(_GUARD_COLUMNS) + len(_FINISH_COLUMNS)),
-            ("delete", _SQL_DELETE_JOBS, 2 + len(_GUARD_COLUMNS)),
-            ("set", _SQL_SET_JOBS, 2 + len(_JOB_COLUMNS)),
-            ("remove", _SQL_REMOVE_JOBS, 4),
-        ):
-            indexes = [i for i in range(start, end) if items[i][0] == kind]
-            if not indexes:
-                continue
-
-            def statement(chunk: t.Sequence[int], sql: str = sql, width: int = width) -> _Statement:
-                params = [value for i in chunk for value in items[i][1]]
-                return sql.format(rows=_row_placeholders(len(chunk), width)), params
-
-            kind_failed: dict[int, Exception] = {}
-            found = yield from _isolated(statement, indexes, 0, len(indexes), kind_failed)
-            written.update(key for (key,) in found)
-            failed.update((indexes[i], exc) for i, exc in kind_failed.items())
-        done.extend(failed.get(i, _written_key(items[i]) in written) for i in range(start, end))
-        start = end
-    return done
-
-
-def _jobs_steps(queue: Queue, keys: list[str]) -> _Steps[list[t.Optional[Job]]]:
-    found: dict[str, Job] = {}
-    for chunk in _chunks(keys, _ROWS_PER_STATEMENT):
-        rows = yield _SQL_GET_JOBS.format(keys=_placeholders(len(chunk))), (queue.name, *chunk)
-        for row in rows:
-            found[row[0]] = queue._row_to_job(row[1:])
-    return [found.get(key) for key in keys]
-
-
-def _statuses_steps(queue: Queue, keys: list[str]) -> _Steps[dict[str, Status]]:
-    """The statuses of these jobs (missing ones left out)."""
-    found: dict[str, Status] = {}
-    for chunk in _chunks(keys, _ROWS_PER_STATEMENT):
-        sql = _SQL_GET_STATUSES.format(keys=_placeholders(len(chunk)))
-        rows = yield sql, (queue.name, *chunk)
-        found.update((key, Status(status)) for key, status in rows)
-    return found
-
-
-def _counts_steps(queue: Queue) -> _Steps[tuple[int, int, int]]:
-    """How many jobs are queued and due, scheduled for later, and active."""
-    rows = yield _SQL_COUNTS, {"queue": queue.name}
-    queued, scheduled, active = rows[0]
-    return int(queued), int(scheduled), int(active)
-
-
-def _count_steps(queue: Queue, kind: str) -> _Steps[int]:
-    if kind not in ("queued", "active", "incomplete"):
-        raise ValueError(
-            f"Can't count unknown type {kind!r}: use 'queued', 'active' or 'incomplete'"
-        )
-    queued, scheduled, active = yield from _counts_steps(queue)
-    return {"queued": queued, "active": active, "incomplete": queued + scheduled + active}[kind]
-
-
-class _WorkerState(t.NamedTuple):
-    """A registered worker: alive (for the sweep), and listed (alive and within its
-    worker_info ttl, as SAQ lists workers)."""
-
-    id: str
-    info: WorkerInfo
-    alive: bool
-    listed: bool
-
-
-def _workers_steps(queue: Queue) -> _Steps[list[_WorkerState]]:
-    """Every registered worker of a queue."""
-    rows = yield _SQL_WORKERS, (queue.name,)
-    workers = []
-    for worker_id, host, pid, start_token, expired, info in rows:
-        alive = _alive(host, pid, start_token, bool(expired))
-        workers.append(_WorkerState(worker_id, json.loads(info), alive, alive and not expired))
-    return workers
-
-
-def _info_steps(queue: Queue, jobs: bool, offset: int, limit: int) -> _Steps[QueueInfo]:
-    queued, scheduled, active = yield from _counts_steps(queue)
-    workers = yield from _workers_steps(queue)
-    job_dicts: list[dict[str, t.Any]] = []
-    if jobs:  # unfinished jobs, as in SAQ: the running ones, then those waiting
-        rows: list[t.Any] = []
-        if offset < active:
-            rows = yield _SQL_LIST_JOBS, (queue.name, Status.ACTIVE.value, limit, offset)
-        if len(rows) < limit:
-            waiting = (queue.name, Status.QUEUED.value, limit - len(rows), max(offset - active, 0))
-            rows += yield _SQL_LIST_JOBS, waiting
-        job_dicts = [queue._row_to_job(row).to_dict() for row in rows]
-    return {
-        "workers": {worker.id: worker.info for worker in workers if worker.listed},
-        "name": queue.name,
-        "queued": queued,
-        "active": active,
-        "scheduled": scheduled,
-        "jobs": job_dicts,
-    }
-
-
-def _abort_steps(queue: Queue, key: str, error: str) -> _Steps[tuple[t.Optional[Job], bool]]:
-    """Abort a job: finish it ABORTED if it waits, else ask its worker to stop it.
-
-    Returns the job as it now is, and whether this call changed it.
-    """
-    while True:
-        (current,) = yield from _jobs_steps(queue, [key])
-        if current is None or current.status in TERMINAL_STATUSES | {Status.ABORTING}:
-            return current, False
-        if current.status == Status.ACTIVE:
-            params = {"error": error, "queue": queue.name, "key": key,
-                      "attempts": current.attempts}  # fmt: skip
-            if (yield _SQL_REQUEST_ABORT, params):
-                current.status, current.error = Status.ABORTING, error
-                return current, True
-        else:
-            expected = _Expected.of(current)
-            queue._set_finished(current, Status.ABORTED, None, error)
-            (stored,) = _succeeded(
-                (yield from _write_steps([_write_item(queue, current, expected)]))
-            )
-            if stored:
-                queue.aborted += 1
-                return current, True
-        # It moved on (claimed, or finished) between the read and the write: look again.
-
-
-class _Mapping:
-    """What Queue.map and SyncQueue.map share: the jobs, when they are settled, and
-    their results."""
-
-    def __init__(
-        self,
-        queue: Queue,
-        job_or_func: t.Union[str, Job, Function],
-        iter_kwargs: Iterable[dict[str, t.Any]],
-        *,
-        timeout: t.Optional[float],
-        return_exceptions: bool,
-        kwargs: dict[str, t.Any],
-    ) -> None:
-        defaults = dict(kwargs)
-        if timeout is not None:  # as in SAQ, the wait's timeout is each job's too
-            defaults.setdefault("timeout", timeout)
-        self.jobs = []
-        for job_kwargs in iter_kwargs:
-            template = queue.copy(job_or_func) if isinstance(job_or_func, Job) else job_or_func
-            if isinstance(template, Job):
-                template.key = _new_key()
-            self.jobs.append(queue._prepare(template, {**defaults, **job_kwargs}))
-        self.keys = [job.key for job in self.jobs]
-        self.return_exceptions = return_exceptions
-
-    def settled(self, statuses: dict[str, Status]) -> bool:
-        """All finished (or deleted), or one failed when that is to be raised."""
-        finished = [statuses.get(key) for key in self.keys]
-        if not self.return_exceptions and UNSUCCESSFUL_TERMINAL_STATUSES.intersection(finished):
-            return True
-        return all(status is None or status in TERMINAL_STATUSES for status in finished)
-
-    def results(self, stored: list[t.Optional[Job]]) -> list[t.Any]:
-        results: list[t.Any] = []
-        for job in stored:
-            if job is None:  # deleted on finishing (ttl=-1): as in SAQ, None in its slot
-                results.append(None)
-                continue
-            if job.status in UNSUCCESSFUL_TERMINAL_STATUSES:
-                error = JobError(job)
-                if not self.return_exceptions:
-                    raise error
-                results.append(error)
-            else:
-                results.append(job.result)
-        return results
-
-
-@dataclasses.dataclass(frozen=True)
-class _Expected:
-    """The state a writer last saw a job in; its write applies only in that state."""
-
-    status: str
-    worker_id: t.Optional[str]
-    attempts: int
-
-    @classmethod
-    def of(cls, job: Job) -> _Expected:
-        return cls(str(job.status), job.worker_id, job.attempts)
-
-    def values(self, queue: str, key: str) -> tuple[t.Any, ...]:
-        return (queue, key, self.status, self.worker_id, self.attempts)
-
-
-def _written_key(item: tuple[str, tuple[t.Any, ...]]) -> str:
-    kind, values = item
-    return str(values[_KEY_INDEX.get(kind, 1)])
-
-
-#: Where the key is in the values of each kind of write (else 1: after the queue).
-_KEY_INDEX = {"update": 4, "set": 3, "remove": 3}
-_KEPT_COLUMN_INDEXES = tuple(_JOB_COLUMNS.index(name) for name in _KEPT_UNLESS_SET)
-
-
-def _expire_at(job: Job) -> t.Optional[float]:
-    """When a finished job is to be deleted (None: not finished, or kept forever)."""
-    if job.status in TERMINAL_STATUSES and job.ttl > 0:
-        return time.time() + job.ttl
-    return None
-
-
-# =============================================================================
-# Storage internals: the file, batching and wake-ups
-# =============================================================================
-
-_HOST = socket.gethostname()
-#: Times a job's worker may die while running it before the sweep gives up on it.
-_MAX_DEATHS = 3
-#: SQLite's INTEGER range: the priorities claimed when a Queue is given none.
-_ALL_PRIORITIES = (-(2**63), 2**63 - 1)
-
-
-def _check_priorities(priorities: t.Optional[tuple[int, int]]) -> tuple[int, int]:
-    """The range of priorities a queue claims; ValueError naming the problem."""
-    if priorities is None:
-        return _ALL_PRIORITIES
-    if (
-        not isinstance(priorities, (tuple, list))
-        or len(priorities) != 2
-        or not all(isinstance(p, int) and not isinstance(p, bool) for p in priorities)
-        or not _ALL_PRIORITIES[0] <= priorities[0] <= priorities[1] <= _ALL_PRIORITIES[1]
-    ):
-        raise ValueError(
-            f"priorities must be two ints (low, high) with low <= high, such as "
-            f"priorities=(0, 32767), got {priorities!r}"
-        )
-    return int(priorities[0]), int(priorities[1])
-
-
-#: The waiters (_Wakeup, _SyncWakeup) of this process, told of news directly.
-_local_wakeups: weakref.WeakSet[t.Any] = weakref.WeakSet()
-
-
-def _check_sqlite_version() -> None:
-    if sqlite3.sqlite_version_info < MIN_SQLITE_VERSION:
-        raise StorageError(
-            "",
-            f"saqlite needs SQLite {'.'.join(map(str, MIN_SQLITE_VERSION))} or newer "
-            f"(for UPDATE ... RETURNING); this Python has {sqlite3.sqlite_version}. "
-            "Use a newer Python build, or install pysqlite3-binary",
-        )
-
-
-def _connection_pragmas(synchronous: str) -> list[str]:
-    # busy_timeout 0: saqlite waits for locks itself, in short fair pauses.
-    return [f"PRAGMA synchronous = {synchronous}", "PRAGMA busy_timeout = 0"]
-
-
-def _prepare_database(queue: Queue) -> None:
-    """Check the path, switch the file to WAL and create or migrate its schema."""
-    path = queue.path
-    _check_sqlite_version()
-    if os.path.isdir(path):
-        raise StorageError(path, f"{path} is a folder, not a database file: name a file in it")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise StorageError(path, f"Cannot create {path}: the folder {folder} does not exist")
-    try:
-        conn = sqlite3.connect(path, isolation_level=None, timeout=0)
-    except sqlite3.Error as exc:
-        raise _storage_error(path, exc) from exc
-    wait = _LockWait(queue)  # another process may be setting up the same new file
-    try:
-        while True:
-            try:
-                _migrate(conn, path)
-            except sqlite3.Error as exc:
-                time.sleep(wait.pause(exc))
-                continue
-            wait.done()
-            return
-    finally:
-        conn.close()
-
-
-def _migrate(conn: sqlite3.Connection, path: str) -> None:
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-    if str(mode).lower() != "wal":
-        raise StorageError(path, f"{path} cannot use WAL journal mode (got {mode!r})")
-    with _transaction(conn):
-        conn.execute(_SQL_CREATE_META)
-        row = conn.execute(_SQL_SCHEMA_VERSION).fetchone()
-        version = int(row[0]) if row else 0
-        if version > SCHEMA_VERSION:
-            raise StorageError(
-                path,
-                f"{path} has saqlite schema version {version}, newer than this saqlite "
-                f"{__version__} understands ({SCHEMA_VERSION}): upgrade saqlite",
-            )
-        for statements in _MIGRATIONS[version:]:
-            for statement in statements:
-                conn.execute(statement)
-        if version < SCHEMA_VERSION:
-            conn.execute(_SQL_SET_SCHEMA_VERSION, (SCHEMA_VERSION,))
-
-
-@contextlib.contextmanager
-def _transaction(conn: sqlite3.Connection) -> t.Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception (KeyboardInterrupt too)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
-class _LockWait:
-    """Waiting for another connection's write lock: short random pauses, growing to
-    _MAX_BUSY_PAUSE_S, so that processes take turns; StorageError after lock_timeout."""
-
-    def __init__(self, queue: Queue) -> None:
-        self._queue = queue
-        self._first = 0.0
-        self._pause = 0.0002
-
-    def pause(self, exc: sqlite3.Error) -> float:
-        """Seconds to sleep before trying again after ``exc``; raises if not to retry."""
-        queue = self._queue
-        if not _is_busy(exc):
-            raise _storage_error(queue.path, exc) from exc
-        if not self._first:
-            self._first = time.monotonic()
-        elif time.monotonic() - self._first > queue.lock_timeout:
-            raise StorageError(
-                queue.path,
-                f"{queue.path} stayed locked by another connection for "
-                f"{queue.lock_timeout:g} s; raise Queue(lock_timeout=...) or find the "
-                "process that holds a long transaction",
-            ) from exc
-        pause = random.uniform(0, self._pause)
-        self._pause = min(self._pause * 2, _MAX_BUSY_PAUSE_S)
-        return pause
-
-    def done(self) -> None:
-        if self._first:
-            waited = time.monotonic() - self._first
-            self._queue.worst_lock_wait = max(self._queue.worst_lock_wait, waited)
-
-
-def _is_busy(exc: sqlite3.Error) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
-    return "locked" in str(exc) or "busy" in str(exc)
-
-
-def _storage_error(path: str, exc: sqlite3.Error) -> StorageError:
-    text = str(exc)
-    if "not a database" in text:
-        hint = "it is not a SQLite database: give saqlite a new file or an existing saqlite one"
-    elif "readonly" in text or "unable to open" in text:
-        hint = "check that the file and its folder exist and are writable by this user"
-    elif "disk is full" in text or "disk I/O" in text:
-        hint = "free disk space; nothing was changed by the statement that failed"
-    else:
-        hint = "see the SQLite error above"
-    return StorageError(path, f"SQLite error on {path}: {text} ({hint})")
-
-
-def _placeholders(count: int) -> str:
-    return ", ".join("?" * count)
-
-
-@functools.lru_cache(maxsize=64)
-def _row_placeholders(rows: int, columns: int) -> str:
-    row = f"({_placeholders(columns)})"
-    return ", ".join([row] * rows)
-
-
-def _chunks(items: t.Sequence[_T], size: int) -> t.Iterator[t.Sequence[_T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _alive(host: str, pid: int, start_token: t.Optional[str], expired: bool) -> bool:
-    """Whether a worker lives: by its process where we can see it (its pid, and when
-    that process started, so that a later process given the same pid is not taken
-    for it), else by its beat (``expired``: its worker_info ttl has run out)."""
-    if host == _HOST:
-        running = _pid_running(pid)
-        if running is False:
-            return False
-        if running and start_token is not None:
-            token = _start_token(pid)
-            if token is not None:
-                return token == start_token
-    return not expired
-
-
-def _start_token(pid: int) -> t.Optional[str]:
-    """When a process started, as a string to compare (None where not cheap to know):
-    on Linux, field 22 of /proc/<pid>/stat (clock ticks after boot)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[19].decode()
-    except (OSError, IndexError):
-        return None
-
-
-def _pid_running(pid: int) -> t.Optional[bool]:
-    """Whether a local process runs (None where the OS can't tell us cheaply)."""
-    if sys.platform == "win32":
-        return None  # os.kill(pid, 0) would send CTRL_C_EVENT there
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed child nobody has reaped yet is a zombie: dead for us
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True
-
-
-class _Batcher(t.Generic[_T, _R]):
-    """Group commit: items submitted while one flush runs go together in the next.
-
-    The first item after a quiet spell is flushed on the next loop iteration, so a
-    lone write waits for nothing. ``flush`` gives each item its result, or the
-    exception for that item alone; an exception it raises fails the whole batch.
-    """
-
-    def __init__(
-        self, flush: Callable[[list[_T]], Awaitable[list[t.Union[_R, Exception]]]]
-    ) -> None:
-        self._flush = flush
-        self._pending: list[tuple[_T, asyncio.Future[_R]]] = []
-        self._task: t.Optional[asyncio.Task[None]] = None
-
-    async def submit(self, item: _T) -> _R:
-        future: asyncio.Future[_R] = asyncio.get_running_loop().create_future()
-        self._pending.append((item, future))
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
-        return await future
-
-    async def drain(self) -> None:
-        """Wait for every submitted item to be flushed."""
-        while self._task is not None:
-            await asyncio.shield(self._task)
-
-    async def _run(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    results = await self._flush([item for item, _ in batch])
-                except Exception as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                except BaseException:
-                    for _, future in batch:
-                        future.cancel()
-                    raise
-                for (_, future), result in zip(batch, results):
-                    if future.done():
-                        continue
-                    if isinstance(result, Exception):  # this item alone failed
-                        future.set_exception(result)
-                    else:
-                        future.set_result(result)
-        finally:
-            self._task = None
-
-
-_NEWS = ("jobs", "changes", "aborts")
-
-
-class _Wakeup:
-    """How waiters of a queue learn that something changed, without polling hard.
-
-    Three kinds of news (_NEWS): ``"jobs"`` (work was enqueued or retried) and
-    ``"aborts"`` (a running job is to be aborted) for workers, and ``"changes"`` (a job
-    changed state) for ``listen`` and ``apply``. Waiters in this
-    process are told at once (a future per waiter). Other processes are told by a
-    UDP datagram to the port each registered in the file (``saqlite_wakeup``); a
-    datagram can be lost, so waiters also check the file's data_version now and then.
-    """
-
-    def __init__(self, queue: Queue) -> None:
-        self._queue = queue
-        self.place = queue._place
-        self._generations = dict.fromkeys(_NEWS, 0)
-        self._waiters: dict[str, list[asyncio.Future[None]]] = {kind: [] for kind in _NEWS}
-        self._loop: t.Optional[asyncio.AbstractEventLoop] = None
-        self._transport: t.Optional[asyncio.DatagramTransport] = None
-        self._port = 0
-        self._wanted: set[str] = set()
-        self._announcer = _Announcer()
-        self._want_lock: t.Optional[asyncio.Lock] = None
-
-    def generation(self, kind: str) -> int:
-        return self._generations[kind]
-
-    async def wait(self, kind: str, generation: int, timeout: float) -> bool:
-        """Wait until news of ``kind`` newer than ``generation``; whether it came."""
-        if self._generations[kind] != generation:
-            return True
-        # A bare future and a timer: a wake-up costs one loop iteration (wait_for and
-        # Event.wait would add a task and two more), which shows in pickup latency.
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        self._waiters[kind].append(waiter)
-        timer = loop.call_later(timeout, _resolve, waiter)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            with contextlib.suppress(ValueError):
-                self._waiters[kind].remove(waiter)
-        return self._generations[kind] != generation
-
-    def news(self, kind: str) -> None:
-        """Wake this queue's waiters for ``kind`` (on its own loop's thread)."""
-        self._generations[kind] += 1
-        waiters, self._waiters[kind] = self._waiters[kind], []
-        for waiter in waiters:
-            _resolve(waiter)
-
-    def wake_threadsafe(self, kind: str) -> None:
-        loop = self._loop
-        if loop is None:
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if loop is running:
-            self.news(kind)
-        else:
-            with contextlib.suppress(RuntimeError):  # its loop has closed
-                loop.call_soon_threadsafe(self.news, kind)
-
-    async def notify(self, kind: str) -> None:
-        """Tell waiters in this process and in other processes about news."""
-        _notify_local(self._queue, kind)
-        self._announcer.send(kind, self._queue.name)  # first the ports it knows
-        if self._announcer.stale():  # then news of new waiters, who are told too
-            rows = await self._queue._fetch(*_Announcer.query(self._queue))
-            self._announcer.send(kind, self._queue.name, self._announcer.update(rows))
-
-    async def want(self, kind: str) -> None:
-        """Ask other processes to send news of ``kind`` to this queue from now on."""
-        self._loop = asyncio.get_running_loop()
-        if kind in self._wanted:
-            return
-        if self._want_lock is None:
-            self._want_lock = asyncio.Lock()
-        async with self._want_lock:
-            if self._transport is None:
-                try:
-                    transport, _ = await self._loop.create_datagram_endpoint(
-                        lambda: _WakeupProtocol(self), local_addr=("127.0.0.1", 0)
-                    )
-                except OSError as exc:  # no loopback UDP here: the fallback poll still works
-                    logger.warning("No UDP wake-ups for %r (%s); polling instead", self._queue, exc)
-                    _local_wakeups.add(self)
-                    self._wanted.add(kind)
-                    return
-                self._transport = transport
-                self._port = self._transport.get_extra_info("sockname")[1]
-                _local_wakeups.add(self)
-            if kind not in self._wanted:
-                await self._queue._fetch(*_register_wakeup(self._queue, kind, self._port))
-                self._wanted.add(kind)
-
-    async def forget_dead(self) -> None:
-        """Delete the wake-up ports of processes that are gone."""
-        rows = await self._queue._fetch(_SQL_WAKEUP_PORTS, (self._queue.name,))
-        for _kind, _port, host, pid in rows:
-            if host == _HOST and _pid_running(pid) is False:
-                await self._queue._fetch(_SQL_DELETE_WAKEUP, (host, pid))
-
-    async def close(self) -> None:
-        _local_wakeups.discard(self)
-        transport, self._transport = self._transport, None
-        self._announcer.close()
-        self._wanted.clear()
-        if transport is not None:
-            try:  # closed even if the unregistering is cancelled or fails
-                with contextlib.suppress(StorageError):
-                    await self._queue._fetch(_SQL_UNREGISTER_WAKEUP, (self._queue.name, self._port))
-            finally:
-                transport.close()
-
-
-def _notify_local(queue: Queue, kind: str) -> None:
-    """Wake the waiters on this queue in this process, whatever their thread."""
-    for wakeup in list(_local_wakeups):
-        if wakeup.place == queue._place:
-            wakeup.wake_threadsafe(kind)
-
-
-def _register_wakeup(queue: Queue, kind: str, port: int) -> _Statement:
-    return _SQL_REGISTER_WAKEUP, (queue.name, kind, port, _HOST, os.getpid())
-
-
-class _Announcer:
-    """Sends wake-up datagrams to other processes' waiters, whose ports it reads from
-    the file at most every _CACHE_S seconds (a new waiter may miss a datagram for that
-    long, and then relies on its fallback poll)."""
-
-    _CACHE_S = 1.0
-
-    def __init__(self) -> None:
-        self._ports: dict[str, list[int]] = {}
-        self._read_at = -math.inf
-        self._socket: t.Optional[socket.socket] = None
-
-    def stale(self) -> bool:
-        return time.monotonic() - self._read_at > self._CACHE_S
-
-    @staticmethod
-    def query(queue: Queue) -> _Statement:
-        return _SQL_WAKEUP_PORTS, (queue.name,)
-
-    def update(self, rows: Iterable[tuple[str, int, str, int]]) -> dict[str, list[int]]:
-        """Cache the ports from query()'s rows, leaving out this process's own.
-
-        Returns:
-            The ports that were not known before, by kind.
-        """
-        known = self._ports
-        self._read_at = time.monotonic()
-        self._ports = {}
-        for kind, port, host, pid in rows:
-            if host != _HOST or pid != os.getpid():  # this process is told directly
-                self._ports.setdefault(kind, []).append(port)
-        return {
-            kind: [port for port in ports if port not in known.get(kind, ())]
-            for kind, ports in self._ports.items()
-        }
-
-    def send(self, kind: str, name: str, to: t.Optional[dict[str, list[int]]] = None) -> None:
-        """Send news of ``kind`` to the known ports, or to those in ``to``."""
-        ports = (self._ports if to is None else to).get(kind)
-        if not ports:
-            return
-        if self._socket is None:
-            self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            self._socket.setblocking(False)
-        message = f"{kind}\0{name}".encode()
-        for port in ports:
-            with contextlib.suppress(OSError):  # a full buffer or a closed port: a hint lost
-                self._socket.sendto(message, ("127.0.0.1", port))
-
-    def close(self) -> None:
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = None
-        self._ports = {}
-        self._read_at = -math.inf
-
-
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
-class _WakeupProtocol(asyncio.DatagramProtocol):
-    def __init__(self, wakeup: _Wakeup) -> None:
-        self._wakeup = wakeup
-
-    def datagram_received(self, data: bytes, addr: t.Any) -> None:
-        kind, _, _queue = data.decode(errors="replace").partition("\0")
-        if kind in _NEWS:
-            self._wakeup.news(kind)
-
-
-# =============================================================================
-# Sync client
-# =============================================================================
-
-
-class SyncQueue:
-    """The same queue for code without an event loop: Tk or Qt handlers, Flask or
-    Django views, scripts. Plain methods on the standard library's sqlite3, with no
-    thread of its own; safe to share between threads.
-
-    Jobs it returns belong to ``self.queue``, the async ``Queue`` twin, so they have
-    the usual fields and ids. Args are as for ``Queue``.
-    """
-
-    def __init__(
-        self,
-        path: t.Union[str, os.PathLike[str]] = DEFAULT_PATH,
-        name: str = "default",
-        dump: t.Optional[DumpType] = None,
-        load: t.Optional[LoadType] = None,
-        *,
-        synchronous: str = "NORMAL",
-        lock_timeout: float = 30.0,
-        priorities: t.Optional[tuple[int, int]] = None,
-    ) -> None:
-        self.queue = Queue(
-            path, name, dump, load, synchronous=synchronous, lock_timeout=lock_timeout,
-            priorities=priorities,
-        )  # fmt: skip
-        self._conn: t.Optional[sqlite3.Connection] = None
-        # One statement (or transaction) at a time on the connection. Lock order: this
-        # lock, then the wake-ups' condition; no database call is made while holding the
-        # condition (an event-loop callback takes it: see _SyncWakeup).
-        self._lock = threading.RLock()
-        self._wakeup = _SyncWakeup(self)
-
-    def __repr__(self) -> str:
-        return f"SyncQueue<path={self.path!r}, name={self.name!r}>"
-
-    @classmethod
-    def from_url(cls, url: str, **kwargs: t.Any) -> SyncQueue:
-        """A client from ``sqlite:///relative.db`` or ``sqlite:////absolute.db``.
-
-        Raises:
-            InvalidUrlError: for another URL.
-        """
-        queue = Queue.from_url(url)
-        return cls(queue.path, **kwargs)
-
-    @property
-    def path(self) -> str:
-        return self.queue.path
-
-    @property
-    def name(self) -> str:
-        return self.queue.name
-
-    def __enter__(self) -> SyncQueue:
-        self.connect()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def connect(self) -> None:
-        """Open the file, creating or migrating its schema (done on first use anyway).
-
-        Raises:
-            StorageError: when the path is not a usable saqlite database.
-        """
-        with self._lock:
-            if self._conn is not None:
-                return
-            _prepare_database(self.queue)
-            try:
-                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            except sqlite3.Error as exc:
-                raise _storage_error(self.path, exc) from exc
-            try:
-                for pragma in _connection_pragmas(self.queue.synchronous):
-                    conn.execute(pragma)
-            except sqlite3.Error as exc:
-                conn.close()
-                raise _storage_error(self.path, exc) from exc
-            self._conn = conn
-
-    def close(self) -> None:
-        """Close the file. Safe to call twice; a later call opens it again."""
-        with self._lock:
-            self._wakeup.close()
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def enqueue(self, job_or_func: t.Union[str, Job, Function], **kwargs: t.Any) -> t.Optional[Job]:
-        """Store a job to run: as ``Queue.enqueue``.
-
-        Returns:
-            The job, or None when a job with the same key is already waiting or running.
-        """
-        return self.enqueue_many([job_or_func], **kwargs)[0]
-
-    def enqueue_many(
-        self, jobs: Iterable[t.Union[Job, str, Function]], **kwargs: t.Any
-    ) -> list[t.Optional[Job]]:
-        """Store many jobs in one transaction, all or none: as ``Queue.enqueue_many``."""
-        prepared = [self.queue._prepare(job, dict(kwargs)) for job in jobs]
-        inserted = self._insert_all([self.queue._job_row(job) for job in prepared])
-        return [job if ok else None for job, ok in zip(prepared, inserted)]
-
-    def job(self, job_key: str) -> t.Optional[Job]:
-        """The job with this key, or None."""
-        return self.jobs([job_key])[0]
-
-    def jobs(self, job_keys: Iterable[str]) -> list[t.Optional[Job]]:
-        """The jobs with these keys, in the order asked (None where missing)."""
-        return self._drive(_jobs_steps(self.queue, list(job_keys)))
-
-    def count(self, kind: CountKind) -> int:
-        """How many jobs: ``"queued"`` (due now), ``"active"`` or ``"incomplete"``."""
-        return self._drive(_count_steps(self.queue, kind))
-
-    def info(self, jobs: bool = False, offset: int = 0, limit: int = 10) -> QueueInfo:
-        """Live workers, counts, and (with ``jobs``) unfinished jobs: as ``Queue.info``."""
-        return self._drive(_info_steps(self.queue, jobs, offset, limit))
-
-    def refresh(self, job: Job, until_complete: t.Optional[float] = None) -> Job:
-        """Reload a job in place, and return it.
-
-        Args:
-            until_complete: wait up to this many seconds for a terminal status
-                (0 = wait forever).
-
-        Raises:
-            RuntimeError: the job no longer exists.
-            TimeoutError: the wait ran out.
-        """
-        if until_complete is not None and job.status not in TERMINAL_STATUSES:
-
-            def done(statuses: dict[str, Status]) -> bool:
-                return statuses.get(job.key, Status.COMPLETE) in TERMINAL_STATUSES
-
-            self._wait_until([job.key], done, until_complete)
-        stored = self.job(job.key)
-        if stored is None:
-            raise RuntimeError(f"{job.info()} doesn't exist in queue {self.name!r}")
-        job.replace(stored)
-        return job
-
-    def apply(
-        self,
-        job_or_func: t.Union[str, Job, Function],
-        timeout: t.Optional[float] = None,
-        **kwargs: t.Any,
-    ) -> t.Any:
-        """Enqueue a job, wait for it, and return its result: as ``Queue.apply``.
-
-        Raises:
-            JobError: the job failed or was aborted.
-            TimeoutError: the wait ran out.
-        """
-        results = self.map(job_or_func, [kwargs], timeout=timeout)
-        return results[0] if results else None
-
-    def map(
-        self,
-        job_or_func: t.Union[str, Job, Function],
-        iter_kwargs: Iterable[dict[str, t.Any]],
-        timeout: t.Optional[float] = None,
-        return_exceptions: bool = False,
-        **kwargs: t.Any,
-    ) -> list[t.Any]:
-        """Run one job per kwargs dict and return their results: as ``Queue.map``."""
-        mapping = _Mapping(
-            self.queue,
-            job_or_func,
-            iter_kwargs,
-            timeout=timeout,
-            return_exceptions=return_exceptions,
-            kwargs=kwargs,
-        )
-        self._insert_all([self.queue._job_row(job) for job in mapping.jobs])
-        self._wait_until(mapping.keys, mapping.settled, timeout)
-        return mapping.results(self.jobs(mapping.keys))
-
-    def abort(self, job: Job, error: str) -> None:
-        """Abort a job: as ``Queue.abort``; ``job`` is updated in place."""
-        current, changed = self._drive(_abort_steps(self.queue, job.key, error))
-        if changed:
-            self._wakeup.notify("changes")
-            if current is not None and current.status == Status.ABORTING:
-                self._wakeup.notify("aborts")
-        if current is not None:
-            job.replace(current)
-
-    def _wait_until(
-        self, keys: list[str], done: Callable[[dict[str, Status]], bool], timeout: t.Optional[float]
-    ) -> None:
-        """Read the statuses of these jobs at every change until ``done(statuses)``."""
-        deadline = time.monotonic() + timeout if timeout else math.inf
-        self._wakeup.want("changes")
-        while True:
-            generation = self._wakeup.generation("changes")
-            if done(self._drive(_statuses_steps(self.queue, keys))):
-                return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"Waiting for {len(keys)} job(s) timed out")
-            self._wakeup.wait("changes", generation, min(remaining, _FALLBACK_POLL_S))
-
-    def _drive(self, steps: _Steps[_R]) -> _R:
-        """Run a sequence of statements (see _Steps) on this client's connection; a
-        statement's exception is thrown into ``steps``, which may handle it."""
-        try:
-            statement = next(steps)
-            while True:
-                try:
-                    rows = self._fetch(*statement)
-                except Exception as exc:
-                    statement = steps.throw(exc)
-                    continue
-                statement = steps.send(rows)
-        except StopIteration as finished:
-            return t.cast("_R", finished.value)
-
-    def _fetch(self, sql: str, params: t.Any = ()) -> list[t.Any]:
-        """Run one statement (its own transaction) and return its rows."""
-        wait = _LockWait(self.queue)
-        while True:
-            try:
-                with self._lock:
-                    rows = self._connection().execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
-                time.sleep(wait.pause(exc))
-                continue
-            wait.done()
-            return rows
-
-    def _connection(self) -> sqlite3.Connection:
-        """The connection, opened again if another thread closed it; call it holding
-        the lock."""
-        if self._conn is None:
-            self.connect()
-        return t.cast(sqlite3.Connection, self._conn)
-
-    def _insert_all(self, rows: list[tuple[t.Any, ...]]) -> list[bool]:
-        """Insert job rows in one transaction; raise (storing none) if one can't be."""
-        if len(rows) == 1:  # one statement, atomic on its own
-            inserted = self._drive(_all_or_none(_insert_steps(rows)))
-        else:
-            inserted = self._atomic(_all_or_none(_insert_steps(rows)))
-        if any(inserted):
-            self._wakeup.notify("jobs")
-        return inserted
-
-    def _atomic(self, steps: _Steps[_R]) -> _R:
-        """Run a sequence of statements as one transaction: all commit, or none. The
-        lock is held throughout, so no other thread's statement joins it.
-
-        ``steps`` is run once: a busy file is waited for at BEGIN, before any step."""
-        wait = _LockWait(self.queue)
-        with self._lock:
-            while True:
-                conn = self._connection()
-                began = False
-                try:
-                    with _transaction(conn):
-                        began = True
-                        wait.done()
-                        return self._drive(steps)
-                except sqlite3.Error as exc:  # BEGIN or COMMIT: statements raise StorageError
-                    if not began:
-                        time.sleep(wait.pause(exc))  # raises StorageError if not a lock wait
-                        continue
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise _storage_error(self.path, exc) from exc
-
-
-class _SyncWakeup:
-    """_Wakeup for SyncQueue: threads wait on a Condition; one of them at a time reads
-    the UDP socket that other processes send news to.
-
-    The condition guards this object's state only: no database call is made while
-    holding it, as an event loop's thread takes it too (wake_threadsafe), and so that
-    the client's lock is always taken first (see SyncQueue.__init__).
-    """
-
-    def __init__(self, client: SyncQueue) -> None:
-        self._client = client
-        self.place = client.queue._place
-        self._condition = threading.Condition()
-        self._generations = dict.fromkeys(_NEWS, 0)
-        self._socket: t.Optional[socket.socket] = None
-        self._reading = False
-        self._wanted: set[str] = set()
-        self._announcer = _Announcer()
-
-    def generation(self, kind: str) -> int:
-        return self._generations[kind]
-
-    def wake_threadsafe(self, kind: str) -> None:
-        with self._condition:
-            self._generations[kind] += 1
-            self._condition.notify_all()
-
-    def want(self, kind: str) -> None:
-        """Ask other processes to send news of ``kind`` here from now on."""
-        with self._condition:
-            if kind in self._wanted:
-                return
-            if self._socket is None:
-                self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                self._socket.bind(("127.0.0.1", 0))
-                _local_wakeups.add(self)
-            port = self._port
-        self._client._fetch(*_register_wakeup(self._client.queue, kind, port))
-        with self._condition:
-            registered = self._socket is not None and self._port == port
-            if registered:
-                self._wanted.add(kind)
-        if not registered:  # closed meanwhile: nobody reads that port any more
-            self._client._fetch(_SQL_UNREGISTER_WAKEUP, (self._client.name, port))
-
-    @property
-    def _port(self) -> int:
-        assert self._socket is not None
-        return int(self._socket.getsockname()[1])
-
-    def wait(self, kind: str, generation: int, timeout: float) -> bool:
-        """Wait until news of ``kind`` newer than ``generation``; whether it came."""
-        deadline = time.monotonic() + timeout
-        with self._condition:
-            while self._generations[kind] == generation:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                if self._socket is None or self._reading:
-                    self._condition.wait(remaining)
-                    continue
-                self._reading = True
-                self._condition.release()
-                try:
-                    received = self._receive(self._socket, remaining)
-                finally:
-                    self._condition.acquire()
-                    self._reading = False
-                if received:
-                    self._generations[received] += 1
-                self._condition.notify_all()  # news, or another thread may read now
-            return True
-
-    @staticmethod
-    def _receive(sock: socket.socket, timeout: float) -> t.Optional[str]:
-        try:  # closed by another thread meanwhile: OSError, here or in recv
-            sock.settimeout(timeout)
-            data = sock.recv(256)
-        except OSError:  # timed out, or closed meanwhile
-            return None
-        kind = data.decode(errors="replace").partition("\0")[0]
-        return kind if kind in _NEWS else None
-
-    def notify(self, kind: str) -> None:
-        """Tell waiters in this process and in other processes about news."""
-        _notify_local(self._client.queue, kind)
-        with self._condition:
-            self._announcer.send(kind, self._client.name)
-            stale = self._announcer.stale()
-        if stale:
-            rows = self._client._fetch(*_Announcer.query(self._client.queue))
-            with self._condition:
-                self._announcer.send(kind, self._client.name, self._announcer.update(rows))
-
-    def close(self) -> None:
-        with self._condition:
-            _local_wakeups.discard(self)
-            sock, self._socket = self._socket, None
-            self._announcer.close()
-            self._wanted.clear()
-        if sock is not None:
-            try:  # the socket is closed whatever the unregistering meets
-                with contextlib.suppress(StorageError):
-                    self._client._fetch(
-                        _SQL_UNREGISTER_WAKEUP, (self._client.name, sock.getsockname()[1])
-                    )
-            finally:
-                sock.close()
+        params = {"name": name, "owner": f"{_HOST}:{os.getpid()}:{id(self)}", "seconds": seconds}
+        return bool(await self._fetch(self._SQL_TAKE_LOCK, params))
 
 
 # =============================================================================
 # Worker
 # =============================================================================
-
-
-@dataclasses.dataclass
-class _Running:
-    """A job this worker runs: the task running its function while it may be
-    cancelled, why it was cancelled ("abort", "timeout", "stop" or "lost"), and the
-    task that runs the job and stores its outcome.
-
-    It is also the run's lease on the Job object (``Job._lease``): writes through
-    that object apply only while the job is still this run's (``worker_id``,
-    ``attempts``), and ``lost()`` is called when one finds that it is not."""
-
-    job: Job
-    worker_id: str
-    task: t.Optional[asyncio.Task[t.Any]] = None
-    cancelled_for: t.Optional[str] = None
-    abort_error: t.Optional[str] = None
-    runner: t.Optional[asyncio.Task[t.Any]] = None
-
-    def __post_init__(self) -> None:
-        self.attempts = self.job.attempts
-
-    def cancel(self, reason: str) -> None:
-        if self.task is not None and self.cancelled_for is None:
-            self.cancelled_for = reason
-            self.task.cancel()
-
-    def lost(self) -> None:
-        self.cancel("lost")
-
-
-class _Abandoned(asyncio.CancelledError):
-    """The task waiting for a job's thread was cancelled again: the thread still
-    runs, so nothing may be written for the job (see _call)."""
-
-
-class _Threads:
-    """The worker's own threads for sync functions: at most ``size`` (one per slot,
-    and a job keeps its slot until its thread returns), named, and daemons, so that
-    a function that never returns does not keep the process from exiting."""
-
-    def __init__(self, size: int, name: str) -> None:
-        self._size = size
-        self._name = name
-        self._calls: queue_module.SimpleQueue[
-            t.Optional[tuple[concurrent.futures.Future[t.Any], Callable[[], t.Any]]]
-        ] = queue_module.SimpleQueue()
-        self._idle = threading.Semaphore(0)
-        self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
-
-    def submit(self, call: Callable[[], t.Any]) -> concurrent.futures.Future[t.Any]:
-        future: concurrent.futures.Future[t.Any] = concurrent.futures.Future()
-        self._calls.put((future, call))
-        if not self._idle.acquire(blocking=False):
-            with self._lock:
-                if len(self._threads) < self._size:
-                    thread = threading.Thread(
-                        target=self._work, name=f"{self._name}_{len(self._threads)}", daemon=True
-                    )
-                    thread.start()
-                    self._threads.append(thread)
-        return future
-
-    def shutdown(self) -> None:
-        """Let every thread end once it is idle (a busy one ends after its call)."""
-        with self._lock:
-            for _ in self._threads:
-                self._calls.put(None)
-            self._threads = []
-
-    def _work(self) -> None:
-        while True:
-            item = self._calls.get()
-            if item is None:
-                return
-            future, call = item
-            if future.set_running_or_notify_cancel():
-                try:
-                    result = call()
-                except BaseException as exc:
-                    future.set_exception(exc)
-                else:
-                    future.set_result(result)
-            del item, future, call  # drop the result before waiting for the next call
-            self._idle.release()
-
-
-class _Outage:
-    """A storage error the worker waits out (a full disk, a write lock held past
-    lock_timeout): logged when it starts, then every _OUTAGE_LOG_S, and when it ends;
-    the pause before the next try grows from _OUTAGE_PAUSE_S to _OUTAGE_MAX_PAUSE_S."""
-
-    def __init__(self, worker: Worker, what: str) -> None:
-        self._worker = worker
-        self._what = what
-        self._since = 0.0
-        self._logged = 0.0
-        self._pause = _OUTAGE_PAUSE_S
-
-    def failed(self, exc: Exception) -> float:
-        """Log the error if it is time to; seconds to wait before trying again."""
-        current = time.monotonic()
-        if not self._since:
-            self._since = current
-        if current - self._logged >= _OUTAGE_LOG_S:
-            self._logged = current
-            logger.warning(
-                "Worker %s cannot %s (for %.0f s so far): %s; it keeps trying",
-                self._worker.id, self._what, current - self._since, exc,
-            )  # fmt: skip
-        pause = self._pause
-        self._pause = min(self._pause * 2, _OUTAGE_MAX_PAUSE_S)
-        return pause
-
-    def ended(self) -> None:
-        if self._since:
-            logger.info(
-                "Worker %s can %s again after %.1f s",
-                self._worker.id, self._what, time.monotonic() - self._since,
-            )  # fmt: skip
-            self._since = self._logged = 0.0
-            self._pause = _OUTAGE_PAUSE_S
 
 
 class Worker:
@@ -3500,8 +2072,9 @@ class Worker:
             logger.warning(
                 "Worker %s: %s still runs in a thread; it stays active, owned by this worker, "
                 "until it returns (if this process exits first, a sweep recovers it)",
-                self.id, running.job.info(),
-            )  # fmt: skip
+                self.id,
+                running.job.info(),
+            )
         lingering = {running.runner for running in self._running.values() if running.runner}
         writing = self._job_tasks - lingering
         if writing:  # the cancelled jobs are written back as queued
@@ -3774,11 +2347,19 @@ class Worker:
         retry = job.retryable
         if logger.isEnabledFor(logging.WARNING if retry else logging.ERROR):
             if exc is None:
-                logger.log(logging.WARNING if retry else logging.ERROR,
-                           "Error processing job %s: %s", job, error)  # fmt: skip
+                logger.log(
+                    logging.WARNING if retry else logging.ERROR,
+                    "Error processing job %s: %s",
+                    job,
+                    error,
+                )
             else:
-                logger.log(logging.WARNING if retry else logging.ERROR,
-                           "Error processing job %s", job, exc_info=exc)  # fmt: skip
+                logger.log(
+                    logging.WARNING if retry else logging.ERROR,
+                    "Error processing job %s",
+                    job,
+                    exc_info=exc,
+                )
         return ("retry" if retry else "failed"), error
 
     async def _store(self, job: Job, outcome: str, value: t.Any) -> None:
@@ -3789,8 +2370,9 @@ class Worker:
             logger.warning(
                 "Worker %s lost %s: the job was taken over (swept, then run again) while "
                 "this run was paused or cut off; this run is cancelled and stores nothing",
-                self.id, job.info(),
-            )  # fmt: skip
+                self.id,
+                job.info(),
+            )
         elif outcome in ("retry", "stop") or swept:
             error = "cancelled" if outcome == "stop" else value
             stored = await self._persist(job, lambda: self.queue._retry(job, error))
@@ -3817,7 +2399,7 @@ class Worker:
             job.status = status_before
             error = str(exc)
             stored = await self._persist(
-                job, lambda: self.queue._finish(job, Status.FAILED, None, error)
+                job, lambda: self.queue._finish(job, Status.FAILED, None, error, finish_only=False)
             )
         await self._settle(job, stored)
 
@@ -3835,8 +2417,10 @@ class Worker:
                     logger.error(
                         "Worker %s stopped without storing the outcome of %s: %s; "
                         "a sweep will recover the job",
-                        self.id, job.info(), exc,
-                    )  # fmt: skip
+                        self.id,
+                        job.info(),
+                        exc,
+                    )
                     return True  # nothing more to settle
                 outage = outage or _Outage(self, f"store the outcome of {job.info()}")
                 await asyncio.sleep(outage.failed(exc))
@@ -3916,10 +2500,12 @@ class Worker:
                 kwargs=cron_job.kwargs,
                 key=f"cron:{name}" if cron_job.unique else f"cron:{name}:{int(next_run)}",
                 scheduled=int(next_run),
-                **{field: getattr(cron_job, field)
-                   for field in ("timeout", "heartbeat", "retries", "ttl")
-                   if getattr(cron_job, field) is not None},
-            )  # fmt: skip
+                **{
+                    field: getattr(cron_job, field)
+                    for field in ("timeout", "heartbeat", "retries", "ttl")
+                    if getattr(cron_job, field) is not None
+                },
+            )
             if await self.queue.enqueue(job):
                 logger.info("Scheduled %s", [job.id])
             else:
@@ -3935,6 +2521,1697 @@ class Worker:
         await self._beat()
         await self._sweep()
         await self.abort()
+
+
+# =============================================================================
+# SyncQueue
+# =============================================================================
+
+
+class SyncQueue:
+    """The same queue for code without an event loop: Tk or Qt handlers, Flask or
+    Django views, scripts. Plain methods on the standard library's sqlite3, with no
+    thread of its own; safe to share between threads.
+
+    Jobs it returns belong to ``self.queue``, the async ``Queue`` twin, so they have
+    the usual fields and ids.
+
+    Args:
+        path, name: as for ``Queue``.
+        args, options: the rest of ``Queue``'s arguments: ``dump``, ``load``,
+            ``synchronous``, ``lock_timeout``, ``priorities``.
+    """
+
+    def __init__(
+        self,
+        path: t.Union[str, os.PathLike[str]] = DEFAULT_PATH,
+        name: str = "default",
+        *args: t.Any,
+        **options: t.Any,
+    ) -> None:
+        if "swept_error_message" in options:  # a Queue option that only a sweep uses
+            raise TypeError(
+                "SyncQueue takes no swept_error_message: only a worker's sweep uses it; "
+                "give it to the Queue of the Worker"
+            )
+        self.queue = Queue(path, name, *args, **options)
+        self._codec = self.queue._codec  # one codec: jobs are the twin's
+        self._conn: t.Optional[sqlite3.Connection] = None
+        # One statement (or transaction) at a time on the connection. Lock order: this
+        # lock, then the wake-ups' condition; no database call is made while holding the
+        # condition (an event-loop callback takes it: see _SyncWakeup).
+        self._lock = threading.RLock()
+        self._wakeup = _SyncWakeup(self)
+
+    def __repr__(self) -> str:
+        return f"SyncQueue<path={self.path!r}, name={self.name!r}>"
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: t.Any) -> SyncQueue:
+        """A client from ``sqlite:///relative.db`` or ``sqlite:////absolute.db``.
+
+        Raises:
+            InvalidUrlError: for another URL.
+        """
+        queue = Queue.from_url(url)
+        return cls(queue.path, **kwargs)
+
+    @property
+    def path(self) -> str:
+        return self.queue.path
+
+    @property
+    def name(self) -> str:
+        return self.queue.name
+
+    def __enter__(self) -> SyncQueue:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        """Open the file, creating or migrating its schema (done on first use anyway).
+
+        Raises:
+            StorageError: when the path is not a usable saqlite database.
+        """
+        with self._lock:
+            if self._conn is not None:
+                return
+            _prepare_database(self.queue)
+            try:
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            except sqlite3.Error as exc:
+                raise _storage_error(self.path, exc) from exc
+            try:
+                for pragma in _connection_pragmas(self.queue.synchronous):
+                    conn.execute(pragma)
+            except sqlite3.Error as exc:
+                conn.close()
+                raise _storage_error(self.path, exc) from exc
+            self._conn = conn
+
+    def close(self) -> None:
+        """Close the file. Safe to call twice; a later call opens it again."""
+        with self._lock:
+            self._wakeup.close()
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def enqueue(self, job_or_func: t.Union[str, Job, Function], **kwargs: t.Any) -> t.Optional[Job]:
+        """Store a job to run: as ``Queue.enqueue``.
+
+        Returns:
+            The job, or None when a job with the same key is already waiting or running.
+        """
+        return self.enqueue_many([job_or_func], **kwargs)[0]
+
+    def enqueue_many(
+        self, jobs: Iterable[t.Union[Job, str, Function]], **kwargs: t.Any
+    ) -> list[t.Optional[Job]]:
+        """Store many jobs in one transaction, all or none: as ``Queue.enqueue_many``."""
+        prepared = [self._codec.prepare(job, dict(kwargs)) for job in jobs]
+        inserted = self._insert_all([self._codec.row(job) for job in prepared])
+        return [job if ok else None for job, ok in zip(prepared, inserted)]
+
+    def job(self, job_key: str) -> t.Optional[Job]:
+        """The job with this key, or None."""
+        return self.jobs([job_key])[0]
+
+    def jobs(self, job_keys: Iterable[str]) -> list[t.Optional[Job]]:
+        """The jobs with these keys, in the order asked (None where missing)."""
+        return self._drive(_jobs_steps(self.queue, list(job_keys)))
+
+    def count(self, kind: CountKind) -> int:
+        """How many jobs: ``"queued"`` (due now), ``"active"`` or ``"incomplete"``."""
+        return self._drive(_count_steps(self.queue, kind))
+
+    def info(self, jobs: bool = False, offset: int = 0, limit: int = 10) -> QueueInfo:
+        """Live workers, counts, and (with ``jobs``) unfinished jobs: as ``Queue.info``."""
+        return self._drive(_info_steps(self.queue, jobs, offset, limit))
+
+    def refresh(self, job: Job, until_complete: t.Optional[float] = None) -> Job:
+        """Reload a job in place, and return it.
+
+        Args:
+            until_complete: wait up to this many seconds for a terminal status
+                (0 = wait forever).
+
+        Raises:
+            RuntimeError: the job no longer exists.
+            TimeoutError: the wait ran out.
+        """
+        if until_complete is not None and job.status not in TERMINAL_STATUSES:
+
+            def done(statuses: dict[str, Status]) -> bool:
+                return statuses.get(job.key, Status.COMPLETE) in TERMINAL_STATUSES
+
+            self._wait_until([job.key], done, until_complete)
+        stored = self.job(job.key)
+        if stored is None:
+            raise RuntimeError(f"{job.info()} doesn't exist in queue {self.name!r}")
+        job.replace(stored)
+        return job
+
+    def apply(
+        self,
+        job_or_func: t.Union[str, Job, Function],
+        timeout: t.Optional[float] = None,
+        **kwargs: t.Any,
+    ) -> t.Any:
+        """Enqueue a job, wait for it, and return its result: as ``Queue.apply``.
+
+        Raises:
+            JobError: the job failed or was aborted.
+            TimeoutError: the wait ran out.
+        """
+        results = self.map(job_or_func, [kwargs], timeout=timeout)
+        return results[0] if results else None
+
+    def map(
+        self,
+        job_or_func: t.Union[str, Job, Function],
+        iter_kwargs: Iterable[dict[str, t.Any]],
+        timeout: t.Optional[float] = None,
+        return_exceptions: bool = False,
+        **kwargs: t.Any,
+    ) -> list[t.Any]:
+        """Run one job per kwargs dict and return their results: as ``Queue.map``."""
+        mapping = _Mapping(
+            self.queue,
+            job_or_func,
+            iter_kwargs,
+            timeout=timeout,
+            return_exceptions=return_exceptions,
+            kwargs=kwargs,
+        )
+        self._insert_all([self._codec.row(job) for job in mapping.jobs])
+        self._wait_until(mapping.keys, mapping.settled, timeout)
+        return mapping.results(self.jobs(mapping.keys))
+
+    def abort(self, job: Job, error: str) -> None:
+        """Abort a job: as ``Queue.abort``; ``job`` is updated in place."""
+        current, changed = self._drive(_abort_steps(self.queue, job.key, error))
+        if changed:
+            self._wakeup.notify("changes")
+            if current is not None and current.status == Status.ABORTING:
+                self._wakeup.notify("aborts")
+        if current is not None:
+            job.replace(current)
+
+    def _wait_until(
+        self, keys: list[str], done: Callable[[dict[str, Status]], bool], timeout: t.Optional[float]
+    ) -> None:
+        """Read the statuses of these jobs at every change until ``done(statuses)``."""
+        deadline = time.monotonic() + timeout if timeout else math.inf
+        self._wakeup.want("changes")
+        while True:
+            generation = self._wakeup.generation("changes")
+            if done(self._drive(_statuses_steps(self.queue, keys))):
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"Waiting for {len(keys)} job(s) timed out")
+            self._wakeup.wait("changes", generation, min(remaining, _FALLBACK_POLL_S))
+
+    def _drive(self, steps: _Steps[_R]) -> _R:
+        """Run a sequence of statements (see _Steps) on this client's connection; a
+        statement's exception is thrown into ``steps``, which may handle it."""
+        stepper = _Stepper(steps)
+        while stepper.statement is not None:
+            try:
+                rows = self._fetch(*stepper.statement)
+            except Exception as exc:
+                stepper.resume(exc)
+            else:
+                stepper.resume(rows)
+        return t.cast("_R", stepper.result)
+
+    def _fetch(self, sql: str, params: t.Any = ()) -> list[t.Any]:
+        """Run one statement (its own transaction) and return its rows."""
+        wait = _LockWait(self.queue)
+        while True:
+            try:
+                with self._lock:
+                    rows = self._connection().execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                time.sleep(wait.pause(exc))
+                continue
+            wait.done()
+            return rows
+
+    def _connection(self) -> sqlite3.Connection:
+        """The connection, opened again if another thread closed it; call it holding
+        the lock."""
+        if self._conn is None:
+            self.connect()
+        return t.cast(sqlite3.Connection, self._conn)
+
+    def _insert_all(self, rows: list[tuple[t.Any, ...]]) -> list[bool]:
+        """Insert job rows in one transaction; raise (storing none) if one can't be."""
+        if len(rows) == 1:  # one statement, atomic on its own
+            inserted = self._drive(_all_or_none(_insert_steps(rows)))
+        else:
+            inserted = self._atomic(_all_or_none(_insert_steps(rows)))
+        if any(inserted):
+            self._wakeup.notify("jobs")
+        return inserted
+
+    def _atomic(self, steps: _Steps[_R]) -> _R:
+        """Run a sequence of statements as one transaction: all commit, or none. The
+        lock is held throughout, so no other thread's statement joins it.
+
+        ``steps`` is run once: a busy file is waited for at BEGIN, before any step."""
+        wait = _LockWait(self.queue)
+        with self._lock:
+            while True:
+                conn = self._connection()
+                began = False
+                try:
+                    with _transaction(conn):
+                        began = True
+                        wait.done()
+                        return self._drive(steps)
+                except sqlite3.Error as exc:  # BEGIN or COMMIT: statements raise StorageError
+                    if not began:
+                        time.sleep(wait.pause(exc))  # raises StorageError if not a lock wait
+                        continue
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise _storage_error(self.path, exc) from exc
+
+
+# =============================================================================
+# Command line: running workers
+# =============================================================================
+
+_SETTINGS_HELP = "module.attribute naming a dict of Worker arguments, or a module with `settings`"
+_VERBOSE_HELP = "log DEBUG too (default INFO); -vv adds aiosqlite's line per statement"
+#: The operator tooling's commands (after the marker), named here so that a copy of
+#: this file cut at the marker says what it lacks rather than take one for settings.
+_OPS_COMMANDS = ("info", "jobs", "job", "retry", "abort", "purge", "burst", "web", "export")
+
+
+def _import_settings(name: str) -> dict[str, t.Any]:
+    """The settings dict that ``module.attribute`` names (called if callable), or the
+    ``settings`` of the module ``name`` (``saqlite examples.settings``), as SAQ takes.
+
+    Raises:
+        _OpsError: no such settings, or not a dict (an error raised inside the
+            settings module itself is not caught: its traceback shows where).
+    """
+    cwd = os.getcwd()
+    if cwd not in sys.path:  # settings are found from where the command runs, as in SAQ
+        sys.path.insert(0, cwd)
+    module_name, _, attribute = name.rpartition(".")
+    candidates = [(module_name, attribute)] if module_name else []
+    candidates.append((name, "settings"))
+    reasons = []
+    for candidate, attribute_name in candidates:
+        try:
+            module = importlib.import_module(candidate)
+        except ModuleNotFoundError as exc:
+            if not exc.name or not (candidate + ".").startswith(exc.name + "."):
+                raise  # a module that the settings module imports is missing: show where
+            reasons.append(str(exc))
+            continue
+        settings = getattr(module, attribute_name, None)
+        if inspect.ismodule(settings):  # a package's submodule, once imported
+            settings = getattr(settings, "settings", None)
+        if settings is not None:
+            break
+        reasons.append(f"module {candidate!r} has no {attribute_name!r}")
+    else:
+        raise _OpsError(
+            f"Cannot find the settings {name!r} ({'; '.join(dict.fromkeys(reasons))}): give "
+            "module.attribute naming a dict of Worker arguments, e.g. myapp.tasks.settings, "
+            f"or a module holding a `settings` dict, importable from {cwd}"
+        )
+    if callable(settings):
+        settings = settings()
+    if not isinstance(settings, dict):
+        raise _OpsError(
+            f"Settings {name!r} must be a dict of Worker arguments (or a callable returning "
+            f"one), got {type(settings).__name__}"
+        )
+    return dict(settings)
+
+
+def _load_settings(name: str) -> tuple[Queue, dict[str, t.Any]]:
+    """The queue and the other Worker arguments of a settings dict.
+
+    Raises:
+        _OpsError: the settings cannot be found or imported, or hold no valid queue.
+    """
+    try:
+        settings = _import_settings(name)
+    except _OpsError:
+        raise
+    except Exception as exc:  # in the settings module: its traceback shows where
+        traceback.print_exc()
+        raise _OpsError(
+            f"importing the settings {name!r} raised {type(exc).__name__}: {exc} (see above)"
+        ) from exc
+    try:
+        queue = _settings_queue(settings)
+    except TypeError as exc:
+        raise _OpsError(str(exc)) from None
+    settings.pop("queue", None)
+    return queue, settings
+
+
+def _settings_queue(settings: dict[str, t.Any]) -> Queue:
+    queue = settings.get("queue")
+    if queue is None:
+        return Queue(DEFAULT_PATH)
+    if not isinstance(queue, Queue):
+        raise TypeError(f"settings['queue'] must be a saqlite Queue, got {queue!r}")
+    return queue
+
+
+def _run_worker(settings_name: str, verbose: int) -> None:
+    _configure_logging(verbose)
+    queue, settings = _load_settings(settings_name)
+    worker = Worker(queue, **settings)
+    asyncio.run(worker.start())
+
+
+async def _check(queue: Queue) -> bool:
+    try:
+        info = await queue.info()
+    finally:
+        await queue.disconnect()
+    return bool(info["workers"])
+
+
+def _configure_logging(verbose: int) -> None:
+    """Log to stderr: -1 (``-q``) errors only; 0 INFO; 1 (``-v``) DEBUG, but for
+    aiosqlite's line per statement; 2 (``-vv``) every DEBUG line."""
+    level = {-1: logging.ERROR, 0: logging.INFO}.get(verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiosqlite").setLevel(
+        logging.DEBUG if verbose >= 2 else max(level, logging.INFO)
+    )
+
+
+class _CommandLineExtras(t.NamedTuple):
+    """What the operator tooling (the section after the marker) adds to ``main()``.
+    It appends itself to ``_EXTRAS`` at import: a copy of this file cut at the marker
+    runs workers without it, and says so when asked for a command."""
+
+    #: Runs ``saqlite COMMAND ...`` (see _OPS_COMMANDS); None when argv names settings.
+    run_command: Callable[[list[str]], t.Optional[int]]
+    #: The commands, for ``saqlite -h``.
+    epilog: str
+    #: Adds ``--web`` and its options to the workers' parser.
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    #: Runs a worker with the page when the arguments ask for it; False when not.
+    serve: Callable[[argparse.Namespace, int], bool]
+
+
+_EXTRAS: list[_CommandLineExtras] = []
+
+
+def main(argv: t.Optional[list[str]] = None) -> int:
+    """The ``saqlite`` command: run workers from a settings dict, as ``saq`` does."""
+    argv = sys.argv[1:] if argv is None else argv
+    extras = _EXTRAS[0] if _EXTRAS else None
+    if extras is not None:
+        code = extras.run_command(argv)
+        if code is not None:
+            return code
+    elif argv and argv[0] in _OPS_COMMANDS:
+        print(
+            f"saqlite: this copy of saqlite has no operator commands (`saqlite {argv[0]}`): "
+            "it was cut at the operator tooling marker. Run them with the whole saqlite.py "
+            "(pip install saqlite)",
+            file=sys.stderr,
+        )
+        return 2
+    parser = argparse.ArgumentParser(
+        prog="saqlite",
+        description="Start saqlite workers from a settings dict, as `saq` does.",
+        epilog=extras.epilog if extras is not None else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("settings", help=_SETTINGS_HELP)
+    parser.add_argument("--workers", type=int, default=1, help="worker processes to start")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=_VERBOSE_HELP)
+    parser.add_argument("-q", "--quiet", action="store_true", help="log only errors")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 0 when a live worker is registered for the queue, else 1",
+    )
+    if extras is not None:
+        extras.add_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    verbose = -1 if args.quiet else args.verbose
+    try:  # here, not in every worker process, if the settings are wrong
+        queue, settings = _load_settings(args.settings)
+        Worker(queue, **settings)
+    except (_OpsError, ValueError, TypeError) as exc:
+        parser.error(f"settings {args.settings}: {exc}")
+    if args.check:
+        return 0 if asyncio.run(_check(queue)) else 1
+    children = []
+    context = multiprocessing.get_context("spawn")  # the same on every OS
+    for _ in range(args.workers - 1):
+        child = context.Process(target=_run_worker, args=(args.settings, verbose))
+        child.start()
+        children.append(child)
+    try:
+        if extras is None or not extras.serve(args, verbose):
+            _run_worker(args.settings, verbose)
+    except _OpsError as exc:
+        print(f"saqlite: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        for child in children:  # this process was told to stop: so are they
+            if child.is_alive():
+                child.terminate()
+            child.join()
+    return 0
+
+
+# =============================================================================
+# Storage steps: each operation's statements, shared by Queue and SyncQueue
+# =============================================================================
+
+#
+# Each is a generator that yields (sql, params), receives the statement's rows and
+# finally returns the operation's result; Queue._drive runs them on aiosqlite and
+# SyncQueue._drive on sqlite3, so the async and the sync client share every query.
+
+_Statement = tuple[str, t.Any]
+#: A write's outcome for one item: whether it applied, or why it could not be made.
+_Outcome = t.Union[bool, Exception]
+if t.TYPE_CHECKING:
+    from collections.abc import Generator
+
+    _Steps: TypeAlias = Generator[_Statement, list[t.Any], _R]
+
+
+class _Stepper(t.Generic[_R]):
+    """Where a client is in running a sequence of statements (see _Steps): the next
+    ``statement`` to run, or None once done (then ``result`` is the sequence's)."""
+
+    def __init__(self, steps: _Steps[_R]) -> None:
+        self._steps = steps
+        self.statement: t.Optional[_Statement] = None
+        self.result: t.Optional[_R] = None
+        self.resume(None)  # to the first statement
+
+    def resume(self, outcome: t.Union[list[t.Any], Exception, None]) -> None:
+        """Give the sequence the last statement's rows, or throw its exception in."""
+        try:
+            if isinstance(outcome, Exception):
+                self.statement = self._steps.throw(outcome)
+            else:
+                self.statement = self._steps.send(t.cast("list[t.Any]", outcome))
+        except StopIteration as finished:
+            self.statement = None
+            self.result = finished.value
+
+
+def _rows_named(columns: t.Sequence[str]) -> str:
+    """The rows of a write as a table ``v`` with these columns (``{rows}``: the
+    placeholders, filled in per statement)."""
+    return f"WITH v({', '.join(columns)}) AS (VALUES {{rows}}) "
+
+
+# Enqueue: a key that is waiting or running is left alone (no row comes back);
+# a finished one is replaced by the new job. An unscheduled job (run_at NULL) is due
+# from now by SQLite's clock.
+_SQL_INSERT_JOBS = (
+    _rows_named(_JOB_COLUMNS)
+    + f"INSERT INTO saqlite_jobs ({', '.join(_JOB_COLUMNS)}) SELECT "
+    + ", ".join(f"COALESCE(run_at, {_SQL_NOW})" if c == "run_at" else c for c in _JOB_COLUMNS)
+    + " FROM v WHERE true ON CONFLICT (queue, key) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _JOB_COLUMNS[2:])
+    + f", deaths = 0 WHERE saqlite_jobs.status IN {_FINISHED_SQL} RETURNING key"
+)
+
+
+def _insert_steps(rows: list[tuple[t.Any, ...]]) -> _Steps[list[_Outcome]]:
+    """Insert job rows; for each, whether it went in (False: its key was taken), or
+    the exception that kept that row out (the others go in: see _isolated)."""
+    inserted: set[str] = set()
+    failed: dict[int, Exception] = {}
+
+    def statement(chunk: t.Sequence[tuple[t.Any, ...]]) -> _Statement:
+        sql = _SQL_INSERT_JOBS.format(rows=_row_placeholders(len(chunk), len(_JOB_COLUMNS)))
+        return sql, [value for row in chunk for value in row]
+
+    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+        end = min(start + _ROWS_PER_STATEMENT, len(rows))
+        found = yield from _isolated(statement, rows, start, end, failed)
+        inserted.update(key for (key,) in found)
+    results: list[_Outcome] = []
+    for index, row in enumerate(rows):
+        if index in failed:
+            results.append(failed[index])
+            continue
+        results.append(row[1] in inserted)
+        inserted.discard(row[1])  # a key repeated in one call goes in once
+    return results
+
+
+def _isolated(
+    statement: Callable[[t.Sequence[_T]], _Statement],
+    items: t.Sequence[_T],
+    start: int,
+    end: int,
+    failed: dict[int, Exception],
+) -> _Steps[list[t.Any]]:
+    """Run ``statement(items[start:end])`` and return its rows. If it fails because of
+    its values rather than the file (see _fails_every_item), run it again on each half,
+    down to single items, so only the bad items fail: their exceptions go in ``failed``
+    by index, and every other item is written once."""
+    try:
+        return (yield statement(items[start:end]))
+    except Exception as exc:
+        if _fails_every_item(exc):
+            raise
+        if end - start == 1:
+            failed[start] = exc
+            return []
+    middle = (start + end) // 2
+    first = yield from _isolated(statement, items, start, middle, failed)
+    return first + (yield from _isolated(statement, items, middle, end, failed))
+
+
+def _fails_every_item(exc: Exception) -> bool:
+    """Whether a failed statement failed for the file (a lock wait ran out, the disk
+    is full, the file is unreadable), so that writing its items apart would not help."""
+    cause = exc.__cause__ if isinstance(exc, StorageError) else exc
+    return isinstance(cause, sqlite3.Error) and not isinstance(
+        cause,
+        (
+            sqlite3.IntegrityError,
+            sqlite3.DataError,
+            sqlite3.InterfaceError,
+            sqlite3.ProgrammingError,
+        ),
+    )
+
+
+def _succeeded(outcomes: list[_Outcome]) -> list[bool]:
+    """The outcomes of an all-or-nothing call: the first failure is raised."""
+    for outcome in outcomes:
+        if isinstance(outcome, Exception):
+            raise outcome
+    return t.cast("list[bool]", outcomes)
+
+
+def _all_or_none(steps: _Steps[list[_Outcome]]) -> _Steps[list[bool]]:
+    """``steps``, raising the first item's failure inside them (in a transaction, so
+    that it is rolled back)."""
+    return _succeeded((yield from steps))
+
+
+def _write_item(
+    queue: Queue, job: Job, expected: _Expected, *, finish_only: bool = False
+) -> tuple[str, tuple[t.Any, ...]]:
+    """A guarded write of a job's state, for _write_steps; with ``finish_only``, only
+    the fields a finish changes (see Queue._finish)."""
+    guard = expected.values(queue.name, job.key)
+    if job.ttl == -1 and job.status in TERMINAL_STATUSES:
+        return "delete", guard
+    if finish_only:
+        finished = (job.status.value, job.completed, job.error, job.progress)
+        return "finish", (*guard, *finished, queue._codec.encode_result(job), _expire_at(job))
+    return "update", (*guard[2:], *queue._codec.row(job))
+
+
+def _set_item(queue: Queue, job: Job, given: frozenset[str]) -> tuple[str, tuple[t.Any, ...]]:
+    """A write by key of a job's state, for _write_steps: the columns of
+    _KEPT_UNLESS_SET only where ``given``, guarded by the job's lease if it has one."""
+    lease = job._lease
+    guard = (None, None) if lease is None else (lease.worker_id, lease.attempts)
+    if job.ttl == -1 and job.status in TERMINAL_STATUSES:
+        return "remove", (*guard, queue.name, job.key)
+    row = list(queue._codec.row(job))
+    for index in _KEPT_COLUMN_INDEXES:
+        if _JOB_COLUMNS[index] not in given:
+            row[index] = None
+    return "set", (*guard, *row)
+
+
+# A guarded write of whole jobs: each row applies only where the job is still in
+# the state its writer last saw (status, worker and attempt), so a late writer never
+# overwrites an abort or a sweep that came in between.
+_GUARD_COLUMNS = ("expected_status", "expected_worker", "expected_attempts")
+_GUARD = (
+    "saqlite_jobs.queue = v.queue AND saqlite_jobs.key = v.key"
+    " AND saqlite_jobs.status = v.expected_status"
+    " AND saqlite_jobs.worker_id IS v.expected_worker"
+    " AND saqlite_jobs.attempts = v.expected_attempts"
+)
+_WRITE_COLUMNS = (*_GUARD_COLUMNS, *_JOB_COLUMNS)
+_SQL_WRITE_JOBS = (
+    _rows_named(_WRITE_COLUMNS)
+    + "UPDATE saqlite_jobs SET "
+    + ", ".join(
+        # run_at NULL: an unscheduled job keeps the time it became due
+        f"{c} = COALESCE(v.{c}, saqlite_jobs.run_at)" if c == "run_at" else f"{c} = v.{c}"
+        for c in _JOB_COLUMNS
+        if c not in ("queue", "key")
+    )
+    + f" FROM v WHERE {_GUARD} RETURNING saqlite_jobs.key"
+)
+# A worker's finish: only the fields a finish changes, so the job is not serialised
+# again (see Queue._finish). Guarded like _SQL_WRITE_JOBS.
+_FINISH_COLUMNS = ("status", "completed", "error", "progress", "result", "expire_at")
+_FINISH_WRITE_COLUMNS = ("queue", "key", *_GUARD_COLUMNS, *_FINISH_COLUMNS)
+_SQL_FINISH_JOBS = (
+    _rows_named(_FINISH_WRITE_COLUMNS)
+    + "UPDATE saqlite_jobs SET "
+    + ", ".join(f"{c} = v.{c}" for c in _FINISH_COLUMNS)
+    + f" FROM v WHERE {_GUARD} RETURNING saqlite_jobs.key"
+)
+_DELETE_COLUMNS = ("queue", "key", *_GUARD_COLUMNS)
+_SQL_DELETE_JOBS = (
+    _rows_named(_DELETE_COLUMNS) + "DELETE FROM saqlite_jobs WHERE rowid IN ("
+    f" SELECT saqlite_jobs.rowid FROM saqlite_jobs JOIN v ON {_GUARD}"
+    ") RETURNING key"
+)
+
+# A write by key, as SAQ's: the last writer wins. The columns a claim owns (status,
+# worker_id, attempts, started) keep their stored value where the row gives NULL,
+# i.e. unless the call sets them. A row with a lease (the worker and attempt that run
+# the job) applies only while that run still owns the job.
+_KEPT_UNLESS_SET = ("status", "worker_id", "attempts", "started")
+_LEASE_COLUMNS = ("lease_worker", "lease_attempts")
+_LEASE_GUARD = (
+    "saqlite_jobs.queue = v.queue AND saqlite_jobs.key = v.key AND (v.lease_worker IS NULL"
+    " OR (saqlite_jobs.worker_id = v.lease_worker"
+    " AND saqlite_jobs.attempts = v.lease_attempts"
+    f" AND saqlite_jobs.status IN {_RUNNING_SQL}))"
+)
+_SET_COLUMNS = (*_LEASE_COLUMNS, *_JOB_COLUMNS)
+_SQL_SET_JOBS = (
+    _rows_named(_SET_COLUMNS)
+    + "UPDATE saqlite_jobs SET "
+    + ", ".join(
+        # run_at NULL: an unscheduled job keeps the time it became due
+        f"{c} = COALESCE(v.{c}, saqlite_jobs.{c})"
+        if c in (*_KEPT_UNLESS_SET, "run_at")
+        else f"{c} = v.{c}"
+        for c in _JOB_COLUMNS
+        if c not in ("queue", "key")
+    )
+    + f" FROM v WHERE {_LEASE_GUARD} RETURNING saqlite_jobs.key"
+)
+_REMOVE_COLUMNS = (*_LEASE_COLUMNS, "queue", "key")
+_SQL_REMOVE_JOBS = (
+    _rows_named(_REMOVE_COLUMNS) + "DELETE FROM saqlite_jobs WHERE rowid IN ("
+    f" SELECT saqlite_jobs.rowid FROM saqlite_jobs JOIN v ON {_LEASE_GUARD}"
+    ") RETURNING key"
+)
+
+#: Each kind of write: its statement, and the columns of its rows.
+_WRITES = {
+    "update": (_SQL_WRITE_JOBS, _WRITE_COLUMNS),
+    "finish": (_SQL_FINISH_JOBS, _FINISH_WRITE_COLUMNS),
+    "delete": (_SQL_DELETE_JOBS, _DELETE_COLUMNS),
+    "set": (_SQL_SET_JOBS, _SET_COLUMNS),
+    "remove": (_SQL_REMOVE_JOBS, _REMOVE_COLUMNS),
+}
+#: Where the key is in the values of each kind of write.
+_KEY_INDEX = {kind: columns.index("key") for kind, (_, columns) in _WRITES.items()}
+_KEPT_COLUMN_INDEXES = tuple(_JOB_COLUMNS.index(name) for name in _KEPT_UNLESS_SET)
+
+
+def _write_steps(items: list[tuple[str, tuple[t.Any, ...]]]) -> _Steps[list[_Outcome]]:
+    """Apply guarded writes; for each, whether the job was still as expected, or the
+    exception that kept that write out (the others are written: see _isolated).
+
+    A job written twice in one batch (e.g. a progress update, then its finish) is
+    written in order, by splitting the batch where a key repeats.
+    """
+    done: list[_Outcome] = []
+    start = 0
+    while start < len(items):
+        keys: set[str] = set()
+        end = start
+        while end < len(items) and end - start < _ROWS_PER_STATEMENT:
+            key = _written_key(items[end])
+            if key in keys:
+                break
+            keys.add(key)
+            end += 1
+        written: set[str] = set()
+        failed: dict[int, Exception] = {}
+        for kind, (sql, columns) in _WRITES.items():
+            indexes = [i for i in range(start, end) if items[i][0] == kind]
+            if not indexes:
+                continue
+
+            def statement(
+                chunk: t.Sequence[int], sql: str = sql, width: int = len(columns)
+            ) -> _Statement:
+                params = [value for i in chunk for value in items[i][1]]
+                return sql.format(rows=_row_placeholders(len(chunk), width)), params
+
+            kind_failed: dict[int, Exception] = {}
+            found = yield from _isolated(statement, indexes, 0, len(indexes), kind_failed)
+            written.update(key for (key,) in found)
+            failed.update((indexes[i], exc) for i, exc in kind_failed.items())
+        done.extend(failed.get(i, _written_key(items[i]) in written) for i in range(start, end))
+        start = end
+    return done
+
+
+def _written_key(item: tuple[str, tuple[t.Any, ...]]) -> str:
+    kind, values = item
+    return str(values[_KEY_INDEX[kind]])
+
+
+_SQL_GET_JOBS = (
+    f"SELECT key, {_LOAD_COLUMNS} FROM saqlite_jobs WHERE queue = ? AND key IN ({{keys}})"
+)
+
+
+def _jobs_steps(queue: Queue, keys: list[str]) -> _Steps[list[t.Optional[Job]]]:
+    found: dict[str, Job] = {}
+    for chunk in _chunks(keys, _ROWS_PER_STATEMENT):
+        rows = yield _SQL_GET_JOBS.format(keys=_placeholders(len(chunk))), (queue.name, *chunk)
+        for row in rows:
+            found[row[0]] = queue._codec.job(row[1:])
+    return [found.get(key) for key in keys]
+
+
+_SQL_GET_STATUSES = "SELECT key, status FROM saqlite_jobs WHERE queue = ? AND key IN ({keys})"
+
+
+def _statuses_steps(queue: Queue, keys: list[str]) -> _Steps[dict[str, Status]]:
+    """The statuses of these jobs (missing ones left out)."""
+    found: dict[str, Status] = {}
+    for chunk in _chunks(keys, _ROWS_PER_STATEMENT):
+        sql = _SQL_GET_STATUSES.format(keys=_placeholders(len(chunk)))
+        rows = yield sql, (queue.name, *chunk)
+        found.update((key, Status(status)) for key, status in rows)
+    return found
+
+
+# As in SAQ, an ABORTING job is neither active nor incomplete: it is on its way out.
+_SQL_COUNTS = f"""
+SELECT
+    COALESCE(SUM(status = 'queued' AND run_at <= {_SQL_NOW}), 0),
+    COALESCE(SUM(status = 'queued' AND run_at > {_SQL_NOW}), 0),
+    COALESCE(SUM(status = 'active'), 0)
+FROM saqlite_jobs WHERE queue = :queue AND status IN ('queued', 'active')
+"""
+
+
+def _counts_steps(queue: Queue) -> _Steps[tuple[int, int, int]]:
+    """How many jobs are queued and due, scheduled for later, and active."""
+    rows = yield _SQL_COUNTS, {"queue": queue.name}
+    queued, scheduled, active = rows[0]
+    return int(queued), int(scheduled), int(active)
+
+
+def _count_steps(queue: Queue, kind: str) -> _Steps[int]:
+    if kind not in ("queued", "active", "incomplete"):
+        raise ValueError(
+            f"Can't count unknown type {kind!r}: use 'queued', 'active' or 'incomplete'"
+        )
+    queued, scheduled, active = yield from _counts_steps(queue)
+    return {"queued": queued, "active": active, "incomplete": queued + scheduled + active}[kind]
+
+
+class _WorkerState(t.NamedTuple):
+    """A registered worker: alive (for the sweep), and listed (alive and within its
+    worker_info ttl, as SAQ lists workers)."""
+
+    id: str
+    info: WorkerInfo
+    alive: bool
+    listed: bool
+
+
+# Each worker, and whether its worker_info ttl has run out (by SQLite's clock).
+_SQL_WORKERS = f"""
+SELECT id, host, pid, start_token, expire_at <= {_SQL_NOW}, info FROM saqlite_workers
+WHERE queue = ?
+"""
+
+
+def _workers_steps(queue: Queue) -> _Steps[list[_WorkerState]]:
+    """Every registered worker of a queue."""
+    rows = yield _SQL_WORKERS, (queue.name,)
+    workers = []
+    for worker_id, host, pid, start_token, expired, info in rows:
+        alive = _alive(host, pid, start_token, bool(expired))
+        workers.append(_WorkerState(worker_id, json.loads(info), alive, alive and not expired))
+    return workers
+
+
+# Unfinished jobs of one status (as info() lists them), in the order they are claimed.
+_SQL_LIST_JOBS = f"""
+SELECT {_LOAD_COLUMNS} FROM saqlite_jobs WHERE queue = ? AND status = ?
+ORDER BY priority, run_at, rowid LIMIT ? OFFSET ?
+"""
+
+
+def _info_steps(queue: Queue, jobs: bool, offset: int, limit: int) -> _Steps[QueueInfo]:
+    queued, scheduled, active = yield from _counts_steps(queue)
+    workers = yield from _workers_steps(queue)
+    job_dicts: list[dict[str, t.Any]] = []
+    if jobs:  # unfinished jobs, as in SAQ: the running ones, then those waiting
+        rows: list[t.Any] = []
+        if offset < active:
+            rows = yield _SQL_LIST_JOBS, (queue.name, Status.ACTIVE.value, limit, offset)
+        if len(rows) < limit:
+            waiting = (queue.name, Status.QUEUED.value, limit - len(rows), max(offset - active, 0))
+            rows += yield _SQL_LIST_JOBS, waiting
+        job_dicts = [queue._codec.job(row).to_dict() for row in rows]
+    return {
+        "workers": {worker.id: worker.info for worker in workers if worker.listed},
+        "name": queue.name,
+        "queued": queued,
+        "active": active,
+        "scheduled": scheduled,
+        "jobs": job_dicts,
+    }
+
+
+_SQL_REQUEST_ABORT = """
+UPDATE saqlite_jobs SET status = 'aborting', error = :error
+WHERE queue = :queue AND key = :key AND status = 'active' AND attempts = :attempts
+RETURNING key
+"""
+
+
+def _abort_steps(queue: Queue, key: str, error: str) -> _Steps[tuple[t.Optional[Job], bool]]:
+    """Abort a job: finish it ABORTED if it waits, else ask its worker to stop it.
+
+    Returns the job as it now is, and whether this call changed it.
+    """
+    while True:
+        (current,) = yield from _jobs_steps(queue, [key])
+        if current is None or current.status in TERMINAL_STATUSES | {Status.ABORTING}:
+            return current, False
+        if current.status == Status.ACTIVE:
+            params = {"error": error, "queue": queue.name, "key": key, "attempts": current.attempts}
+            if (yield _SQL_REQUEST_ABORT, params):
+                current.status, current.error = Status.ABORTING, error
+                return current, True
+        else:
+            expected = _Expected.of(current)
+            queue._set_finished(current, Status.ABORTED, None, error)
+            (stored,) = _succeeded(
+                (yield from _write_steps([_write_item(queue, current, expected)]))
+            )
+            if stored:
+                queue.aborted += 1
+                return current, True
+
+        # It moved on (claimed, or finished) between the read and the write: look again.
+
+
+class _Mapping:
+    """What Queue.map and SyncQueue.map share: the jobs, when they are settled, and
+    their results."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        job_or_func: t.Union[str, Job, Function],
+        iter_kwargs: Iterable[dict[str, t.Any]],
+        *,
+        timeout: t.Optional[float],
+        return_exceptions: bool,
+        kwargs: dict[str, t.Any],
+    ) -> None:
+        defaults = dict(kwargs)
+        if timeout is not None:  # as in SAQ, the wait's timeout is each job's too
+            defaults.setdefault("timeout", timeout)
+        self.jobs = []
+        for job_kwargs in iter_kwargs:
+            template = queue.copy(job_or_func) if isinstance(job_or_func, Job) else job_or_func
+            if isinstance(template, Job):
+                template.key = _new_key()
+            self.jobs.append(queue._codec.prepare(template, {**defaults, **job_kwargs}))
+        self.keys = [job.key for job in self.jobs]
+        self.return_exceptions = return_exceptions
+
+    def settled(self, statuses: dict[str, Status]) -> bool:
+        """All finished (or deleted), or one failed when that is to be raised."""
+        finished = [statuses.get(key) for key in self.keys]
+        if not self.return_exceptions and UNSUCCESSFUL_TERMINAL_STATUSES.intersection(finished):
+            return True
+        return all(status is None or status in TERMINAL_STATUSES for status in finished)
+
+    def results(self, stored: list[t.Optional[Job]]) -> list[t.Any]:
+        results: list[t.Any] = []
+        for job in stored:
+            if job is None:  # deleted on finishing (ttl=-1): as in SAQ, None in its slot
+                results.append(None)
+                continue
+            if job.status in UNSUCCESSFUL_TERMINAL_STATUSES:
+                error = JobError(job)
+                if not self.return_exceptions:
+                    raise error
+                results.append(error)
+            else:
+                results.append(job.result)
+        return results
+
+
+@dataclasses.dataclass(frozen=True)
+class _Expected:
+    """The state a writer last saw a job in; its write applies only in that state."""
+
+    status: str
+    worker_id: t.Optional[str]
+    attempts: int
+
+    @classmethod
+    def of(cls, job: Job) -> _Expected:
+        return cls(str(job.status), job.worker_id, job.attempts)
+
+    def values(self, queue: str, key: str) -> tuple[t.Any, ...]:
+        return (queue, key, self.status, self.worker_id, self.attempts)
+
+
+# =============================================================================
+# The file: connection, lock waits, processes
+# =============================================================================
+
+_HOST = socket.gethostname()
+#: Times a job's worker may die while running it before the sweep gives up on it.
+_MAX_DEATHS = 3
+#: SQLite's INTEGER range: the priorities claimed when a Queue is given none.
+_ALL_PRIORITIES = (-(2**63), 2**63 - 1)
+
+
+def _check_priorities(priorities: t.Optional[tuple[int, int]]) -> tuple[int, int]:
+    """The range of priorities a queue claims; ValueError naming the problem."""
+    if priorities is None:
+        return _ALL_PRIORITIES
+    if (
+        not isinstance(priorities, (tuple, list))
+        or len(priorities) != 2
+        or not all(isinstance(p, int) and not isinstance(p, bool) for p in priorities)
+        or not _ALL_PRIORITIES[0] <= priorities[0] <= priorities[1] <= _ALL_PRIORITIES[1]
+    ):
+        raise ValueError(
+            f"priorities must be two ints (low, high) with low <= high, such as "
+            f"priorities=(0, 32767), got {priorities!r}"
+        )
+    return int(priorities[0]), int(priorities[1])
+
+
+def _check_sqlite_version() -> None:
+    if sqlite3.sqlite_version_info < MIN_SQLITE_VERSION:
+        raise StorageError(
+            "",
+            f"saqlite needs SQLite {'.'.join(map(str, MIN_SQLITE_VERSION))} or newer "
+            f"(for UPDATE ... RETURNING); this Python has {sqlite3.sqlite_version}. "
+            "Use a newer Python build, or install pysqlite3-binary",
+        )
+
+
+def _connection_pragmas(synchronous: str) -> list[str]:
+    # busy_timeout 0: saqlite waits for locks itself, in short fair pauses.
+    return [f"PRAGMA synchronous = {synchronous}", "PRAGMA busy_timeout = 0"]
+
+
+def _prepare_database(queue: Queue) -> None:
+    """Check the path, switch the file to WAL and create or migrate its schema."""
+    path = queue.path
+    _check_sqlite_version()
+    if os.path.isdir(path):
+        raise StorageError(path, f"{path} is a folder, not a database file: name a file in it")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise StorageError(path, f"Cannot create {path}: the folder {folder} does not exist")
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=0)
+    except sqlite3.Error as exc:
+        raise _storage_error(path, exc) from exc
+    wait = _LockWait(queue)  # another process may be setting up the same new file
+    try:
+        while True:
+            try:
+                _migrate(conn, path)
+            except sqlite3.Error as exc:
+                time.sleep(wait.pause(exc))
+                continue
+            wait.done()
+            return
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> t.Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception (KeyboardInterrupt too)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+class _LockWait:
+    """Waiting for another connection's write lock: short random pauses, growing to
+    _MAX_BUSY_PAUSE_S, so that processes take turns; StorageError after lock_timeout."""
+
+    def __init__(self, queue: Queue) -> None:
+        self._queue = queue
+        self._first = 0.0
+        self._pause = 0.0002
+
+    def pause(self, exc: sqlite3.Error) -> float:
+        """Seconds to sleep before trying again after ``exc``; raises if not to retry."""
+        queue = self._queue
+        if not _is_busy(exc):
+            raise _storage_error(queue.path, exc) from exc
+        if not self._first:
+            self._first = time.monotonic()
+        elif time.monotonic() - self._first > queue.lock_timeout:
+            raise StorageError(
+                queue.path,
+                f"{queue.path} stayed locked by another connection for "
+                f"{queue.lock_timeout:g} s; raise Queue(lock_timeout=...) or find the "
+                "process that holds a long transaction",
+            ) from exc
+        pause = random.uniform(0, self._pause)
+        self._pause = min(self._pause * 2, _MAX_BUSY_PAUSE_S)
+        return pause
+
+    def done(self) -> None:
+        if self._first:
+            waited = time.monotonic() - self._first
+            self._queue.worst_lock_wait = max(self._queue.worst_lock_wait, waited)
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _storage_error(path: str, exc: sqlite3.Error) -> StorageError:
+    text = str(exc)
+    if "not a database" in text:
+        hint = "it is not a SQLite database: give saqlite a new file or an existing saqlite one"
+    elif "readonly" in text or "unable to open" in text:
+        hint = "check that the file and its folder exist and are writable by this user"
+    elif "disk is full" in text or "disk I/O" in text:
+        hint = "free disk space; nothing was changed by the statement that failed"
+    else:
+        hint = "see the SQLite error above"
+    return StorageError(path, f"SQLite error on {path}: {text} ({hint})")
+
+
+def _placeholders(count: int) -> str:
+    return ", ".join("?" * count)
+
+
+@functools.lru_cache(maxsize=64)
+def _row_placeholders(rows: int, columns: int) -> str:
+    row = f"({_placeholders(columns)})"
+    return ", ".join([row] * rows)
+
+
+def _chunks(items: t.Sequence[_T], size: int) -> t.Iterator[t.Sequence[_T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _alive(host: str, pid: int, start_token: t.Optional[str], expired: bool) -> bool:
+    """Whether a worker lives: by its process where we can see it (its pid, and when
+    that process started, so that a later process given the same pid is not taken
+    for it), else by its beat (``expired``: its worker_info ttl has run out)."""
+    if host == _HOST:
+        running = _pid_running(pid)
+        if running is False:
+            return False
+        if running and start_token is not None:
+            token = _start_token(pid)
+            if token is not None:
+                return token == start_token
+    return not expired
+
+
+def _start_token(pid: int) -> t.Optional[str]:
+    """When a process started, as a string to compare (None where not cheap to know):
+    on Linux, field 22 of /proc/<pid>/stat (clock ticks after boot)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def _pid_running(pid: int) -> t.Optional[bool]:
+    """Whether a local process runs (None where the OS can't tell us cheaply)."""
+    if sys.platform == "win32":
+        return None  # os.kill(pid, 0) would send CTRL_C_EVENT there
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed child nobody has reaped yet is a zombie: dead for us
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+# =============================================================================
+# Group commit
+# =============================================================================
+
+
+class _Batcher(t.Generic[_T, _R]):
+    """Group commit: items submitted while one flush runs go together in the next.
+
+    The first item after a quiet spell is flushed on the next loop iteration, so a
+    lone write waits for nothing. ``flush`` gives each item its result, or the
+    exception for that item alone; an exception it raises fails the whole batch.
+    """
+
+    def __init__(
+        self, flush: Callable[[list[_T]], Awaitable[list[t.Union[_R, Exception]]]]
+    ) -> None:
+        self._flush = flush
+        self._pending: list[tuple[_T, asyncio.Future[_R]]] = []
+        self._task: t.Optional[asyncio.Task[None]] = None
+
+    async def submit(self, item: _T) -> _R:
+        future: asyncio.Future[_R] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        return await future
+
+    async def drain(self) -> None:
+        """Wait for every submitted item to be flushed."""
+        while self._task is not None:
+            await asyncio.shield(self._task)
+
+    async def _run(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    results = await self._flush([item for item, _ in batch])
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                except BaseException:
+                    for _, future in batch:
+                        future.cancel()
+                    raise
+                for (_, future), result in zip(batch, results):
+                    if future.done():
+                        continue
+                    if isinstance(result, Exception):  # this item alone failed
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            self._task = None
+
+
+# =============================================================================
+# Wake-ups
+# =============================================================================
+
+_NEWS = ("jobs", "changes", "aborts")
+
+
+#: The waiters (_Wakeup, _SyncWakeup) of this process, told of news directly.
+_local_wakeups: weakref.WeakSet[t.Any] = weakref.WeakSet()
+_SQL_UNREGISTER_WAKEUP = "DELETE FROM saqlite_wakeup WHERE queue = ? AND port = ?"
+_SQL_WAKEUP_PORTS = "SELECT kind, port, host, pid FROM saqlite_wakeup WHERE queue = ?"
+_SQL_DELETE_WAKEUP = "DELETE FROM saqlite_wakeup WHERE host = ? AND pid = ?"
+
+
+class _Wakeup:
+    """How waiters of a queue learn that something changed, without polling hard.
+
+    Three kinds of news (_NEWS): ``"jobs"`` (work was enqueued or retried) and
+    ``"aborts"`` (a running job is to be aborted) for workers, and ``"changes"`` (a job
+    changed state) for ``listen`` and ``apply``. Waiters in this
+    process are told at once (a future per waiter). Other processes are told by a
+    UDP datagram to the port each registered in the file (``saqlite_wakeup``); a
+    datagram can be lost, so waiters also check the file's data_version now and then.
+    """
+
+    def __init__(self, queue: Queue) -> None:
+        self._queue = queue
+        self.place = queue._place
+        self._generations = dict.fromkeys(_NEWS, 0)
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {kind: [] for kind in _NEWS}
+        self._loop: t.Optional[asyncio.AbstractEventLoop] = None
+        self._transport: t.Optional[asyncio.DatagramTransport] = None
+        self._port = 0
+        self._wanted: set[str] = set()
+        self._announcer = _Announcer()
+        self._want_lock: t.Optional[asyncio.Lock] = None
+
+    def generation(self, kind: str) -> int:
+        return self._generations[kind]
+
+    async def wait(self, kind: str, generation: int, timeout: float) -> bool:
+        """Wait until news of ``kind`` newer than ``generation``; whether it came."""
+        if self._generations[kind] != generation:
+            return True
+        # A bare future and a timer: a wake-up costs one loop iteration (wait_for and
+        # Event.wait would add a task and two more), which shows in pickup latency.
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters[kind].append(waiter)
+        timer = loop.call_later(timeout, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            with contextlib.suppress(ValueError):
+                self._waiters[kind].remove(waiter)
+        return self._generations[kind] != generation
+
+    def news(self, kind: str) -> None:
+        """Wake this queue's waiters for ``kind`` (on its own loop's thread)."""
+        self._generations[kind] += 1
+        waiters, self._waiters[kind] = self._waiters[kind], []
+        for waiter in waiters:
+            _resolve(waiter)
+
+    def wake_threadsafe(self, kind: str) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is running:
+            self.news(kind)
+        else:
+            with contextlib.suppress(RuntimeError):  # its loop has closed
+                loop.call_soon_threadsafe(self.news, kind)
+
+    async def notify(self, kind: str) -> None:
+        """Tell waiters in this process and in other processes about news."""
+        _notify_local(self._queue, kind)
+        self._announcer.send(kind, self._queue.name)  # first the ports it knows
+        if self._announcer.stale():  # then news of new waiters, who are told too
+            rows = await self._queue._fetch(*_Announcer.query(self._queue))
+            self._announcer.send(kind, self._queue.name, self._announcer.update(rows))
+
+    async def want(self, kind: str) -> None:
+        """Ask other processes to send news of ``kind`` to this queue from now on."""
+        self._loop = asyncio.get_running_loop()
+        if kind in self._wanted:
+            return
+        if self._want_lock is None:
+            self._want_lock = asyncio.Lock()
+        async with self._want_lock:
+            if self._transport is None:
+                try:
+                    transport, _ = await self._loop.create_datagram_endpoint(
+                        lambda: _WakeupProtocol(self), local_addr=("127.0.0.1", 0)
+                    )
+                except OSError as exc:  # no loopback UDP here: the fallback poll still works
+                    logger.warning("No UDP wake-ups for %r (%s); polling instead", self._queue, exc)
+                    _local_wakeups.add(self)
+                    self._wanted.add(kind)
+                    return
+                self._transport = transport
+                self._port = self._transport.get_extra_info("sockname")[1]
+                _local_wakeups.add(self)
+            if kind not in self._wanted:
+                await self._queue._fetch(*_register_wakeup(self._queue, kind, self._port))
+                self._wanted.add(kind)
+
+    async def forget_dead(self) -> None:
+        """Delete the wake-up ports of processes that are gone."""
+        rows = await self._queue._fetch(_SQL_WAKEUP_PORTS, (self._queue.name,))
+        for _kind, _port, host, pid in rows:
+            if host == _HOST and _pid_running(pid) is False:
+                await self._queue._fetch(_SQL_DELETE_WAKEUP, (host, pid))
+
+    async def close(self) -> None:
+        _local_wakeups.discard(self)
+        transport, self._transport = self._transport, None
+        self._announcer.close()
+        self._wanted.clear()
+        if transport is not None:
+            try:  # closed even if the unregistering is cancelled or fails
+                with contextlib.suppress(StorageError):
+                    await self._queue._fetch(_SQL_UNREGISTER_WAKEUP, (self._queue.name, self._port))
+            finally:
+                transport.close()
+
+
+def _notify_local(queue: Queue, kind: str) -> None:
+    """Wake the waiters on this queue in this process, whatever their thread."""
+    for wakeup in list(_local_wakeups):
+        if wakeup.place == queue._place:
+            wakeup.wake_threadsafe(kind)
+
+
+_SQL_REGISTER_WAKEUP = """
+INSERT OR REPLACE INTO saqlite_wakeup (queue, kind, port, host, pid) VALUES (?, ?, ?, ?, ?)
+"""
+
+
+def _register_wakeup(queue: Queue, kind: str, port: int) -> _Statement:
+    return _SQL_REGISTER_WAKEUP, (queue.name, kind, port, _HOST, os.getpid())
+
+
+class _Announcer:
+    """Sends wake-up datagrams to other processes' waiters, whose ports it reads from
+    the file at most every _CACHE_S seconds (a new waiter may miss a datagram for that
+    long, and then relies on its fallback poll)."""
+
+    _CACHE_S = 1.0
+
+    def __init__(self) -> None:
+        self._ports: dict[str, list[int]] = {}
+        self._read_at = -math.inf
+        self._socket: t.Optional[socket.socket] = None
+
+    def stale(self) -> bool:
+        return time.monotonic() - self._read_at > self._CACHE_S
+
+    @staticmethod
+    def query(queue: Queue) -> _Statement:
+        return _SQL_WAKEUP_PORTS, (queue.name,)
+
+    def update(self, rows: Iterable[tuple[str, int, str, int]]) -> dict[str, list[int]]:
+        """Cache the ports from query()'s rows, leaving out this process's own.
+
+        Returns:
+            The ports that were not known before, by kind.
+        """
+        known = self._ports
+        self._read_at = time.monotonic()
+        self._ports = {}
+        for kind, port, host, pid in rows:
+            if host != _HOST or pid != os.getpid():  # this process is told directly
+                self._ports.setdefault(kind, []).append(port)
+        return {
+            kind: [port for port in ports if port not in known.get(kind, ())]
+            for kind, ports in self._ports.items()
+        }
+
+    def send(self, kind: str, name: str, to: t.Optional[dict[str, list[int]]] = None) -> None:
+        """Send news of ``kind`` to the known ports, or to those in ``to``."""
+        ports = (self._ports if to is None else to).get(kind)
+        if not ports:
+            return
+        if self._socket is None:
+            self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self._socket.setblocking(False)
+        message = f"{kind}\0{name}".encode()
+        for port in ports:
+            with contextlib.suppress(OSError):  # a full buffer or a closed port: a hint lost
+                self._socket.sendto(message, ("127.0.0.1", port))
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+        self._ports = {}
+        self._read_at = -math.inf
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class _WakeupProtocol(asyncio.DatagramProtocol):
+    def __init__(self, wakeup: _Wakeup) -> None:
+        self._wakeup = wakeup
+
+    def datagram_received(self, data: bytes, addr: t.Any) -> None:
+        kind, _, _queue = data.decode(errors="replace").partition("\0")
+        if kind in _NEWS:
+            self._wakeup.news(kind)
+
+
+class _SyncWakeup:
+    """_Wakeup for SyncQueue: threads wait on a Condition; one of them at a time reads
+    the UDP socket that other processes send news to.
+
+    The condition guards this object's state only: no database call is made while
+    holding it, as an event loop's thread takes it too (wake_threadsafe), and so that
+    the client's lock is always taken first (see SyncQueue.__init__).
+    """
+
+    def __init__(self, client: SyncQueue) -> None:
+        self._client = client
+        self.place = client.queue._place
+        self._condition = threading.Condition()
+        self._generations = dict.fromkeys(_NEWS, 0)
+        self._socket: t.Optional[socket.socket] = None
+        self._reading = False
+        self._wanted: set[str] = set()
+        self._announcer = _Announcer()
+
+    def generation(self, kind: str) -> int:
+        return self._generations[kind]
+
+    def wake_threadsafe(self, kind: str) -> None:
+        with self._condition:
+            self._generations[kind] += 1
+            self._condition.notify_all()
+
+    def want(self, kind: str) -> None:
+        """Ask other processes to send news of ``kind`` here from now on."""
+        with self._condition:
+            if kind in self._wanted:
+                return
+            if self._socket is None:
+                self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                self._socket.bind(("127.0.0.1", 0))
+                _local_wakeups.add(self)
+            port = self._port
+        self._client._fetch(*_register_wakeup(self._client.queue, kind, port))
+        with self._condition:
+            registered = self._socket is not None and self._port == port
+            if registered:
+                self._wanted.add(kind)
+        if not registered:  # closed meanwhile: nobody reads that port any more
+            self._client._fetch(_SQL_UNREGISTER_WAKEUP, (self._client.name, port))
+
+    @property
+    def _port(self) -> int:
+        assert self._socket is not None
+        return int(self._socket.getsockname()[1])
+
+    def wait(self, kind: str, generation: int, timeout: float) -> bool:
+        """Wait until news of ``kind`` newer than ``generation``; whether it came."""
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while self._generations[kind] == generation:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                if self._socket is None or self._reading:
+                    self._condition.wait(remaining)
+                    continue
+                self._reading = True
+                self._condition.release()
+                try:
+                    received = self._receive(self._socket, remaining)
+                finally:
+                    self._condition.acquire()
+                    self._reading = False
+                if received:
+                    self._generations[received] += 1
+                self._condition.notify_all()  # news, or another thread may read now
+            return True
+
+    @staticmethod
+    def _receive(sock: socket.socket, timeout: float) -> t.Optional[str]:
+        try:  # closed by another thread meanwhile: OSError, here or in recv
+            sock.settimeout(timeout)
+            data = sock.recv(256)
+        except OSError:  # timed out, or closed meanwhile
+            return None
+        kind = data.decode(errors="replace").partition("\0")[0]
+        return kind if kind in _NEWS else None
+
+    def notify(self, kind: str) -> None:
+        """Tell waiters in this process and in other processes about news."""
+        _notify_local(self._client.queue, kind)
+        with self._condition:
+            self._announcer.send(kind, self._client.name)
+            stale = self._announcer.stale()
+        if stale:
+            rows = self._client._fetch(*_Announcer.query(self._client.queue))
+            with self._condition:
+                self._announcer.send(kind, self._client.name, self._announcer.update(rows))
+
+    def close(self) -> None:
+        with self._condition:
+            _local_wakeups.discard(self)
+            sock, self._socket = self._socket, None
+            self._announcer.close()
+            self._wanted.clear()
+        if sock is not None:
+            try:  # the socket is closed whatever the unregistering meets
+                with contextlib.suppress(StorageError):
+                    self._client._fetch(
+                        _SQL_UNREGISTER_WAKEUP, (self._client.name, sock.getsockname()[1])
+                    )
+            finally:
+                sock.close()
+
+
+# =============================================================================
+# Running jobs: the worker's machinery
+# =============================================================================
+
+
+@dataclasses.dataclass
+class _Running:
+    """A job this worker runs: the task running its function while it may be
+    cancelled, why it was cancelled ("abort", "timeout", "stop" or "lost"), and the
+    task that runs the job and stores its outcome.
+
+    It is also the run's lease on the Job object (``Job._lease``): writes through
+    that object apply only while the job is still this run's (``worker_id``,
+    ``attempts``), and ``lost()`` is called when one finds that it is not."""
+
+    job: Job
+    worker_id: str
+    task: t.Optional[asyncio.Task[t.Any]] = None
+    cancelled_for: t.Optional[str] = None
+    abort_error: t.Optional[str] = None
+    runner: t.Optional[asyncio.Task[t.Any]] = None
+
+    def __post_init__(self) -> None:
+        self.attempts = self.job.attempts
+
+    def cancel(self, reason: str) -> None:
+        if self.task is not None and self.cancelled_for is None:
+            self.cancelled_for = reason
+            self.task.cancel()
+
+    def lost(self) -> None:
+        self.cancel("lost")
+
+
+class _Abandoned(asyncio.CancelledError):
+    """The task waiting for a job's thread was cancelled again: the thread still
+    runs, so nothing may be written for the job (see _call)."""
+
+
+class _Threads:
+    """The worker's own threads for sync functions: at most ``size`` (one per slot,
+    and a job keeps its slot until its thread returns), named, and daemons, so that
+    a function that never returns does not keep the process from exiting."""
+
+    def __init__(self, size: int, name: str) -> None:
+        self._size = size
+        self._name = name
+        self._calls: queue_module.SimpleQueue[
+            t.Optional[tuple[concurrent.futures.Future[t.Any], Callable[[], t.Any]]]
+        ] = queue_module.SimpleQueue()
+        self._idle = threading.Semaphore(0)
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def submit(self, call: Callable[[], t.Any]) -> concurrent.futures.Future[t.Any]:
+        future: concurrent.futures.Future[t.Any] = concurrent.futures.Future()
+        self._calls.put((future, call))
+        if not self._idle.acquire(blocking=False):
+            with self._lock:
+                if len(self._threads) < self._size:
+                    thread = threading.Thread(
+                        target=self._work, name=f"{self._name}_{len(self._threads)}", daemon=True
+                    )
+                    thread.start()
+                    self._threads.append(thread)
+        return future
+
+    def shutdown(self) -> None:
+        """Let every thread end once it is idle (a busy one ends after its call)."""
+        with self._lock:
+            for _ in self._threads:
+                self._calls.put(None)
+            self._threads = []
+
+    def _work(self) -> None:
+        while True:
+            item = self._calls.get()
+            if item is None:
+                return
+            future, call = item
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = call()
+                except BaseException as exc:
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+            del item, future, call  # drop the result before waiting for the next call
+            self._idle.release()
+
+
+class _Outage:
+    """A storage error the worker waits out (a full disk, a write lock held past
+    lock_timeout): logged when it starts, then every _OUTAGE_LOG_S, and when it ends;
+    the pause before the next try grows from _OUTAGE_PAUSE_S to _OUTAGE_MAX_PAUSE_S."""
+
+    def __init__(self, worker: Worker, what: str) -> None:
+        self._worker = worker
+        self._what = what
+        self._since = 0.0
+        self._logged = 0.0
+        self._pause = _OUTAGE_PAUSE_S
+
+    def failed(self, exc: Exception) -> float:
+        """Log the error if it is time to; seconds to wait before trying again."""
+        current = time.monotonic()
+        if not self._since:
+            self._since = current
+        if current - self._logged >= _OUTAGE_LOG_S:
+            self._logged = current
+            logger.warning(
+                "Worker %s cannot %s (for %.0f s so far): %s; it keeps trying",
+                self._worker.id,
+                self._what,
+                current - self._since,
+                exc,
+            )
+        pause = self._pause
+        self._pause = min(self._pause * 2, _OUTAGE_MAX_PAUSE_S)
+        return pause
+
+    def ended(self) -> None:
+        if self._since:
+            logger.info(
+                "Worker %s can %s again after %.1f s",
+                self._worker.id,
+                self._what,
+                time.monotonic() - self._since,
+            )
+            self._since = self._logged = 0.0
+            self._pause = _OUTAGE_PAUSE_S
 
 
 def _restore_loop_signal(
@@ -3998,10 +4275,134 @@ async def _call(
 
 
 # =============================================================================
-# Operations: terminal commands
+# The codec: a job to its row and back
 # =============================================================================
 
-_OPS_COMMANDS = ("info", "jobs", "job", "retry", "abort", "purge", "burst", "web", "export")
+_JOB_DEFAULTS = tuple((field.name, field.default) for field in dataclasses.fields(Job))
+_JOB_FIELD_NAMES = frozenset(name for name, _ in _JOB_DEFAULTS)
+#: The fields of a job its columns give on load, between data, status and result.
+_LOADED_FIELDS = tuple(_LOAD_COLUMNS.split(", ")[2:-1])
+_INFO_FULL_ONLY = frozenset({"kwargs", "result", "error", "status", "progress", "meta"})
+
+
+def _expire_at(job: Job) -> t.Optional[float]:
+    """When a finished job is to be deleted (None: not finished, or kept forever)."""
+    if job.status in TERMINAL_STATUSES and job.ttl > 0:
+        return time.time() + job.ttl
+    return None
+
+
+class _Codec:
+    """How a queue's jobs become rows of saqlite_jobs and back, through its ``dump``
+    and ``load``: the one codec of Queue, SyncQueue and the tooling."""
+
+    def __init__(
+        self, queue: Queue, dump: t.Optional[DumpType], load: t.Optional[LoadType]
+    ) -> None:
+        self.queue = queue
+        self.dump: DumpType = dump or json.dumps
+        self.load: LoadType = load or json.loads
+
+    def prepare(self, job_or_func: t.Union[str, Job, Function], kwargs: dict[str, t.Any]) -> Job:
+        """The job to store for ``enqueue(job_or_func, **kwargs)``, checked."""
+        job_fields = {}
+        function_kwargs = {}
+        for name, value in kwargs.items():
+            if name in _JOB_FIELD_NAMES:
+                job_fields[name] = value
+            else:
+                function_kwargs[name] = value
+        if isinstance(job_or_func, Job):
+            job = job_or_func
+            for name, value in job_fields.items():
+                setattr(job, name, value)
+            if function_kwargs:
+                job.kwargs = {**(job.kwargs or {}), **function_kwargs}
+        else:
+            name = job_or_func if isinstance(job_or_func, str) else _function_name(job_or_func)
+            job = Job(name, **job_fields)
+            if function_kwargs:
+                job.kwargs = {**(job.kwargs or {}), **function_kwargs}
+        if job.queue is not None and job.queue.name != self.queue.name:
+            raise ValueError(
+                f"{job.info()} belongs to queue {job.queue.name!r}, not {self.queue.name!r}"
+            )
+        _check_job_options(job)
+        job.queue = self.queue
+        job.queued = now()
+        job.status = Status.QUEUED
+        job.attempts = 0
+        job.started = job.completed = job.touched = 0
+        job.worker_id = None
+        return job
+
+    def encode(self, value: dict[str, t.Any], job: Job) -> t.Union[str, bytes]:
+        try:
+            return self.dump(value)
+        except Exception as exc:  # whatever dump raises (RecursionError for deep nesting)
+            raise TypeError(
+                f"Cannot serialise {job.info()} for queue {self.queue.name!r}: {exc}. Job kwargs, "
+                "meta and results must be JSON-encodable, or give the Queue dump= and load="
+            ) from exc
+
+    def encode_result(self, job: Job) -> t.Union[str, bytes, None]:
+        """The value of the result column: the result as ``{"result": ...}``."""
+        return None if job.result is None else self.encode({"result": job.result}, job)
+
+    def row(self, job: Job) -> tuple[t.Any, ...]:
+        """The values of _JOB_COLUMNS for a job."""
+        fields = job.to_dict()
+        fields.pop("result", None)  # it has a column of its own
+        run_at = job.scheduled or None  # None: due from now, by SQLite's clock
+        return (
+            self.queue.name, job.key, job.function, job.status.value, job.priority, run_at,
+            job.group_key, job.worker_id, job.attempts, job.queued, job.started, job.touched,
+            job.completed, job.error, job.ttl, _expire_at(job), job.progress,
+            self.encode_result(job), self.encode(fields, job),
+        )  # fmt: skip
+
+    def job(self, row: t.Sequence[t.Any]) -> Job:
+        """A Job from the _LOAD_COLUMNS of a row."""
+        data, status, *fields, result = row
+        job = self.queue.deserialize(data)
+        assert job is not None
+        job.status = Status(status)
+        for name, value in zip(_LOADED_FIELDS, fields):
+            setattr(job, name, value)
+        if result is not None:
+            job.result = self.load(result)["result"]
+        return job
+
+
+# =============================================================================
+# Running this file
+# =============================================================================
+
+if __name__ == "__main__":
+    # `python -m saqlite` and `python saqlite.py` load this file as __main__; run the
+    # copy that `import saqlite` gives the user's settings, so both see one Queue class.
+    _name = __spec__.name if __spec__ else os.path.splitext(os.path.basename(__file__))[0]
+    sys.exit(importlib.import_module(_name).main())
+
+
+# #############################################################################
+# OPERATOR TOOLING: only the terminal commands, the page and their command-line
+# options come after this line; nothing above uses anything below. A copy of this
+# file cut here runs queues and workers (test_saqlite_layout.py checks it).
+#
+# Besides the public API, the tooling uses these internals, and only these:
+#   Queue._fetch (one statement), Queue._retry (a guarded retry), Queue._codec
+#   (dump, load, a job from _LOAD_COLUMNS); _LOAD_COLUMNS, the status groups
+#   (_RUNNING_STATUSES, _FINISHED_STATUSES, _RUNNING_SQL), _alive, _seconds;
+#   the command line's _OpsError, _load_settings, _configure_logging, _OPS_COMMANDS,
+#   _SETTINGS_HELP, _VERBOSE_HELP, and _EXTRAS, which it fills with a _CommandLineExtras.
+# #############################################################################
+
+
+# =============================================================================
+# Operator tooling: terminal commands
+# =============================================================================
+
 _OPS_EPILOG = """\
 commands on a saqlite file (a path or sqlite:/// URL; no settings needed):
   saqlite info FILE              queues with their counts, and live workers
@@ -4032,13 +4433,11 @@ failed or was aborted, or jobs are pending (unless --allow-pending or
 --max-jobs); 2 on a usage or settings error, or a file that does not exist."""
 #: Seconds between a burst's looks at whether work is left.
 _BURST_POLL_S = 0.1
-_SETTINGS_HELP = "module.attribute naming a dict of Worker arguments, or a module with `settings`"
-_VERBOSE_HELP = "log DEBUG too (default INFO); -vv adds aiosqlite's line per statement"
 _ALLOWED_HOST_HELP = (
     "a host name the page answers to, besides IP addresses and localhost (repeatable; "
     "'*' any); by default any with AUTH_PASSWORD set"
 )
-_FINISHED = ("complete", "failed", "aborted")
+_FINISHED = tuple(status.value for status in _FINISHED_STATUSES)
 _RETRYABLE = ("failed", "aborted")
 _ABORTABLE = ("queued", "active")
 _STATUS_NAMES = tuple(status.value for status in Status if status != Status.NEW)
@@ -4054,86 +4453,16 @@ _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _SQL_OPS_QUEUE_NAMES = (
     "SELECT queue FROM saqlite_jobs UNION SELECT queue FROM saqlite_workers ORDER BY 1"
 )
-_SQL_OPS_COUNTS = """
-SELECT queue,
-    COALESCE(SUM(status = 'queued' AND run_at <= :now), 0),
-    COALESCE(SUM(status = 'queued' AND run_at > :now), 0),
-    COALESCE(SUM(status IN ('active', 'aborting')), 0),
-    COALESCE(SUM(status = 'complete'), 0),
-    COALESCE(SUM(status = 'failed'), 0),
-    COALESCE(SUM(status = 'aborted'), 0)
-FROM saqlite_jobs GROUP BY queue
-"""
-_SQL_OPS_WORKERS = (
-    "SELECT id, queue, host, pid, beat, expire_at, info FROM saqlite_workers ORDER BY queue, id"
-)
+#: Characters of a job's data, result or error a listing reads; a job with more is
+#: listed from its columns (kwargs and result left out), an error is cut in the middle.
+_LIST_VALUE_CAP = 8192
+_SQL_OPS_COUNT_OLD_JOBS = "SELECT COUNT(*) FROM saqlite_jobs WHERE {where} AND completed < :before"
+
+
 # Job filters: the conditions a _JobFilter uses, joined with AND (all bound parameters).
 _SQL_OPS_WHERE_QUEUE = "queue = :queue"
 _SQL_OPS_WHERE_STATUSES = "status IN (SELECT value FROM json_each(:statuses))"
 _SQL_OPS_WHERE_FUNCTION = "function = :function"
-#: Characters of a job's data, result or error a listing reads; a job with more is
-#: listed from its columns (kwargs and result left out), an error is cut in the middle.
-_LIST_VALUE_CAP = 8192
-# _LOAD_COLUMNS within the cap (else NULL), then the columns to list a bigger job by.
-_SQL_OPS_LIST_JOBS = """
-SELECT queue, key,
-    CASE WHEN length(data) <= :cap AND ifnull(length(result), 0) <= :cap THEN data END,
-    status, attempts, worker_id, started, touched, completed,
-    CASE WHEN length(error) <= :cap THEN error
-        ELSE substr(error, 1, :cap / 2) || char(10) || '...' || char(10) || substr(error, -:cap / 2)
-    END,
-    progress, CASE WHEN ifnull(length(result), 0) <= :cap THEN result END,
-    function, queued, priority, CAST(run_at AS INTEGER), group_key, length(data), length(result)
-FROM saqlite_jobs WHERE {where}
-ORDER BY queued DESC, rowid DESC LIMIT :limit OFFSET :offset
-"""
-_SQL_OPS_SELECT_JOBS = f"""
-SELECT rowid, queue, key, {_LOAD_COLUMNS} FROM saqlite_jobs
-WHERE {{where}} AND rowid > :after ORDER BY rowid LIMIT :limit
-"""
-_SQL_OPS_COUNT_JOBS = "SELECT COUNT(*) FROM saqlite_jobs WHERE {where}"
-_SQL_OPS_COUNT_OLD_JOBS = "SELECT COUNT(*) FROM saqlite_jobs WHERE {where} AND completed < :before"
-_SQL_OPS_FIND_JOB = (
-    f"SELECT queue, key, {_LOAD_COLUMNS} FROM saqlite_jobs WHERE queue = :queue AND key = :key"
-)
-_SQL_OPS_PURGE = """
-DELETE FROM saqlite_jobs WHERE rowid IN (
-    SELECT rowid FROM saqlite_jobs WHERE {where} AND completed < :before LIMIT :limit
-) RETURNING key
-"""
-_SQL_OPS_WORKER_FAILURES = """
-SELECT key, status, error FROM saqlite_jobs
-WHERE queue = :queue AND worker_id = :worker_id AND status IN ('failed', 'aborted')
-ORDER BY completed
-"""
-# Whether a burst has work: a job of its worker running or waiting to be retried, or
-# any job of its queue due.
-_SQL_OPS_BURST_BUSY = """
-SELECT EXISTS (
-    SELECT 1 FROM saqlite_jobs WHERE queue = :queue AND worker_id = :worker_id
-    AND (status IN ('active', 'aborting') OR (status = 'queued' AND attempts > 0))
-) OR EXISTS (
-    SELECT 1 FROM saqlite_jobs WHERE queue = :queue AND status = 'queued' AND run_at <= :now
-)
-"""
-# What a burst leaves behind: waiting jobs but for the cron jobs a worker schedules.
-_SQL_OPS_BURST_PENDING = """
-SELECT key, function, run_at FROM saqlite_jobs
-WHERE queue = :queue AND status = 'queued' AND key NOT LIKE 'cron:%' ORDER BY run_at
-"""
-_SQL_OPS_IS_SAQLITE = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'saqlite_jobs'"
-
-
-class _OpsError(Exception):
-    """A command cannot do what it was asked; the message says why and what to do.
-
-    Args:
-        code: the exit code: 2 a usage or settings error, 1 a job missing.
-    """
-
-    def __init__(self, message: str, code: int = 2) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclasses.dataclass(frozen=True)
@@ -4182,8 +4511,8 @@ class _Store:
             queue = Queue(
                 self.path,
                 name,
-                dump=template._dump if template else None,
-                load=template._load if template else None,
+                dump=template._codec.dump if template else None,
+                load=template._codec.load if template else None,
             )
             self._queues[name] = queue
         return queue
@@ -4203,7 +4532,7 @@ class _Store:
         read (another ``dump``) still shows its key, status and error."""
         queue = self.queue(row[0])
         try:
-            return queue._row_to_job(row[2:])
+            return queue._codec.job(row[2:])
         except (ValueError, TypeError, KeyError):
             status, error = row[3], row[9]
             return _UnreadableJob("?", queue=queue, key=row[1], status=status, error=error)
@@ -4244,6 +4573,9 @@ def _listed_job(store: _Store, row: Sequence[t.Any]) -> Job:
     return job
 
 
+_SQL_OPS_IS_SAQLITE = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'saqlite_jobs'"
+
+
 def _open_store(target: str) -> _Store:
     """The store for a path or ``sqlite:///`` URL; it must be a saqlite file.
 
@@ -4280,6 +4612,21 @@ def _open_store(target: str) -> _Store:
 # -- reading and changing jobs --------------------------------------------------
 
 
+_SQL_OPS_COUNTS = f"""
+SELECT queue,
+    COALESCE(SUM(status = 'queued' AND run_at <= :now), 0),
+    COALESCE(SUM(status = 'queued' AND run_at > :now), 0),
+    COALESCE(SUM(status IN {_RUNNING_SQL}), 0),
+    COALESCE(SUM(status = 'complete'), 0),
+    COALESCE(SUM(status = 'failed'), 0),
+    COALESCE(SUM(status = 'aborted'), 0)
+FROM saqlite_jobs GROUP BY queue
+"""
+_SQL_OPS_WORKERS = (
+    "SELECT id, queue, host, pid, beat, expire_at, info FROM saqlite_workers ORDER BY queue, id"
+)
+
+
 async def _overview(store: _Store, queue: t.Optional[str] = None) -> dict[str, t.Any]:
     """Per queue: job counts by status and live workers; and the live workers."""
     current = time.time()
@@ -4290,10 +4637,17 @@ async def _overview(store: _Store, queue: t.Optional[str] = None) -> dict[str, t
         if not _alive(host, pid, None, expire_at <= current) or queue not in (None, name):
             continue
         stats = json.loads(info)
-        workers.append({
-            "id": worker_id, "queue": name, "host": host, "pid": pid, "beat": beat,
-            "stats": stats.get("stats", {}), "metadata": stats.get("metadata"),
-        })  # fmt: skip
+        workers.append(
+            {
+                "id": worker_id,
+                "queue": name,
+                "host": host,
+                "pid": pid,
+                "beat": beat,
+                "stats": stats.get("stats", {}),
+                "metadata": stats.get("metadata"),
+            }
+        )
     queues = []
     for name in names:
         if queue not in (None, name):
@@ -4304,6 +4658,21 @@ async def _overview(store: _Store, queue: t.Optional[str] = None) -> dict[str, t
         entry["workers"] = sum(worker["queue"] == name for worker in workers)
         queues.append(entry)
     return {"path": store.path, "queues": queues, "workers": workers}
+
+
+# _LOAD_COLUMNS within the cap (else NULL), then the columns to list a bigger job by.
+_SQL_OPS_LIST_JOBS = """
+SELECT queue, key,
+    CASE WHEN length(data) <= :cap AND ifnull(length(result), 0) <= :cap THEN data END,
+    status, attempts, worker_id, started, touched, completed,
+    CASE WHEN length(error) <= :cap THEN error
+        ELSE substr(error, 1, :cap / 2) || char(10) || '...' || char(10) || substr(error, -:cap / 2)
+    END,
+    progress, CASE WHEN ifnull(length(result), 0) <= :cap THEN result END,
+    function, queued, priority, CAST(run_at AS INTEGER), group_key, length(data), length(result)
+FROM saqlite_jobs WHERE {where}
+ORDER BY queued DESC, rowid DESC LIMIT :limit OFFSET :offset
+"""
 
 
 async def _list_jobs(
@@ -4317,10 +4686,19 @@ async def _list_jobs(
     return [_listed_job(store, row) for row in rows[:limit]], len(rows) > limit
 
 
+_SQL_OPS_COUNT_JOBS = "SELECT COUNT(*) FROM saqlite_jobs WHERE {where}"
+
+
 async def _count_jobs(store: _Store, where: _JobFilter) -> int:
     condition, params = where.where()
     rows = await store.fetch(_SQL_OPS_COUNT_JOBS.format(where=condition), params)
     return int(rows[0][0])
+
+
+_SQL_OPS_SELECT_JOBS = f"""
+SELECT rowid, queue, key, {_LOAD_COLUMNS} FROM saqlite_jobs
+WHERE {{where}} AND rowid > :after ORDER BY rowid LIMIT :limit
+"""
 
 
 async def _matching_jobs(store: _Store, where: _JobFilter) -> AsyncIterator[list[Job]]:
@@ -4335,6 +4713,11 @@ async def _matching_jobs(store: _Store, where: _JobFilter) -> AsyncIterator[list
         if len(rows) < _OPS_BATCH:
             return
         after = rows[-1][0]
+
+
+_SQL_OPS_FIND_JOB = (
+    f"SELECT queue, key, {_LOAD_COLUMNS} FROM saqlite_jobs WHERE queue = :queue AND key = :key"
+)
 
 
 async def _find_jobs(store: _Store, ref: str, queue: t.Optional[str] = None) -> list[Job]:
@@ -4380,6 +4763,13 @@ async def _abort_job(job: Job, error: str) -> bool:
         raise _OpsError(job.refusal("abort"), code=1)
     await job.get_queue().abort(job, error)
     return job.status in (Status.ABORTED, Status.ABORTING)
+
+
+_SQL_OPS_PURGE = """
+DELETE FROM saqlite_jobs WHERE rowid IN (
+    SELECT rowid FROM saqlite_jobs WHERE {where} AND completed < :before LIMIT :limit
+) RETURNING key
+"""
 
 
 async def _purge(
@@ -4493,7 +4883,7 @@ def _job_json(job: Job) -> dict[str, t.Any]:
     data["status"] = job.status.value
     data["id"] = job.id if job.queue else None
     kinds = ["start", "process", "total"]
-    if job.status in (Status.ACTIVE, Status.ABORTING):
+    if job.status in _RUNNING_STATUSES:
         kinds.append("running")
     data["durations_ms"] = {kind: job.duration(kind) for kind in kinds}
     if isinstance(job, _ListedJob):
@@ -4520,16 +4910,33 @@ def _format_overview(overview: dict[str, t.Any]) -> str:
     workers = overview["workers"]
     lines.append(f"\n{len(workers)} live worker{'' if len(workers) == 1 else 's'}")
     if workers:
-        headers = ("WORKER", "QUEUE", "HOST:PID", "BEAT", "UPTIME", "COMPLETE", "FAILED",
-                   "RETRIED", "ABORTED")  # fmt: skip
+        headers = (
+            "WORKER",
+            "QUEUE",
+            "HOST:PID",
+            "BEAT",
+            "UPTIME",
+            "COMPLETE",
+            "FAILED",
+            "RETRIED",
+            "ABORTED",
+        )
         rows = []
         for w in workers:
             stats = w["stats"]
-            rows.append([
-                w["id"], w["queue"], f"{w['host']}:{w['pid']}", _fmt_ago(w["beat"] * 1000, current),
-                _fmt_span(stats.get("uptime")), stats.get("complete", 0), stats.get("failed", 0),
-                stats.get("retried", 0), stats.get("aborted", 0),
-            ])  # fmt: skip
+            rows.append(
+                [
+                    w["id"],
+                    w["queue"],
+                    f"{w['host']}:{w['pid']}",
+                    _fmt_ago(w["beat"] * 1000, current),
+                    _fmt_span(stats.get("uptime")),
+                    stats.get("complete", 0),
+                    stats.get("failed", 0),
+                    stats.get("retried", 0),
+                    stats.get("aborted", 0),
+                ]
+            )
         lines.append(_table(headers, rows, right=range(5, 9)))
     return "\n".join(lines)
 
@@ -4557,7 +4964,7 @@ def _format_jobs(jobs: Sequence[Job], page: int, limit: int, more: bool) -> str:
 def _job_facts(job: Job) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """A job's settings and its times, as (label, text) pairs for people."""
     current = now()
-    running = job.duration("running") if job.status in (Status.ACTIVE, Status.ABORTING) else None
+    running = job.duration("running") if job.status in _RUNNING_STATUSES else None
     ttl = {0: "keep", -1: "delete when finished"}.get(job.ttl, f"{job.ttl} s")
     settings = [
         ("id", job.id), ("function", job.function), ("queue", job.get_queue().name),
@@ -4740,8 +5147,14 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
         offset = (args.page - 1) * args.limit
         jobs, more = await _list_jobs(store, where, offset, args.limit)
         if args.json:
-            _print_json({"jobs": [_job_json(job) for job in jobs], "page": args.page,
-                         "limit": args.limit, "more": more})  # fmt: skip
+            _print_json(
+                {
+                    "jobs": [_job_json(job) for job in jobs],
+                    "page": args.page,
+                    "limit": args.limit,
+                    "more": more,
+                }
+            )
         else:
             print(_format_jobs(jobs, args.page, args.limit, more))
         return 0
@@ -4813,22 +5226,31 @@ def _cmd_change(args: argparse.Namespace) -> int:
                     continue
                 await change_one(job)
         else:
-            progress = _Progress(f"{args.command}", await _count_jobs(store, where),
-                                 enabled=not args.quiet)  # fmt: skip
+            progress = _Progress(
+                f"{args.command}", await _count_jobs(store, where), enabled=not args.quiet
+            )
             async for batch in _matching_jobs(store, where):
                 await asyncio.gather(*(change_one(job) for job in batch))
                 progress.update(len(done) + len(skipped) + len(refused))
             progress.close()
         if args.json:
-            _print_json({
-                verb: [{"queue": j.get_queue().name, "key": j.key, "status": j.status.value}
-                       for j in done],
-                "skipped": [{"queue": j.get_queue().name, "key": j.key, "status": j.status.value}
-                            for j in skipped],
-                "missing": missing,
-                "refused": [{"queue": j.get_queue().name, "key": j.key, "status": j.status.value}
-                            for j in refused],
-            })  # fmt: skip
+            _print_json(
+                {
+                    verb: [
+                        {"queue": j.get_queue().name, "key": j.key, "status": j.status.value}
+                        for j in done
+                    ],
+                    "skipped": [
+                        {"queue": j.get_queue().name, "key": j.key, "status": j.status.value}
+                        for j in skipped
+                    ],
+                    "missing": missing,
+                    "refused": [
+                        {"queue": j.get_queue().name, "key": j.key, "status": j.status.value}
+                        for j in refused
+                    ],
+                }
+            )
         else:
             if args.keys:
                 for job in done:
@@ -4862,16 +5284,41 @@ def _cmd_purge(args: argparse.Namespace) -> int:
             count = await _purge(store, where, before_ms, progress)
             progress.close()
         if args.json:
-            _print_json({"purged": 0 if args.dry_run else count, "matched": count,
-                         "dry_run": args.dry_run})  # fmt: skip
+            _print_json(
+                {"purged": 0 if args.dry_run else count, "matched": count, "dry_run": args.dry_run}
+            )
         else:
             would = "would delete" if args.dry_run else "deleted"
             statuses = "/".join(where.statuses)
-            print(f"{would} {count} {statuses} job{'' if count == 1 else 's'} finished before "
-                  f"{_fmt_time(before_ms)}")  # fmt: skip
+            print(
+                f"{would} {count} {statuses} job{'' if count == 1 else 's'} finished before "
+                f"{_fmt_time(before_ms)}"
+            )
         return 0
 
     return _run_on_store(args.file, action)
+
+
+_SQL_OPS_WORKER_FAILURES = """
+SELECT key, status, error FROM saqlite_jobs
+WHERE queue = :queue AND worker_id = :worker_id AND status IN ('failed', 'aborted')
+ORDER BY completed
+"""
+# Whether a burst has work: a job of its worker running or waiting to be retried, or
+# any job of its queue due.
+_SQL_OPS_BURST_BUSY = f"""
+SELECT EXISTS (
+    SELECT 1 FROM saqlite_jobs WHERE queue = :queue AND worker_id = :worker_id
+    AND (status IN {_RUNNING_SQL} OR (status = 'queued' AND attempts > 0))
+) OR EXISTS (
+    SELECT 1 FROM saqlite_jobs WHERE queue = :queue AND status = 'queued' AND run_at <= :now
+)
+"""
+# What a burst leaves behind: waiting jobs but for the cron jobs a worker schedules.
+_SQL_OPS_BURST_PENDING = """
+SELECT key, function, run_at FROM saqlite_jobs
+WHERE queue = :queue AND status = 'queued' AND key NOT LIKE 'cron:%' ORDER BY run_at
+"""
 
 
 def _cmd_burst(args: argparse.Namespace) -> int:
@@ -4895,8 +5342,10 @@ def _cmd_burst(args: argparse.Namespace) -> int:
 
     def detail() -> tuple[int, str]:
         done = queue.complete + queue.failed + queue.aborted
-        return done, (f"jobs ({queue.complete} complete, {queue.failed} failed, "
-                      f"{queue.aborted} aborted, {queue.retried} retried)")  # fmt: skip
+        return done, (
+            f"jobs ({queue.complete} complete, {queue.failed} failed, "
+            f"{queue.aborted} aborted, {queue.retried} retried)"
+        )
 
     async def watch() -> None:
         """Stop the worker once it has been idle for ``--wait`` seconds."""
@@ -4943,22 +5392,33 @@ def _cmd_burst(args: argparse.Namespace) -> int:
     failed = bool(queue.failed or queue.aborted)
     left = bool(pending) and not (args.allow_pending or args.max_jobs is not None)
     if args.json:
-        _print_json({
-            "path": queue.path, "jobs": done, "complete": queue.complete, "failed": queue.failed,
-            "aborted": queue.aborted, "retried": queue.retried, "pending": len(pending),
-            "seconds": round(seconds, 3),
-            "failures": [{"key": k, "status": s, "error": e} for k, s, e in failures],
-            "pending_jobs": [{"key": k, "function": f, "due": _fmt_time(due * 1000)}
-                             for k, f, due in pending[:100]],
-        })  # fmt: skip
+        _print_json(
+            {
+                "path": queue.path,
+                "jobs": done,
+                "complete": queue.complete,
+                "failed": queue.failed,
+                "aborted": queue.aborted,
+                "retried": queue.retried,
+                "pending": len(pending),
+                "seconds": round(seconds, 3),
+                "failures": [{"key": k, "status": s, "error": e} for k, s, e in failures],
+                "pending_jobs": [
+                    {"key": k, "function": f, "due": _fmt_time(due * 1000)}
+                    for k, f, due in pending[:100]
+                ],
+            }
+        )
     else:
         for key, status, error in failures[:20]:
             print(f"{status} {_clean(key)}: {_error_line(error)}", file=sys.stderr)
         if len(failures) > 20:
             print(f"... and {len(failures) - 20} more", file=sys.stderr)
         for key, function, due in pending[:20]:
-            print(f"pending {_clean(key)} ({_clean(function)}): due {_fmt_time(due * 1000)}",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"pending {_clean(key)} ({_clean(function)}): due {_fmt_time(due * 1000)}",
+                file=sys.stderr,
+            )
         if len(pending) > 20:
             print(f"... and {len(pending) - 20} more pending", file=sys.stderr)
         verdict = "FAILED" if failed else "PENDING" if left else "ok"
@@ -4996,27 +5456,46 @@ _EXPORT_MARK = "saqlite export"
 _EXPORT_HOLD = 253402300799.0  # run_at of a taken job: the end of year 9999
 _EXPORT_SLICE = 100
 _EXPORT_SCHEMES = ("redis", "rediss", "postgres", "postgresql")
-_SQL_EXPORT_QUEUES = (
-    "SELECT DISTINCT queue FROM saqlite_jobs WHERE status IN ('queued', 'active', 'aborting') "
-    "ORDER BY 1"
+#: The Job fields an export keeps (those SAQ's Job has), besides function and kwargs.
+_EXPORT_FIELDS = (
+    "key",
+    "scheduled",
+    "priority",
+    "retries",
+    "timeout",
+    "heartbeat",
+    "ttl",
+    "meta",
+    "retry_delay",
+    "retry_backoff",
+    "group_key",
+    "attempts",
 )
-_SQL_EXPORT_COUNTS = "SELECT COUNT(*) FROM saqlite_jobs WHERE queue = :queue AND status = 'queued'"
-_SQL_EXPORT_RUNNING = (
-    "SELECT key, status FROM saqlite_jobs "
-    "WHERE queue = :queue AND status IN ('active', 'aborting') ORDER BY rowid"
-)
-# A slice of jobs a killed export left taken, and a slice of waiting jobs (read, then
-# taken by rowid once they are known to load: those a worker claimed meanwhile stay).
-_SQL_EXPORT_TAKEN = f"""
-SELECT rowid, queue, key, {_LOAD_COLUMNS} FROM saqlite_jobs
-WHERE queue = :queue AND status = 'queued' AND worker_id = :mark AND rowid > :after
-ORDER BY rowid LIMIT :limit
-"""
-_SQL_EXPORT_WAITING = f"""
-SELECT rowid, queue, key, {_LOAD_COLUMNS} FROM saqlite_jobs
-WHERE queue = :queue AND status = 'queued' AND worker_id IS NOT :mark AND rowid > :after
-ORDER BY rowid LIMIT :limit
-"""
+
+
+def _export_load(store: _Store, row: Sequence[t.Any]) -> Job:
+    """The job of a ``rowid, queue, key, _LOAD_COLUMNS`` row.
+
+    Raises:
+        _OpsError: its data cannot be read (stored with another ``dump``).
+    """
+    try:
+        return store.queue(row[1])._codec.job(row[3:])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise _OpsError(
+            f"Cannot read job {row[2]!r} of queue {row[1]!r} ({exc}): export reads jobs "
+            "stored as JSON; nothing of this slice was moved",
+            code=1,
+        ) from exc
+
+
+def _saq_job(saq: t.Any, job: Job) -> t.Any:
+    """SAQ's Job for a saqlite job: the same function, kwargs and options."""
+    known = {field.name for field in dataclasses.fields(saq.Job)}
+    options = {name: getattr(job, name) for name in _EXPORT_FIELDS if name in known}
+    return saq.Job(function=job.function, kwargs=job.kwargs, **options)
+
+
 _SQL_EXPORT_TAKE = """
 UPDATE saqlite_jobs SET worker_id = :mark, run_at = :hold
 WHERE rowid IN (SELECT value FROM json_each(:rowids)) AND status = 'queued'
@@ -5031,32 +5510,6 @@ _SQL_EXPORT_RESTORE = """
 UPDATE saqlite_jobs SET worker_id = NULL, run_at = :run_at
 WHERE queue = :queue AND key = :key AND status = 'queued' AND worker_id = :mark
 """
-#: The Job fields an export keeps (those SAQ's Job has), besides function and kwargs.
-_EXPORT_FIELDS = ("key", "scheduled", "priority", "retries", "timeout", "heartbeat", "ttl",
-                  "meta", "retry_delay", "retry_backoff", "group_key", "attempts")  # fmt: skip
-
-
-def _export_load(store: _Store, row: Sequence[t.Any]) -> Job:
-    """The job of a ``rowid, queue, key, _LOAD_COLUMNS`` row.
-
-    Raises:
-        _OpsError: its data cannot be read (stored with another ``dump``).
-    """
-    try:
-        return store.queue(row[1])._row_to_job(row[3:])
-    except (ValueError, TypeError, KeyError) as exc:
-        raise _OpsError(
-            f"Cannot read job {row[2]!r} of queue {row[1]!r} ({exc}): export reads jobs "
-            "stored as JSON; nothing of this slice was moved",
-            code=1,
-        ) from exc
-
-
-def _saq_job(saq: t.Any, job: Job) -> t.Any:
-    """SAQ's Job for a saqlite job: the same function, kwargs and options."""
-    known = {field.name for field in dataclasses.fields(saq.Job)}
-    options = {name: getattr(job, name) for name in _EXPORT_FIELDS if name in known}
-    return saq.Job(function=job.function, kwargs=job.kwargs, **options)
 
 
 async def _export_slice(
@@ -5099,6 +5552,20 @@ async def _export_slice(
     return moved, len(present), conflicts
 
 
+# A slice of jobs a killed export left taken, and a slice of waiting jobs (read, then
+# taken by rowid once they are known to load: those a worker claimed meanwhile stay).
+_SQL_EXPORT_TAKEN = f"""
+SELECT rowid, queue, key, {_LOAD_COLUMNS} FROM saqlite_jobs
+WHERE queue = :queue AND status = 'queued' AND worker_id = :mark AND rowid > :after
+ORDER BY rowid LIMIT :limit
+"""
+_SQL_EXPORT_WAITING = f"""
+SELECT rowid, queue, key, {_LOAD_COLUMNS} FROM saqlite_jobs
+WHERE queue = :queue AND status = 'queued' AND worker_id IS NOT :mark AND rowid > :after
+ORDER BY rowid LIMIT :limit
+"""
+
+
 async def _export_queue(
     store: _Store, saq: t.Any, url: str, name: str, advance: Callable[[int], None]
 ) -> tuple[int, int, list[Job]]:
@@ -5128,6 +5595,18 @@ async def _export_queue(
     return moved, already, conflicts
 
 
+_SQL_EXPORT_QUEUES = (
+    "SELECT DISTINCT queue FROM saqlite_jobs"
+    f" WHERE status = 'queued' OR status IN {_RUNNING_SQL} "
+    "ORDER BY 1"
+)
+_SQL_EXPORT_COUNTS = "SELECT COUNT(*) FROM saqlite_jobs WHERE queue = :queue AND status = 'queued'"
+_SQL_EXPORT_RUNNING = (
+    "SELECT key, status FROM saqlite_jobs "
+    f"WHERE queue = :queue AND status IN {_RUNNING_SQL} ORDER BY rowid"
+)
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     """Move the waiting and scheduled jobs of a file into SAQ."""
     scheme = urllib.parse.urlparse(args.url).scheme.lower()
@@ -5150,8 +5629,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
             return 2
 
     async def action(store: _Store) -> int:
-        names = [args.queue] if args.queue else [
-            name for (name,) in await store.fetch(_SQL_EXPORT_QUEUES)]  # fmt: skip
+        names = (
+            [args.queue]
+            if args.queue
+            else [name for (name,) in await store.fetch(_SQL_EXPORT_QUEUES)]
+        )
         waiting = {}
         for name in names:
             waiting[name] = int((await store.fetch(_SQL_EXPORT_COUNTS, {"queue": name}))[0][0])
@@ -5198,16 +5680,24 @@ def _cmd_export(args: argparse.Namespace) -> int:
                 if args.dry_run:
                     print(f"{_clean(name)}: would move {outcome['to_move']} job(s)")
                 else:
-                    extra = (f" ({outcome['already_in_saq']} already there from an interrupted "
-                             "export)" if outcome["already_in_saq"] else "")  # fmt: skip
+                    extra = (
+                        f" ({outcome['already_in_saq']} already there from an interrupted export)"
+                        if outcome["already_in_saq"]
+                        else ""
+                    )
                     print(f"{_clean(name)}: moved {outcome['moved']} job(s) to SAQ{extra}")
             for job in conflicts:
-                print(f"kept {_clean(job['queue'])} {_clean(job['key'])}: SAQ has another job "
-                      "waiting with this key", file=sys.stderr)  # fmt: skip
+                print(
+                    f"kept {_clean(job['queue'])} {_clean(job['key'])}: SAQ has another job "
+                    "waiting with this key",
+                    file=sys.stderr,
+                )
         if running:
-            print(f"saqlite export: {len(running)} running job(s) were not moved: stop the "
-                  "workers first (they finish or put their jobs back), then export again",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"saqlite export: {len(running)} running job(s) were not moved: stop the "
+                "workers first (they finish or put their jobs back), then export again",
+                file=sys.stderr,
+            )
         return 1 if running or conflicts else 0
 
     return _run_on_store(args.file, action)
@@ -5215,9 +5705,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _ops_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="saqlite", description="Operate saqlite queues.", epilog=_OPS_EPILOG,
+        prog="saqlite",
+        description="Operate saqlite queues.",
+        epilog=_OPS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str, run: Callable[[argparse.Namespace], int]) -> t.Any:
@@ -5237,7 +5729,7 @@ def _ops_parser() -> argparse.ArgumentParser:
             metavar="STATUS",
             help=f"only these statuses, comma-separated ({', '.join(statuses)})",
         )
-        sub.add_argument("--function", help="only jobs of this function")  # fmt: skip
+        sub.add_argument("--function", help="only jobs of this function")
 
     sub = command("info", "Queues with their job counts, and the live workers.", _cmd_info)
     sub.add_argument("--queue", help="only this queue")
@@ -5259,8 +5751,9 @@ def _ops_parser() -> argparse.ArgumentParser:
         sub.add_argument("--error", help="the error to store (default: who did it)")
         sub.add_argument("-q", "--quiet", action="store_true", help="no progress")
     sub = command("purge", "Delete finished jobs that finished longer ago than an age.", _cmd_purge)
-    sub.add_argument("--older-than", required=True, metavar="AGE",
-                     help="e.g. 30s, 15m, 12h, 7d, 2w (0 = all)")  # fmt: skip
+    sub.add_argument(
+        "--older-than", required=True, metavar="AGE", help="e.g. 30s, 15m, 12h, 7d, 2w (0 = all)"
+    )
     filters(sub, _FINISHED)
     sub.add_argument("--dry-run", action="store_true", help="only count them")
     sub.add_argument("-q", "--quiet", action="store_true", help="no progress")
@@ -5269,10 +5762,18 @@ def _ops_parser() -> argparse.ArgumentParser:
     sub.formatter_class = argparse.RawDescriptionHelpFormatter
     sub.add_argument("settings", help=_SETTINGS_HELP)
     sub.add_argument("--max-jobs", type=int, help="stop after this many jobs (the rest may wait)")
-    sub.add_argument("--wait", type=float, default=1.0, metavar="SECONDS",
-                     help="stop once nothing ran or was due for this long (default 1)")  # fmt: skip
-    sub.add_argument("--allow-pending", action="store_true",
-                     help="exit 0 though jobs are left waiting (scheduled later)")  # fmt: skip
+    sub.add_argument(
+        "--wait",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="stop once nothing ran or was due for this long (default 1)",
+    )
+    sub.add_argument(
+        "--allow-pending",
+        action="store_true",
+        help="exit 0 though jobs are left waiting (scheduled later)",
+    )
     sub.add_argument("-v", "--verbose", action="count", default=0, help=_VERBOSE_HELP)
     sub.add_argument("-q", "--quiet", action="store_true", help="no progress, log only errors")
     sub = command("web", "Serve the monitoring page for saqlite files.", _cmd_web)
@@ -5282,10 +5783,12 @@ def _ops_parser() -> argparse.ArgumentParser:
     sub.add_argument("--refresh", type=float, default=3.0, help="seconds between refreshes")
     sub.add_argument("--allowed-host", action="append", metavar="NAME", help=_ALLOWED_HOST_HELP)
     sub = command(
-        "export", "Move the waiting and scheduled jobs into SAQ at a redis:// or postgres:// "
+        "export",
+        "Move the waiting and scheduled jobs into SAQ at a redis:// or postgres:// "
         "URL (SAQ must be installed). Running jobs stay: stop the workers first. An "
-        "interrupted export loses nothing: run it again to finish.", _cmd_export,
-    )  # fmt: skip
+        "interrupted export loses nothing: run it again to finish.",
+        _cmd_export,
+    )
     sub.add_argument("url", metavar="URL", help="SAQ's queue URL: redis://... or postgres://...")
     sub.add_argument("--queue", help="only this queue (default: every queue with jobs)")
     sub.add_argument("--dry-run", action="store_true", help="only count what would move")
@@ -5313,8 +5816,37 @@ def _ops_main(argv: list[str]) -> t.Optional[int]:
         return 130
 
 
+def _add_web_arguments(parser: argparse.ArgumentParser) -> None:
+    """``saqlite module.settings --web``: the options of the page served beside a worker."""
+    parser.add_argument("--web", action="store_true", help="also serve the monitoring page")
+    parser.add_argument(
+        "-e",
+        "--extra-web-settings",
+        action="append",
+        default=[],
+        help="more settings whose queues the page shows (repeatable)",
+    )
+    parser.add_argument("--port", type=int, default=8080, help="the page's port (default 8080)")
+    parser.add_argument("--allowed-host", action="append", metavar="NAME", help=_ALLOWED_HOST_HELP)
+
+
+def _serve_if_asked(args: argparse.Namespace, verbose: int) -> bool:
+    """Run the worker of ``saqlite module.settings --web`` with its page; False
+    without ``--web``."""
+    if not args.web:
+        return False
+    _serve_web_with_worker(
+        args.settings,
+        port=args.port,
+        extra_settings=args.extra_web_settings,
+        verbose=verbose,
+        allowed_hosts=args.allowed_host,
+    )
+    return True
+
+
 # =============================================================================
-# Web page
+# Operator tooling: the web page
 # =============================================================================
 
 if t.TYPE_CHECKING:
@@ -5471,20 +6003,27 @@ class _WebApp:
             response = _WebResponse(413, b"Request body too large", "text/plain")
         else:
             response = await self.handle(request)
-        headers = [("content-type", response.content_type),
-                         ("content-length", str(len(response.body))),
-                         ("x-content-type-options", "nosniff"),
-                         ("referrer-policy", "same-origin"),
-                         ("cache-control", "no-store"), *response.headers]  # fmt: skip
-        await send({
-            "type": "http.response.start",
-            "status": response.status,
-            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
-        })  # fmt: skip
-        await send({
-            "type": "http.response.body",
-            "body": b"" if request.method == "HEAD" else response.body,
-        })  # fmt: skip
+        headers = [
+            ("content-type", response.content_type),
+            ("content-length", str(len(response.body))),
+            ("x-content-type-options", "nosniff"),
+            ("referrer-policy", "same-origin"),
+            ("cache-control", "no-store"),
+            *response.headers,
+        ]
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+            }
+        )
+        await send(
+            {
+                "type": "http.response.body",
+                "body": b"" if request.method == "HEAD" else response.body,
+            }
+        )
 
     async def _lifespan(self, receive: _ASGIReceive, send: _ASGISend) -> None:
         while True:
@@ -5521,8 +6060,9 @@ class _WebApp:
         if handler is None:
             allowed = [m for m, path in self._routes if path == request.path]
             if allowed:
-                return _WebResponse(405, b"Method not allowed", "text/plain",
-                                    [("allow", ", ".join(allowed))])  # fmt: skip
+                return _WebResponse(
+                    405, b"Method not allowed", "text/plain", [("allow", ", ".join(allowed))]
+                )
             return self._error_page(request, 404, "No such page.")
         if method == "POST" and not _same_origin(request):
             return _WebResponse(403, b"Cross-site request refused", "text/plain")
@@ -5649,11 +6189,18 @@ auto-refresh</label>
         current = now()
         rows = []
         for q in overview["queues"]:
-            cells = [f'<td><a href="{_e(self._url(request, "/jobs", db=db, queue=q["name"]))}">'
-                     f'{_e(q["name"])}</a></td>']  # fmt: skip
-            for kind, status in (("queued", "queued"), ("scheduled", "queued"),
-                                 ("active", "active,aborting"), ("complete", "complete"),
-                                 ("failed", "failed"), ("aborted", "aborted")):  # fmt: skip
+            cells = [
+                f'<td><a href="{_e(self._url(request, "/jobs", db=db, queue=q["name"]))}">'
+                f"{_e(q['name'])}</a></td>"
+            ]
+            for kind, status in (
+                ("queued", "queued"),
+                ("scheduled", "queued"),
+                ("active", "active,aborting"),
+                ("complete", "complete"),
+                ("failed", "failed"),
+                ("aborted", "aborted"),
+            ):
                 url = self._url(request, "/jobs", db=db, queue=q["name"], status=status)
                 cells.append(f'<td class="n"><a href="{_e(url)}">{_e(q[kind])}</a></td>')
             cells.append(f'<td class="n">{_e(q["workers"])}</td>')
@@ -5669,10 +6216,12 @@ auto-refresh</label>
                 f"<td>{_e(w['host'])}:{_e(w['pid'])}</td>"
                 f"<td>{_e(_fmt_ago(w['beat'] * 1000, current))}</td>"
                 f"<td class=n>{_e(_fmt_span(stats.get('uptime')))}</td>"
-                + "".join(f"<td class=n>{_e(stats.get(k, 0))}</td>"
-                          for k in ("complete", "failed", "retried", "aborted"))
+                + "".join(
+                    f"<td class=n>{_e(stats.get(k, 0))}</td>"
+                    for k in ("complete", "failed", "retried", "aborted")
+                )
                 + f"<td><code>{_e(metadata)}</code></td></tr>"
-            )  # fmt: skip
+            )
         if not workers:
             workers.append('<tr><td colspan="10" class="muted">No live worker.</td></tr>')
         return f"""<h2>Queues <span class="muted">{_e(overview["path"])}</span></h2>
@@ -5796,8 +6345,14 @@ auto-refresh</label>
                 done = "aborted" if aborted else "not-aborted"
         except _OpsError as exc:
             raise _WebError(409, str(exc)) from None
-        url = self._url(request, "/job", db=params.get("db", "0"), queue=job.get_queue().name,
-                        key=job.key, done=done)  # fmt: skip
+        url = self._url(
+            request,
+            "/job",
+            db=params.get("db", "0"),
+            queue=job.get_queue().name,
+            key=job.key,
+            done=done,
+        )
         return _WebResponse(303, b"", "text/plain", [("location", url)])
 
     # -- JSON ---------------------------------------------------------------------
@@ -5813,8 +6368,9 @@ auto-refresh</label>
     async def _api_jobs(self, request: _WebRequest, nonce: str) -> _WebResponse:
         where, page, limit = self._filter(request)
         jobs, more = await _list_jobs(self._store(request), where, (page - 1) * limit, limit)
-        return _json_response({"jobs": [_job_json(job) for job in jobs], "page": page,
-                               "limit": limit, "more": more})  # fmt: skip
+        return _json_response(
+            {"jobs": [_job_json(job) for job in jobs], "page": page, "limit": limit, "more": more}
+        )
 
     async def _api_job(self, request: _WebRequest, nonce: str) -> _WebResponse:
         return _json_response(_job_json(await self._job(request, request.query)))
@@ -5907,8 +6463,11 @@ def web_app(
     by_path: dict[str, list[Queue]] = {}
     for item in items:
         queue = item if isinstance(item, Queue) else None
-        path = item.path if isinstance(item, Queue) else (
-            Queue.from_url(item).path if item.startswith("sqlite:") else item)  # fmt: skip
+        path = (
+            item.path
+            if isinstance(item, Queue)
+            else (Queue.from_url(item).path if item.startswith("sqlite:") else item)
+        )
         queues = by_path.setdefault(os.path.abspath(path), [])
         if queue is not None:
             queues.append(queue)
@@ -5974,19 +6533,27 @@ async def _handle_http(
             )
         except _BadRequest as exc:
             phrase = http.HTTPStatus(exc.status).phrase
-            writer.write(f"HTTP/1.1 {exc.status} {phrase}\r\nConnection: close\r\n"
-                         "Content-Length: 0\r\n\r\n".encode())  # fmt: skip
+            writer.write(
+                f"HTTP/1.1 {exc.status} {phrase}\r\nConnection: close\r\n"
+                "Content-Length: 0\r\n\r\n".encode()
+            )
             await writer.drain()
             return
         path, _, query = target.partition("?")
         scope = {
-            "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": "1.1", "method": method.upper(), "scheme": "http",
-            "path": urllib.parse.unquote(path), "raw_path": path.encode("latin-1"),
-            "query_string": query.encode("latin-1"), "root_path": "", "headers": headers,
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": method.upper(),
+            "scheme": "http",
+            "path": urllib.parse.unquote(path),
+            "raw_path": path.encode("latin-1"),
+            "query_string": query.encode("latin-1"),
+            "root_path": "",
+            "headers": headers,
             "client": writer.get_extra_info("peername"),
             "server": writer.get_extra_info("sockname"),
-        }  # fmt: skip
+        }
         sent = started = False
 
         async def receive() -> _ASGIMessage:
@@ -6002,8 +6569,10 @@ async def _handle_http(
                 started = True
                 status = int(message["status"])
                 lines = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}"]
-                lines += [f"{k.decode('latin-1')}: {v.decode('latin-1')}"
-                          for k, v in message.get("headers", [])]  # fmt: skip
+                lines += [
+                    f"{k.decode('latin-1')}: {v.decode('latin-1')}"
+                    for k, v in message.get("headers", [])
+                ]
                 lines.append("connection: close")
                 writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
             elif message["type"] == "http.response.body":
@@ -6015,11 +6584,17 @@ async def _handle_http(
         except Exception:  # an answer, not a dropped connection; the traceback to the log
             logger.exception("The page failed on %s %s", method, path)
             if not started:
-                writer.write(b"HTTP/1.1 500 Internal Server Error\r\nConnection: close\r\n"
-                             b"Content-Length: 0\r\n\r\n")  # fmt: skip
+                writer.write(
+                    b"HTTP/1.1 500 Internal Server Error\r\nConnection: close\r\n"
+                    b"Content-Length: 0\r\n\r\n"
+                )
                 await writer.drain()
-    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError,
-            ConnectionError):  # fmt: skip
+    except (
+        asyncio.IncompleteReadError,
+        asyncio.LimitOverrunError,
+        asyncio.TimeoutError,
+        ConnectionError,
+    ):
         pass  # the client went away or was too slow
     finally:
         writer.close()
@@ -6048,8 +6623,11 @@ async def _start_http(
         ) from None
     address = server.sockets[0].getsockname()
     if not app.auth_password and host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"saqlite: warning: the page on {host} lets anyone retry and abort jobs; "
-              "set AUTH_PASSWORD", file=sys.stderr)  # fmt: skip
+        print(
+            f"saqlite: warning: the page on {host} lets anyone retry and abort jobs; "
+            "set AUTH_PASSWORD",
+            file=sys.stderr,
+        )
     print(f"saqlite: serving the page at http://{address[0]}:{address[1]}/", flush=True)
     return server
 
@@ -6140,195 +6718,5 @@ def _serve_web_with_worker(
     return 0
 
 
-# =============================================================================
-# Command line
-# =============================================================================
-
-
-def _import_settings(name: str) -> dict[str, t.Any]:
-    """The settings dict that ``module.attribute`` names (called if callable), or the
-    ``settings`` of the module ``name`` (``saqlite examples.settings``), as SAQ takes.
-
-    Raises:
-        _OpsError: no such settings, or not a dict (an error raised inside the
-            settings module itself is not caught: its traceback shows where).
-    """
-    cwd = os.getcwd()
-    if cwd not in sys.path:  # settings are found from where the command runs, as in SAQ
-        sys.path.insert(0, cwd)
-    module_name, _, attribute = name.rpartition(".")
-    candidates = [(module_name, attribute)] if module_name else []
-    candidates.append((name, "settings"))
-    reasons = []
-    for candidate, attribute_name in candidates:
-        try:
-            module = importlib.import_module(candidate)
-        except ModuleNotFoundError as exc:
-            if not exc.name or not (candidate + ".").startswith(exc.name + "."):
-                raise  # a module that the settings module imports is missing: show where
-            reasons.append(str(exc))
-            continue
-        settings = getattr(module, attribute_name, None)
-        if inspect.ismodule(settings):  # a package's submodule, once imported
-            settings = getattr(settings, "settings", None)
-        if settings is not None:
-            break
-        reasons.append(f"module {candidate!r} has no {attribute_name!r}")
-    else:
-        raise _OpsError(
-            f"Cannot find the settings {name!r} ({'; '.join(dict.fromkeys(reasons))}): give "
-            "module.attribute naming a dict of Worker arguments, e.g. myapp.tasks.settings, "
-            f"or a module holding a `settings` dict, importable from {cwd}"
-        )
-    if callable(settings):
-        settings = settings()
-    if not isinstance(settings, dict):
-        raise _OpsError(
-            f"Settings {name!r} must be a dict of Worker arguments (or a callable returning "
-            f"one), got {type(settings).__name__}"
-        )
-    return dict(settings)
-
-
-def _load_settings(name: str) -> tuple[Queue, dict[str, t.Any]]:
-    """The queue and the other Worker arguments of a settings dict.
-
-    Raises:
-        _OpsError: the settings cannot be found or imported, or hold no valid queue.
-    """
-    try:
-        settings = _import_settings(name)
-    except _OpsError:
-        raise
-    except Exception as exc:  # in the settings module: its traceback shows where
-        traceback.print_exc()
-        raise _OpsError(
-            f"importing the settings {name!r} raised {type(exc).__name__}: {exc} (see above)"
-        ) from exc
-    try:
-        queue = _settings_queue(settings)
-    except TypeError as exc:
-        raise _OpsError(str(exc)) from None
-    settings.pop("queue", None)
-    return queue, settings
-
-
-def _settings_queue(settings: dict[str, t.Any]) -> Queue:
-    queue = settings.get("queue")
-    if queue is None:
-        return Queue(DEFAULT_PATH)
-    if not isinstance(queue, Queue):
-        raise TypeError(f"settings['queue'] must be a saqlite Queue, got {queue!r}")
-    return queue
-
-
-def _run_worker(settings_name: str, verbose: int) -> None:
-    _configure_logging(verbose)
-    queue, settings = _load_settings(settings_name)
-    worker = Worker(queue, **settings)
-    asyncio.run(worker.start())
-
-
-async def _check(queue: Queue) -> bool:
-    try:
-        info = await queue.info()
-    finally:
-        await queue.disconnect()
-    return bool(info["workers"])
-
-
-def _configure_logging(verbose: int) -> None:
-    """Log to stderr: -1 (``-q``) errors only; 0 INFO; 1 (``-v``) DEBUG, but for
-    aiosqlite's line per statement; 2 (``-vv``) every DEBUG line."""
-    level = {-1: logging.ERROR, 0: logging.INFO}.get(verbose, logging.DEBUG)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("aiosqlite").setLevel(
-        logging.DEBUG if verbose >= 2 else max(level, logging.INFO)
-    )
-
-
-def main(argv: t.Optional[list[str]] = None) -> int:
-    """The ``saqlite`` command: run workers from a settings dict, as ``saq`` does."""
-    argv = sys.argv[1:] if argv is None else argv
-    code = _ops_main(argv)
-    if code is not None:
-        return code
-    parser = argparse.ArgumentParser(
-        prog="saqlite",
-        description="Start saqlite workers from a settings dict, as `saq` does.",
-        epilog=_OPS_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("settings", help=_SETTINGS_HELP)
-    parser.add_argument("--workers", type=int, default=1, help="worker processes to start")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help=_VERBOSE_HELP)
-    parser.add_argument("-q", "--quiet", action="store_true", help="log only errors")
-    parser.add_argument(
-        "--check", action="store_true",
-        help="exit 0 when a live worker is registered for the queue, else 1",
-    )  # fmt: skip
-    parser.add_argument("--web", action="store_true", help="also serve the monitoring page")
-    parser.add_argument(
-        "-e",
-        "--extra-web-settings",
-        action="append",
-        default=[],
-        help="more settings whose queues the page shows (repeatable)",
-    )
-    parser.add_argument("--port", type=int, default=8080, help="the page's port (default 8080)")
-    parser.add_argument("--allowed-host", action="append", metavar="NAME", help=_ALLOWED_HOST_HELP)
-    args = parser.parse_args(argv)
-    if args.workers < 1:
-        parser.error("--workers must be at least 1")
-    verbose = -1 if args.quiet else args.verbose
-    try:  # here, not in every worker process, if the settings are wrong
-        queue, settings = _load_settings(args.settings)
-        Worker(queue, **settings)
-    except (_OpsError, ValueError, TypeError) as exc:
-        parser.error(f"settings {args.settings}: {exc}")
-    if args.check:
-        return 0 if asyncio.run(_check(queue)) else 1
-    children = []
-    context = multiprocessing.get_context("spawn")  # the same on every OS
-    for _ in range(args.workers - 1):
-        child = context.Process(target=_run_worker, args=(args.settings, verbose))
-        child.start()
-        children.append(child)
-    try:
-        if args.web:
-            _serve_web_with_worker(
-                args.settings,
-                port=args.port,
-                extra_settings=args.extra_web_settings,
-                verbose=verbose,
-                allowed_hosts=args.allowed_host,
-            )
-        else:
-            _run_worker(args.settings, verbose)
-    except _OpsError as exc:
-        print(f"saqlite: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        for child in children:  # this process was told to stop: so are they
-            if child.is_alive():
-                child.terminate()
-            child.join()
-    return 0
-
-
-if __name__ == "__main__":
-    # `python -m saqlite` and `python saqlite.py` load this file as __main__; run the
-    # copy that `import saqlite` gives the user's settings, so both see one Queue class.
-    _name = __spec__.name if __spec__ else os.path.splitext(os.path.basename(__file__))[0]
-    sys.exit(importlib.import_module(_name).main())
-
-# Copyright (c) 2026 the saqlite authors
-#
-# Permission is hereby granted, free of charge, to any person obtaining a copy of this
-# software and associated documentation files (the "Software"), to deal in the Software
-# without restriction, including without limitation the rights to use, copy, modify,
-# merge, publish, distribute, sublicense, and/or sell copies of the Software, and to
-# permit persons to whom the Software is furnished to do so, subject to the following
-# conditions: The above copyright notice and this permission notice shall be included
-# in all copies or substantial portions of the Software. THE SOFTWARE IS PROVIDED "AS
-# IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR IMPLIED.
+__all__ += ["web_app"]
+_EXTRAS.append(_CommandLineExtras(_ops_main, _OPS_EPILOG, _add_web_arguments, _serve_if_asked))
