@@ -157,6 +157,10 @@ _ROWS_PER_STATEMENT = 500
 _MAX_SECONDS = 1e10
 #: Latest ``scheduled`` time: the end of the year 9999, the last that dates can show.
 _MAX_EPOCH_S = 253402300799.0
+#: How far ahead (s) a job waiting on dependencies has its run_at pushed: claims pass
+#: it over as a job scheduled far ahead, through the index; its last dependency's end
+#: brings it back (every real run_at, up to _MAX_EPOCH_S, is smaller).
+_BLOCKED_S = 1e12
 
 
 # =============================================================================
@@ -175,6 +179,12 @@ _JOB_COLUMNS = (
 _LOAD_COLUMNS = (
     "data, status, attempts, worker_id, started, touched, completed, error, progress, result"
 )
+
+# Now, in epoch seconds, by SQLite's clock. Statements that compare times written by
+# different processes read it in the statement itself rather than trust the clock of
+# the process that runs them (works on SQLite >= 3.35, unlike unixepoch('subsec')).
+_SQL_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+_SQL_NOW_MS = f"CAST({_SQL_NOW} * 1000 AS INTEGER)"
 
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (  # version 1
@@ -244,15 +254,106 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # with the pid, it tells a worker from a later process given the same pid.
         "ALTER TABLE saqlite_workers ADD COLUMN start_token TEXT",
     ),
+    (  # version 4 (issue 12: dependencies; the lead renumbers it on merge)
+        # (A migration records what was applied: it spells statuses out, where code
+        # uses the status groups.)
+        # How many of a job's dependencies have not ended as it needs (see _BLOCKED_S).
+        "ALTER TABLE saqlite_jobs ADD COLUMN waiting INTEGER NOT NULL DEFAULT 0",
+        # 1 once a job names this one in its depends_on: only such a job's end is followed.
+        "ALTER TABLE saqlite_jobs ADD COLUMN dependents INTEGER NOT NULL DEFAULT 0",
+        # The dependency whose failure aborted this job: retrying it revives this job.
+        "ALTER TABLE saqlite_jobs ADD COLUMN aborted_by TEXT",
+        """
+        CREATE INDEX saqlite_jobs_aborted_by ON saqlite_jobs (queue, aborted_by)
+        WHERE aborted_by IS NOT NULL
+        """,
+        # Job `key` depends on job `depends_on` (done: that one ended as `key` needs).
+        """
+        CREATE TABLE saqlite_dependencies (
+            queue        TEXT    NOT NULL,
+            key          TEXT    NOT NULL,
+            depends_on   TEXT    NOT NULL,
+            allow_failed INTEGER NOT NULL,  -- the dependent runs even if this one fails
+            done         INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (queue, key, depends_on)
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE INDEX saqlite_dependencies_dependents
+        ON saqlite_dependencies (queue, depends_on, done)
+        """,
+        # A dependency ends: each dependent it lets through counts one less to wait for,
+        # and the last one brings its run_at back, in the transaction of that end. The
+        # cost is that job's own dependents; a job nobody depends on stops at WHEN.
+        f"""
+        CREATE TRIGGER saqlite_dependency_ended AFTER UPDATE OF status ON saqlite_jobs
+        WHEN NEW.dependents AND NEW.status IN ('complete', 'failed', 'aborted')
+            AND OLD.status NOT IN ('complete', 'failed', 'aborted')
+        BEGIN
+            UPDATE saqlite_jobs SET waiting = waiting - 1, run_at = CASE
+                WHEN waiting = 1 AND run_at >= {_BLOCKED_S}
+                THEN MAX(run_at - {_BLOCKED_S}, {_SQL_NOW}) ELSE run_at END
+            WHERE queue = NEW.queue AND waiting > 0 AND key IN (
+                SELECT key FROM saqlite_dependencies
+                WHERE queue = NEW.queue AND depends_on = NEW.key AND done = 0
+                  AND (allow_failed OR NEW.status = 'complete'));
+            UPDATE saqlite_dependencies SET done = 1
+            WHERE queue = NEW.queue AND depends_on = NEW.key AND done = 0
+              AND (allow_failed OR NEW.status = 'complete');
+        END
+        """,
+        # A dependency ends FAILED or ABORTED: its waiting dependents are aborted, and
+        # theirs, transitively (unless allow_failed), naming the dependency they lost.
+        # (A trigger does not fire itself again: the recursion is the query's.)
+        f"""
+        CREATE TRIGGER saqlite_dependency_failed AFTER UPDATE OF status ON saqlite_jobs
+        WHEN NEW.dependents AND NEW.status IN ('failed', 'aborted')
+            AND OLD.status NOT IN ('complete', 'failed', 'aborted')
+        BEGIN
+            UPDATE saqlite_jobs SET status = 'aborted', error = lost.error,
+                completed = {_SQL_NOW_MS}, aborted_by = NEW.key,
+                expire_at = CASE WHEN ttl > 0 THEN {_SQL_NOW} + ttl END
+            FROM (
+                WITH RECURSIVE lost(key, error) AS (
+                    SELECT key, printf('dependency %s ended %s', quote(NEW.key), NEW.status)
+                    FROM saqlite_dependencies
+                    WHERE queue = NEW.queue AND depends_on = NEW.key AND done = 0
+                      AND NOT allow_failed
+                    UNION
+                    SELECT edge.key, printf('dependency %s ended aborted', quote(lost.key))
+                    FROM lost JOIN saqlite_dependencies AS edge
+                      ON edge.queue = NEW.queue AND edge.depends_on = lost.key
+                    WHERE edge.done = 0 AND NOT edge.allow_failed
+                )
+                SELECT key, MIN(error) AS error FROM lost GROUP BY key
+            ) AS lost
+            WHERE saqlite_jobs.queue = NEW.queue AND saqlite_jobs.key = lost.key
+              AND saqlite_jobs.status = 'queued' AND saqlite_jobs.waiting > 0;
+        END
+        """,
+        # The failed dependency is retried: the jobs its failure aborted wait again
+        # (their count and run_at were left as they were).
+        """
+        CREATE TRIGGER saqlite_dependency_retried AFTER UPDATE OF status ON saqlite_jobs
+        WHEN NEW.dependents AND NEW.status = 'queued' AND OLD.status IN ('failed', 'aborted')
+        BEGIN
+            UPDATE saqlite_jobs SET status = 'queued', error = NULL, completed = 0,
+                expire_at = NULL, aborted_by = NULL
+            WHERE queue = NEW.queue AND aborted_by = NEW.key AND status = 'aborted';
+        END
+        """,
+        # A deleted job takes its own dependencies' edges along (not those of the jobs
+        # that depend on it: they still name it).
+        """
+        CREATE TRIGGER saqlite_dependencies_deleted AFTER DELETE ON saqlite_jobs
+        BEGIN
+            DELETE FROM saqlite_dependencies WHERE queue = OLD.queue AND key = OLD.key;
+        END
+        """,
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
-
-# Now, in epoch seconds, by SQLite's clock. Statements that compare times written by
-# different processes read it in the statement itself rather than trust the clock of
-# the process that runs them (works on SQLite >= 3.35, unlike unixepoch('subsec')).
-_SQL_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
-_SQL_NOW_MS = f"CAST({_SQL_NOW} * 1000 AS INTEGER)"
 
 _SQL_CREATE_META = "CREATE TABLE IF NOT EXISTS saqlite_meta (name TEXT PRIMARY KEY, value)"
 _SQL_SCHEMA_VERSION = "SELECT value FROM saqlite_meta WHERE name = 'schema_version'"
@@ -361,6 +462,7 @@ class Context(t.TypedDict, total=False):
     job: Job
     queue: Queue
     exception: BaseException
+    dependencies: dict[str, t.Any]  # saqlite only: each dependency's key: its result
 
 
 class WorkerStats(t.TypedDict):
@@ -543,6 +645,11 @@ class Job:
     group_key: t.Optional[str] = None
     meta: dict[t.Any, t.Any] = dataclasses.field(default_factory=dict)
     worker_id: t.Optional[str] = None
+    # saqlite only (SAQ's Job has no such fields): the jobs or keys of this queue that
+    # must end COMPLETE before this job runs, and whether it runs anyway when one of
+    # them ends FAILED or ABORTED (else it is aborted, naming that dependency).
+    depends_on: list[t.Union[str, Job]] = dataclasses.field(default_factory=list)
+    allow_failed_dependencies: bool = False
 
     def __post_init__(self) -> None:
         self.status = Status(self.status)
@@ -581,13 +688,18 @@ class Job:
         return f"Job<{fields}>"
 
     def to_dict(self) -> dict[str, t.Any]:
-        """The fields that differ from their defaults (``queue`` as its name)."""
+        """The fields that differ from their defaults (``queue`` as its name,
+        ``depends_on`` as keys)."""
         values = self.__dict__  # a hot path: the worker stores every job it finishes
         result = {name: values[name] for name, default in _JOB_DEFAULTS if values[name] != default}
         if "queue" in result:
             result["queue"] = result["queue"].name
         if not self.meta:
             result.pop("meta", None)
+        if self.depends_on:
+            result["depends_on"] = _dependency_keys(self)
+        else:
+            result.pop("depends_on", None)
         return result
 
     def duration(self, kind: str) -> t.Optional[int]:
@@ -700,6 +812,14 @@ class Job:
             setattr(self, field.name, getattr(job, field.name))
 
 
+def _dependency_keys(job: Job) -> list[str]:
+    """The keys of a job's dependencies (Jobs given as such stand for their key)."""
+    return [
+        dependency if isinstance(dependency, str) else dependency.key
+        for dependency in job.depends_on
+    ]
+
+
 @dataclasses.dataclass
 class CronJob:
     """A function the worker enqueues on a cron schedule.
@@ -805,6 +925,44 @@ def _check_job_options(job: Job) -> None:
             _check_text(name, text)  # non-ASCII text, or not text
 
 
+def _check_dependencies(job: Job, queue: str) -> None:
+    """Refuse, naming the problem, a ``depends_on`` that is not a list of Jobs or keys
+    of the job's own queue, or that names the job itself; keep its keys, in order."""
+    given = job.depends_on
+    if not isinstance(given, (list, tuple)):
+        raise ValueError(
+            f"Job depends_on must be a list of Jobs or job keys, got {type(given).__name__} "
+            f"{given!r}"
+        )
+    if job.allow_failed_dependencies not in (True, False):
+        raise ValueError(
+            "Job allow_failed_dependencies must be True or False, got "
+            f"{job.allow_failed_dependencies!r}"
+        )
+    keys: dict[str, None] = {}
+    for index, given_one in enumerate(given):
+        if isinstance(given_one, Job):
+            other = given_one.queue.name if given_one.queue is not None else queue
+            if other != queue:
+                raise ValueError(
+                    f"Job depends_on[{index}] is job {given_one.key!r} of queue {other!r}: "
+                    f"a job can depend only on jobs of its own queue ({queue!r})"
+                )
+            key = given_one.key
+        elif isinstance(given_one, str) and given_one:
+            key = given_one
+        else:
+            raise ValueError(
+                f"Job depends_on[{index}] must be a Job or a job key, got "
+                f"{type(given_one).__name__} {given_one!r}"
+            )
+        _check_text(f"depends_on[{index}]", key)
+        if key == job.key:
+            raise ValueError(f"Job {job.key!r} depends on itself: remove it from its depends_on")
+        keys[key] = None
+    job.depends_on = [key for key in keys]
+
+
 # =============================================================================
 # Queue
 # =============================================================================
@@ -857,7 +1015,7 @@ class Queue:
         self._conn: t.Optional[aiosqlite.Connection] = None
         self._connect_lock: t.Optional[asyncio.Lock] = None
         # The task whose transaction is open on the connection, and what ends it (_atomic).
-        self._owner: t.Optional[asyncio.Task[t.Any]] = None
+        self._owner: t.Optional[asyncio.Future[t.Any]] = None
         self._unowned: t.Optional[asyncio.Future[None]] = None
         self._before_enqueues: dict[int, BeforeEnqueueType] = {}
         self._inserts = _Batcher(self._insert_rows)
@@ -978,7 +1136,10 @@ class Queue:
         """
         job = self._codec.prepare(job_or_func, kwargs)
         await self._before_enqueue(job)
-        inserted = await self._inserts.submit(self._codec.row(job))
+        if job.depends_on:  # stored with its links, in one transaction
+            inserted = (await self._insert_all([job]))[0]
+        else:
+            inserted = await self._inserts.submit(self._codec.row(job))
         if not inserted:
             return None
         if logger.isEnabledFor(logging.INFO):
@@ -1003,7 +1164,7 @@ class Queue:
         prepared = [self._codec.prepare(job, dict(kwargs)) for job in jobs]
         for job in prepared:
             await self._before_enqueue(job)
-        inserted = await self._insert_all([self._codec.row(job) for job in prepared])
+        inserted = await self._insert_all(prepared)
         return [job if ok else None for job, ok in zip(prepared, inserted)]
 
     async def _before_enqueue(self, job: Job) -> None:
@@ -1025,6 +1186,14 @@ class Queue:
     WHERE queue = ? AND rowid > ? AND status IN ({{statuses}})
     ORDER BY rowid LIMIT ?
     """
+
+    async def _dependency_results(self, job: Job) -> dict[str, t.Any]:
+        """Each of a job's dependencies' key: its result (None if it is gone)."""
+        keys = _dependency_keys(job)
+        return {
+            key: None if found is None else found.result
+            for key, found in zip(keys, await self.jobs(keys))
+        }
 
     async def iter_jobs(
         self, statuses: Iterable[Status] = tuple(Status), batch_size: int = 100
@@ -1124,7 +1293,7 @@ class Queue:
         )
         for job in mapping.jobs:
             await self._before_enqueue(job)
-        await self._insert_all([self._codec.row(job) for job in mapping.jobs])
+        await self._insert_all(mapping.jobs)
         await self._wait_until(mapping.keys, mapping.settled, timeout)
         return mapping.results(await self.jobs(mapping.keys))
 
@@ -1343,10 +1512,15 @@ class Queue:
 
     @staticmethod
     def _set_fields(job: Job, fields: dict[str, t.Any]) -> None:
-        for name in fields:
+        for name, value in fields.items():
             if name not in _JOB_FIELD_NAMES:
                 raise ValueError(
                     f"Job has no field {name!r}: use one of {', '.join(sorted(_JOB_FIELD_NAMES))}"
+                )
+            if name in _ENQUEUE_ONLY_FIELDS and value != getattr(job, name):
+                raise ValueError(
+                    f"Job {name} is set when a job is enqueued and cannot change: enqueue "
+                    "the job again once it has finished"
                 )
         _check_job_options(dataclasses.replace(job, **fields))
         for name, value in fields.items():
@@ -1381,9 +1555,15 @@ class Queue:
     WHERE queue = ? AND status IN {_RUNNING_SQL}
     """
 
-    _SQL_DELETE_EXPIRED_JOBS = (
-        f"DELETE FROM saqlite_jobs WHERE expire_at <= {_SQL_NOW} RETURNING key"
-    )
+    # A job others depend on is kept, whatever its ttl, until they have all run.
+    _SQL_DELETE_EXPIRED_JOBS = f"""
+    DELETE FROM saqlite_jobs WHERE expire_at <= {_SQL_NOW} AND NOT (dependents AND EXISTS (
+        SELECT 1 FROM saqlite_dependencies AS edge JOIN saqlite_jobs AS dependent
+          ON dependent.queue = edge.queue AND dependent.key = edge.key
+        WHERE edge.queue = saqlite_jobs.queue AND edge.depends_on = saqlite_jobs.key
+          AND dependent.status NOT IN {_FINISHED_SQL}))
+    RETURNING key
+    """
 
     _SQL_DELETE_WORKERS = "DELETE FROM saqlite_workers WHERE id IN ({ids})"
 
@@ -1667,6 +1847,9 @@ class Queue:
                 self._release(unowned)
             else:
                 rollback = asyncio.ensure_future(self._conn.execute("ROLLBACK"))
+                # Until it ran, the transaction is the ROLLBACK's: this task's next
+                # statement (say, after it caught a ValueError) must wait for it too.
+                self._owner = rollback
                 rollback.add_done_callback(lambda done: self._release(unowned, done))
 
     def _release(
@@ -1678,11 +1861,13 @@ class Queue:
         self._owner = self._unowned = None
         unowned.set_result(None)
 
-    async def _insert_all(self, rows: list[tuple[t.Any, ...]]) -> list[bool]:
-        """Insert job rows in one transaction; raise (storing none) if one can't be."""
-        steps = _all_or_none(_insert_steps(rows))
-        # One row is one statement, atomic on its own: no BEGIN and COMMIT to wait for.
-        inserted = await (self._drive(steps) if len(rows) == 1 else self._atomic(steps))
+    async def _insert_all(self, jobs: list[Job]) -> list[bool]:
+        """Insert jobs in one transaction; raise (storing none) if one can't be."""
+        steps = _enqueue_steps(self.name, jobs, [self._codec.row(job) for job in jobs])
+        # One job without dependencies is one statement, atomic on its own: no BEGIN
+        # and COMMIT to wait for.
+        alone = len(jobs) == 1 and not jobs[0].depends_on
+        inserted = await (self._drive(steps) if alone else self._atomic(steps))
         if any(inserted):
             await self._wakeup.notify("jobs")
         return inserted
@@ -1705,8 +1890,11 @@ class Queue:
         A job written twice in one batch (e.g. a progress update, then its finish) is
         written in order, by splitting the batch where a key repeats.
         """
-        results = await self._drive(_write_steps(items))
+        depended_on: list[str] = []
+        results = await self._drive(_write_steps(items, depended_on))
         await self._wakeup.notify("changes")
+        if depended_on:  # their end may have let jobs waiting on them through
+            await self._wakeup.notify("jobs")
         return results
 
     # -- claiming ------------------------------------------------------------
@@ -2307,6 +2495,8 @@ class Worker:
             loop = asyncio.get_running_loop()
             timer = loop.call_later(job.timeout, running.cancel, "timeout")
         try:
+            if job.depends_on:
+                context["dependencies"] = await self.queue._dependency_results(job)
             if self.before_process:
                 await _call_hooks(self.before_process, context)
             result = await _call(function, context, job.kwargs or {}, self._threads)
@@ -2634,7 +2824,7 @@ class SyncQueue:
     ) -> list[t.Optional[Job]]:
         """Store many jobs in one transaction, all or none: as ``Queue.enqueue_many``."""
         prepared = [self._codec.prepare(job, dict(kwargs)) for job in jobs]
-        inserted = self._insert_all([self._codec.row(job) for job in prepared])
+        inserted = self._insert_all(prepared)
         return [job if ok else None for job, ok in zip(prepared, inserted)]
 
     def job(self, job_key: str) -> t.Optional[Job]:
@@ -2708,7 +2898,7 @@ class SyncQueue:
             return_exceptions=return_exceptions,
             kwargs=kwargs,
         )
-        self._insert_all([self._codec.row(job) for job in mapping.jobs])
+        self._insert_all(mapping.jobs)
         self._wait_until(mapping.keys, mapping.settled, timeout)
         return mapping.results(self.jobs(mapping.keys))
 
@@ -2770,12 +2960,13 @@ class SyncQueue:
             self.connect()
         return t.cast(sqlite3.Connection, self._conn)
 
-    def _insert_all(self, rows: list[tuple[t.Any, ...]]) -> list[bool]:
-        """Insert job rows in one transaction; raise (storing none) if one can't be."""
-        if len(rows) == 1:  # one statement, atomic on its own
-            inserted = self._drive(_all_or_none(_insert_steps(rows)))
+    def _insert_all(self, jobs: list[Job]) -> list[bool]:
+        """Insert jobs in one transaction; raise (storing none) if one can't be."""
+        steps = _enqueue_steps(self.name, jobs, [self._codec.row(job) for job in jobs])
+        if len(jobs) == 1 and not jobs[0].depends_on:  # one statement, atomic on its own
+            inserted = self._drive(steps)
         else:
-            inserted = self._atomic(_all_or_none(_insert_steps(rows)))
+            inserted = self._atomic(steps)
         if any(inserted):
             self._wakeup.notify("jobs")
         return inserted
@@ -3054,7 +3245,8 @@ _SQL_INSERT_JOBS = (
     + ", ".join(f"COALESCE(run_at, {_SQL_NOW})" if c == "run_at" else c for c in _JOB_COLUMNS)
     + " FROM v WHERE true ON CONFLICT (queue, key) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in _JOB_COLUMNS[2:])
-    + f", deaths = 0 WHERE saqlite_jobs.status IN {_FINISHED_SQL} RETURNING key"
+    + ", deaths = 0, waiting = 0, aborted_by = NULL"
+    + f" WHERE saqlite_jobs.status IN {_FINISHED_SQL} RETURNING key"
 )
 
 
@@ -3080,6 +3272,120 @@ def _insert_steps(rows: list[tuple[t.Any, ...]]) -> _Steps[list[_Outcome]]:
         results.append(row[1] in inserted)
         inserted.discard(row[1])  # a key repeated in one call goes in once
     return results
+
+
+def _enqueue_steps(
+    queue: str, jobs: list[Job], rows: list[tuple[t.Any, ...]]
+) -> _Steps[list[bool]]:
+    """Insert the rows of these jobs and link those with dependencies; the first
+    failure is raised inside the steps, so that the transaction they run in is rolled
+    back: a graph goes in whole or not at all. Whether each job went in."""
+    graph = any(job.depends_on for job in jobs)
+    if graph:
+        _check_graph(jobs)
+    inserted = _succeeded((yield from _insert_steps(rows)))
+    if graph:
+        yield from _link_steps(queue, [job for job, ok in zip(jobs, inserted) if ok])
+    return inserted
+
+
+def _check_graph(jobs: list[Job]) -> None:
+    """Refuse jobs of one call whose dependencies make a cycle, naming it."""
+    depends_on: dict[str, list[str]] = {}
+    for job in jobs:
+        depends_on.setdefault(job.key, t.cast("list[str]", job.depends_on))
+    # Take away jobs with no dependency left in the call; any left over wait in a cycle.
+    waiting = {key: sum(d in depends_on for d in deps) for key, deps in depends_on.items()}
+    dependents: dict[str, list[str]] = {}
+    for key, deps in depends_on.items():
+        for dependency in deps:
+            dependents.setdefault(dependency, []).append(key)
+    ready = [key for key, count in waiting.items() if count == 0]
+    while ready:
+        for dependent in dependents.get(ready.pop(), ()):
+            waiting[dependent] -= 1
+            if waiting[dependent] == 0:
+                ready.append(dependent)
+    left = {key for key, count in waiting.items() if count}
+    if not left:
+        return
+    path = [min(left)]
+    while path.count(path[-1]) < 2:  # follow dependencies within the cycle's jobs
+        path.append(min(d for d in depends_on[path[-1]] if d in left))
+    cycle = path[path.index(path[-1]) :]
+    raise ValueError(
+        "Job dependencies make a cycle, so none of its jobs could ever run: "
+        + " -> ".join(repr(key) for key in cycle)
+        + " (each depends on the next): remove one of these dependencies"
+    )
+
+
+_SQL_UNLINK = "DELETE FROM saqlite_dependencies WHERE queue = ? AND key IN ({keys})"
+# Mark the jobs depended on (so that their end is followed) and read their state.
+_SQL_DEPENDED_ON = """
+UPDATE saqlite_jobs SET dependents = 1 WHERE queue = ? AND key IN ({keys})
+RETURNING key, status, ttl
+"""
+_SQL_LINK = (
+    "INSERT INTO saqlite_dependencies (queue, key, depends_on, allow_failed, done) VALUES {rows}"
+)
+_SQL_BLOCK = (
+    _rows_named(("key", "waiting"))
+    + f"UPDATE saqlite_jobs SET waiting = v.waiting, run_at = run_at + {_BLOCKED_S} FROM v"
+    " WHERE saqlite_jobs.queue = ? AND saqlite_jobs.key = v.key"
+)
+
+
+def _link_steps(queue: str, jobs: list[Job]) -> _Steps[None]:
+    """Link just inserted jobs to their dependencies: a dependency must be in the
+    queue (here or just inserted), and not FAILED or ABORTED unless the job allows
+    it; the jobs with dependencies yet to end wait for them (see _BLOCKED_S)."""
+    jobs = [job for job in jobs if job.depends_on]
+    keys = [job.key for job in jobs]
+    for chunk in _chunks(keys, _ROWS_PER_STATEMENT):
+        yield _SQL_UNLINK.format(keys=_placeholders(len(chunk))), [queue, *chunk]
+    wanted = list({key: None for job in jobs for key in t.cast("list[str]", job.depends_on)})
+    found: dict[str, tuple[Status, int]] = {}
+    for chunk in _chunks(wanted, _ROWS_PER_STATEMENT):
+        rows = yield _SQL_DEPENDED_ON.format(keys=_placeholders(len(chunk))), [queue, *chunk]
+        found.update((key, (Status(status), ttl)) for key, status, ttl in rows)
+    edges: list[tuple[t.Any, ...]] = []
+    blocked: list[tuple[str, int]] = []
+    for job in jobs:
+        waiting = 0
+        for dependency in t.cast("list[str]", job.depends_on):
+            done = _dependency_done(queue, job, dependency, found.get(dependency))
+            waiting += not done
+            edges.append((queue, job.key, dependency, job.allow_failed_dependencies, done))
+        if waiting:
+            blocked.append((job.key, waiting))
+    for edge_chunk in _chunks(edges, _ROWS_PER_STATEMENT):
+        sql = _SQL_LINK.format(rows=_row_placeholders(len(edge_chunk), 5))
+        yield sql, [value for edge in edge_chunk for value in edge]
+    for blocked_chunk in _chunks(blocked, _ROWS_PER_STATEMENT):
+        sql = _SQL_BLOCK.format(rows=_row_placeholders(len(blocked_chunk), 2))
+        yield sql, [*(value for row in blocked_chunk for value in row), queue]
+
+
+def _dependency_done(queue: str, job: Job, key: str, found: t.Optional[tuple[Status, int]]) -> bool:
+    """Whether a dependency already ended as ``job`` needs; raise if it never can."""
+    if found is None:
+        raise ValueError(
+            f"Job {job.key!r} depends on {key!r}, which is not in queue {queue!r} (never "
+            "enqueued, or deleted after its ttl): enqueue it first, or in the same enqueue_many"
+        )
+    status, ttl = found
+    if ttl == -1:
+        raise ValueError(
+            f"Job {job.key!r} depends on {key!r}, whose ttl=-1 deletes it as it ends, so "
+            f"{job.key!r} could not see it end: give {key!r} a ttl of 0 (keep) or more"
+        )
+    if status in UNSUCCESSFUL_TERMINAL_STATUSES and not job.allow_failed_dependencies:
+        raise ValueError(
+            f"Job {job.key!r} depends on {key!r}, which ended {status}: retry {key!r} "
+            "first, or give allow_failed_dependencies=True to run anyway"
+        )
+    return status in TERMINAL_STATUSES
 
 
 def _isolated(
@@ -3127,12 +3433,6 @@ def _succeeded(outcomes: list[_Outcome]) -> list[bool]:
         if isinstance(outcome, Exception):
             raise outcome
     return t.cast("list[bool]", outcomes)
-
-
-def _all_or_none(steps: _Steps[list[_Outcome]]) -> _Steps[list[bool]]:
-    """``steps``, raising the first item's failure inside them (in a transaction, so
-    that it is rolled back)."""
-    return _succeeded((yield from steps))
 
 
 def _write_item(
@@ -3183,7 +3483,7 @@ _SQL_WRITE_JOBS = (
         for c in _JOB_COLUMNS
         if c not in ("queue", "key")
     )
-    + f" FROM v WHERE {_GUARD} RETURNING saqlite_jobs.key"
+    + f" FROM v WHERE {_GUARD} RETURNING saqlite_jobs.key, saqlite_jobs.dependents"
 )
 # A worker's finish: only the fields a finish changes, so the job is not serialised
 # again (see Queue._finish). Guarded like _SQL_WRITE_JOBS.
@@ -3193,13 +3493,13 @@ _SQL_FINISH_JOBS = (
     _rows_named(_FINISH_WRITE_COLUMNS)
     + "UPDATE saqlite_jobs SET "
     + ", ".join(f"{c} = v.{c}" for c in _FINISH_COLUMNS)
-    + f" FROM v WHERE {_GUARD} RETURNING saqlite_jobs.key"
+    + f" FROM v WHERE {_GUARD} RETURNING saqlite_jobs.key, saqlite_jobs.dependents"
 )
 _DELETE_COLUMNS = ("queue", "key", *_GUARD_COLUMNS)
 _SQL_DELETE_JOBS = (
     _rows_named(_DELETE_COLUMNS) + "DELETE FROM saqlite_jobs WHERE rowid IN ("
     f" SELECT saqlite_jobs.rowid FROM saqlite_jobs JOIN v ON {_GUARD}"
-    ") RETURNING key"
+    ") RETURNING key, dependents"
 )
 
 # A write by key, as SAQ's: the last writer wins. The columns a claim owns (status,
@@ -3226,13 +3526,13 @@ _SQL_SET_JOBS = (
         for c in _JOB_COLUMNS
         if c not in ("queue", "key")
     )
-    + f" FROM v WHERE {_LEASE_GUARD} RETURNING saqlite_jobs.key"
+    + f" FROM v WHERE {_LEASE_GUARD} RETURNING saqlite_jobs.key, saqlite_jobs.dependents"
 )
 _REMOVE_COLUMNS = (*_LEASE_COLUMNS, "queue", "key")
 _SQL_REMOVE_JOBS = (
     _rows_named(_REMOVE_COLUMNS) + "DELETE FROM saqlite_jobs WHERE rowid IN ("
     f" SELECT saqlite_jobs.rowid FROM saqlite_jobs JOIN v ON {_LEASE_GUARD}"
-    ") RETURNING key"
+    ") RETURNING key, dependents"
 )
 
 #: Each kind of write: its statement, and the columns of its rows.
@@ -3248,9 +3548,12 @@ _KEY_INDEX = {kind: columns.index("key") for kind, (_, columns) in _WRITES.items
 _KEPT_COLUMN_INDEXES = tuple(_JOB_COLUMNS.index(name) for name in _KEPT_UNLESS_SET)
 
 
-def _write_steps(items: list[tuple[str, tuple[t.Any, ...]]]) -> _Steps[list[_Outcome]]:
+def _write_steps(
+    items: list[tuple[str, tuple[t.Any, ...]]], depended_on: t.Optional[list[str]] = None
+) -> _Steps[list[_Outcome]]:
     """Apply guarded writes; for each, whether the job was still as expected, or the
-    exception that kept that write out (the others are written: see _isolated).
+    exception that kept that write out (the others are written: see _isolated). The
+    keys written of jobs that others depend on go in ``depended_on``.
 
     A job written twice in one batch (e.g. a progress update, then its finish) is
     written in order, by splitting the batch where a key repeats.
@@ -3281,7 +3584,10 @@ def _write_steps(items: list[tuple[str, tuple[t.Any, ...]]]) -> _Steps[list[_Out
 
             kind_failed: dict[int, Exception] = {}
             found = yield from _isolated(statement, indexes, 0, len(indexes), kind_failed)
-            written.update(key for (key,) in found)
+            for key, dependents in found:
+                written.add(key)
+                if dependents and depended_on is not None:
+                    depended_on.append(key)
             failed.update((indexes[i], exc) for i, exc in kind_failed.items())
         done.extend(failed.get(i, _written_key(items[i]) in written) for i in range(start, end))
         start = end
@@ -4280,6 +4586,8 @@ async def _call(
 
 _JOB_DEFAULTS = tuple((field.name, field.default) for field in dataclasses.fields(Job))
 _JOB_FIELD_NAMES = frozenset(name for name, _ in _JOB_DEFAULTS)
+#: Fields an update may not change: the dependencies are linked when a job is stored.
+_ENQUEUE_ONLY_FIELDS = frozenset({"depends_on", "allow_failed_dependencies"})
 #: The fields of a job its columns give on load, between data, status and result.
 _LOADED_FIELDS = tuple(_LOAD_COLUMNS.split(", ")[2:-1])
 _INFO_FULL_ONLY = frozenset({"kwargs", "result", "error", "status", "progress", "meta"})
@@ -4328,6 +4636,8 @@ class _Codec:
                 f"{job.info()} belongs to queue {job.queue.name!r}, not {self.queue.name!r}"
             )
         _check_job_options(job)
+        if job.depends_on or job.allow_failed_dependencies is not False:
+            _check_dependencies(job, self.queue.name)
         job.queue = self.queue
         job.queued = now()
         job.status = Status.QUEUED
