@@ -257,8 +257,6 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (  # version 4 (issue 12: dependencies; the lead renumbers it on merge)
         # (A migration records what was applied: it spells statuses out, where code
         # uses the status groups.)
-        # How many of a job's dependencies have not ended as it needs (see _BLOCKED_S).
-        "ALTER TABLE saqlite_jobs ADD COLUMN waiting INTEGER NOT NULL DEFAULT 0",
         # 1 once a job names this one in its depends_on: only such a job's end is followed.
         "ALTER TABLE saqlite_jobs ADD COLUMN dependents INTEGER NOT NULL DEFAULT 0",
         # The dependency whose failure aborted this job: retrying it revives this job.
@@ -278,33 +276,67 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (queue, key, depends_on)
         ) WITHOUT ROWID
         """,
+        # (allow_failed in it too: without it, SQLite prefers to scan the queue's edges.)
         """
         CREATE INDEX saqlite_dependencies_dependents
-        ON saqlite_dependencies (queue, depends_on, done)
+        ON saqlite_dependencies (queue, depends_on, done, allow_failed)
+        """,
+        # How many of a job's dependencies have yet to end as it needs: a row of its own,
+        # small, since a change to a job's row rewrites all of it (its data too, which
+        # for a fan-in names every dependency).
+        """
+        CREATE TABLE saqlite_waiting (
+            queue   TEXT    NOT NULL,
+            key     TEXT    NOT NULL,
+            waiting INTEGER NOT NULL,
+            PRIMARY KEY (queue, key)
+        ) WITHOUT ROWID
+        """,
+        # The last one ended: the job's run_at comes back (see _BLOCKED_S).
+        f"""
+        CREATE TRIGGER saqlite_waiting_over AFTER UPDATE OF waiting ON saqlite_waiting
+        WHEN NEW.waiting = 0
+        BEGIN
+            UPDATE saqlite_jobs SET run_at = MAX(run_at - {_BLOCKED_S}, {_SQL_NOW})
+            WHERE queue = NEW.queue AND key = NEW.key AND run_at >= {_BLOCKED_S};
+        END
         """,
         # A dependency ends: each dependent it lets through counts one less to wait for,
-        # and the last one brings its run_at back, in the transaction of that end. The
-        # cost is that job's own dependents; a job nobody depends on stops at WHEN.
-        f"""
-        CREATE TRIGGER saqlite_dependency_ended AFTER UPDATE OF status ON saqlite_jobs
-        WHEN NEW.dependents AND NEW.status IN ('complete', 'failed', 'aborted')
+        # in the transaction of that end. The cost is that job's own dependents; a job
+        # nobody depends on stops at WHEN.
+        # (Two triggers, COMPLETE and not, so that each query is plain equalities that
+        # the index serves; an OR in them makes SQLite scan the queue's edges.)
+        """
+        CREATE TRIGGER saqlite_dependency_completed AFTER UPDATE OF status ON saqlite_jobs
+        WHEN NEW.dependents AND NEW.status = 'complete'
             AND OLD.status NOT IN ('complete', 'failed', 'aborted')
         BEGIN
-            UPDATE saqlite_jobs SET waiting = waiting - 1, run_at = CASE
-                WHEN waiting = 1 AND run_at >= {_BLOCKED_S}
-                THEN MAX(run_at - {_BLOCKED_S}, {_SQL_NOW}) ELSE run_at END
-            WHERE queue = NEW.queue AND waiting > 0 AND key IN (
+            UPDATE saqlite_waiting SET waiting = waiting - 1
+            WHERE queue = NEW.queue AND key IN (
+                SELECT key FROM saqlite_dependencies
+                WHERE queue = NEW.queue AND depends_on = NEW.key AND done = 0);
+            UPDATE saqlite_dependencies SET done = 1
+            WHERE queue = NEW.queue AND depends_on = NEW.key AND done = 0;
+        END
+        """,
+        """
+        CREATE TRIGGER saqlite_dependency_ended AFTER UPDATE OF status ON saqlite_jobs
+        WHEN NEW.dependents AND NEW.status IN ('failed', 'aborted')
+            AND OLD.status NOT IN ('complete', 'failed', 'aborted')
+        BEGIN
+            UPDATE saqlite_waiting SET waiting = waiting - 1
+            WHERE queue = NEW.queue AND key IN (
                 SELECT key FROM saqlite_dependencies
                 WHERE queue = NEW.queue AND depends_on = NEW.key AND done = 0
-                  AND (allow_failed OR NEW.status = 'complete'));
+                  AND allow_failed = 1);
             UPDATE saqlite_dependencies SET done = 1
-            WHERE queue = NEW.queue AND depends_on = NEW.key AND done = 0
-              AND (allow_failed OR NEW.status = 'complete');
+            WHERE queue = NEW.queue AND depends_on = NEW.key AND done = 0 AND allow_failed = 1;
         END
         """,
         # A dependency ends FAILED or ABORTED: its waiting dependents are aborted, and
         # theirs, transitively (unless allow_failed), naming the dependency they lost.
-        # (A trigger does not fire itself again: the recursion is the query's.)
+        # (A trigger does not fire itself again: the recursion is the query's; the one
+        # above does fire for each job aborted here.)
         f"""
         CREATE TRIGGER saqlite_dependency_failed AFTER UPDATE OF status ON saqlite_jobs
         WHEN NEW.dependents AND NEW.status IN ('failed', 'aborted')
@@ -318,17 +350,17 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
                     SELECT key, printf('dependency %s ended %s', quote(NEW.key), NEW.status)
                     FROM saqlite_dependencies
                     WHERE queue = NEW.queue AND depends_on = NEW.key AND done = 0
-                      AND NOT allow_failed
+                      AND allow_failed = 0
                     UNION
                     SELECT edge.key, printf('dependency %s ended aborted', quote(lost.key))
                     FROM lost JOIN saqlite_dependencies AS edge
                       ON edge.queue = NEW.queue AND edge.depends_on = lost.key
-                    WHERE edge.done = 0 AND NOT edge.allow_failed
+                    WHERE edge.done = 0 AND edge.allow_failed = 0
                 )
                 SELECT key, MIN(error) AS error FROM lost GROUP BY key
             ) AS lost
             WHERE saqlite_jobs.queue = NEW.queue AND saqlite_jobs.key = lost.key
-              AND saqlite_jobs.status = 'queued' AND saqlite_jobs.waiting > 0;
+              AND saqlite_jobs.status = 'queued' AND saqlite_jobs.run_at >= {_BLOCKED_S};
         END
         """,
         # The failed dependency is retried: the jobs its failure aborted wait again
@@ -348,6 +380,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         CREATE TRIGGER saqlite_dependencies_deleted AFTER DELETE ON saqlite_jobs
         BEGIN
             DELETE FROM saqlite_dependencies WHERE queue = OLD.queue AND key = OLD.key;
+            DELETE FROM saqlite_waiting WHERE queue = OLD.queue AND key = OLD.key;
         END
         """,
     ),
@@ -648,7 +681,7 @@ class Job:
     # saqlite only (SAQ's Job has no such fields): the jobs or keys of this queue that
     # must end COMPLETE before this job runs, and whether it runs anyway when one of
     # them ends FAILED or ABORTED (else it is aborted, naming that dependency).
-    depends_on: list[t.Union[str, Job]] = dataclasses.field(default_factory=list)
+    depends_on: Sequence[t.Union[str, Job]] = dataclasses.field(default_factory=list)
     allow_failed_dependencies: bool = False
 
     def __post_init__(self) -> None:
@@ -1020,6 +1053,7 @@ class Queue:
         self._before_enqueues: dict[int, BeforeEnqueueType] = {}
         self._inserts = _Batcher(self._insert_rows)
         self._writes = _Batcher(self._write_rows)
+        self._result_reads = _Batcher(self._read_results)
         self._wakeup = _Wakeup(self)
         self.worst_lock_wait = 0.0  # seconds: the longest a statement waited for the file
         self.started = now()
@@ -1103,6 +1137,7 @@ class Queue:
             return
         await self._inserts.drain()
         await self._writes.drain()
+        await self._result_reads.drain()
         await self._wakeup.close()
         self._conn = None
         await conn.close()
@@ -1188,12 +1223,16 @@ class Queue:
     """
 
     async def _dependency_results(self, job: Job) -> dict[str, t.Any]:
-        """Each of a job's dependencies' key: its result (None if it is gone)."""
-        keys = _dependency_keys(job)
-        return {
-            key: None if found is None else found.result
-            for key, found in zip(keys, await self.jobs(keys))
-        }
+        """Each of a job's dependencies' key: its result (None if it is gone). The
+        jobs a worker starts together read them in one statement."""
+        return await self._result_reads.submit(_dependency_keys(job))
+
+    async def _read_results(
+        self, wanted: list[list[str]]
+    ) -> list[t.Union[dict[str, t.Any], Exception]]:
+        keys = list({key: None for keys in wanted for key in keys})
+        found = await self._drive(_results_steps(self, keys))
+        return [{key: found[key] for key in keys} for keys in wanted]
 
     async def iter_jobs(
         self, statuses: Iterable[Status] = tuple(Status), batch_size: int = 100
@@ -3245,7 +3284,7 @@ _SQL_INSERT_JOBS = (
     + ", ".join(f"COALESCE(run_at, {_SQL_NOW})" if c == "run_at" else c for c in _JOB_COLUMNS)
     + " FROM v WHERE true ON CONFLICT (queue, key) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in _JOB_COLUMNS[2:])
-    + ", deaths = 0, waiting = 0, aborted_by = NULL"
+    + ", deaths = 0, aborted_by = NULL"
     + f" WHERE saqlite_jobs.status IN {_FINISHED_SQL} RETURNING key"
 )
 
@@ -3320,7 +3359,11 @@ def _check_graph(jobs: list[Job]) -> None:
     )
 
 
-_SQL_UNLINK = "DELETE FROM saqlite_dependencies WHERE queue = ? AND key IN ({keys})"
+# A job enqueued again under a finished one's key: the old job's links go.
+_SQL_UNLINK = (
+    "DELETE FROM saqlite_dependencies WHERE queue = ? AND key IN ({keys})",
+    "DELETE FROM saqlite_waiting WHERE queue = ? AND key IN ({keys})",
+)
 # Mark the jobs depended on (so that their end is followed) and read their state.
 _SQL_DEPENDED_ON = """
 UPDATE saqlite_jobs SET dependents = 1 WHERE queue = ? AND key IN ({keys})
@@ -3329,10 +3372,9 @@ RETURNING key, status, ttl
 _SQL_LINK = (
     "INSERT INTO saqlite_dependencies (queue, key, depends_on, allow_failed, done) VALUES {rows}"
 )
+_SQL_WAIT = "INSERT INTO saqlite_waiting (queue, key, waiting) VALUES {rows}"
 _SQL_BLOCK = (
-    _rows_named(("key", "waiting"))
-    + f"UPDATE saqlite_jobs SET waiting = v.waiting, run_at = run_at + {_BLOCKED_S} FROM v"
-    " WHERE saqlite_jobs.queue = ? AND saqlite_jobs.key = v.key"
+    f"UPDATE saqlite_jobs SET run_at = run_at + {_BLOCKED_S} WHERE queue = ? AND key IN ({{keys}})"
 )
 
 
@@ -3343,14 +3385,15 @@ def _link_steps(queue: str, jobs: list[Job]) -> _Steps[None]:
     jobs = [job for job in jobs if job.depends_on]
     keys = [job.key for job in jobs]
     for chunk in _chunks(keys, _ROWS_PER_STATEMENT):
-        yield _SQL_UNLINK.format(keys=_placeholders(len(chunk))), [queue, *chunk]
+        for sql in _SQL_UNLINK:
+            yield sql.format(keys=_placeholders(len(chunk))), [queue, *chunk]
     wanted = list({key: None for job in jobs for key in t.cast("list[str]", job.depends_on)})
     found: dict[str, tuple[Status, int]] = {}
     for chunk in _chunks(wanted, _ROWS_PER_STATEMENT):
         rows = yield _SQL_DEPENDED_ON.format(keys=_placeholders(len(chunk))), [queue, *chunk]
         found.update((key, (Status(status), ttl)) for key, status, ttl in rows)
     edges: list[tuple[t.Any, ...]] = []
-    blocked: list[tuple[str, int]] = []
+    waits: list[tuple[str, str, int]] = []
     for job in jobs:
         waiting = 0
         for dependency in t.cast("list[str]", job.depends_on):
@@ -3358,13 +3401,16 @@ def _link_steps(queue: str, jobs: list[Job]) -> _Steps[None]:
             waiting += not done
             edges.append((queue, job.key, dependency, job.allow_failed_dependencies, done))
         if waiting:
-            blocked.append((job.key, waiting))
-    for edge_chunk in _chunks(edges, _ROWS_PER_STATEMENT):
-        sql = _SQL_LINK.format(rows=_row_placeholders(len(edge_chunk), 5))
-        yield sql, [value for edge in edge_chunk for value in edge]
-    for blocked_chunk in _chunks(blocked, _ROWS_PER_STATEMENT):
-        sql = _SQL_BLOCK.format(rows=_row_placeholders(len(blocked_chunk), 2))
-        yield sql, [*(value for row in blocked_chunk for value in row), queue]
+            waits.append((queue, job.key, waiting))
+    for rows, sql, width in ((edges, _SQL_LINK, 5), (waits, _SQL_WAIT, 3)):
+        for row_chunk in _chunks(rows, _ROWS_PER_STATEMENT):
+            yield (
+                sql.format(rows=_row_placeholders(len(row_chunk), width)),
+                [value for row in row_chunk for value in row],
+            )
+    blocked = [key for _, key, _ in waits]
+    for keys_chunk in _chunks(blocked, _ROWS_PER_STATEMENT):
+        yield _SQL_BLOCK.format(keys=_placeholders(len(keys_chunk))), [queue, *keys_chunk]
 
 
 def _dependency_done(queue: str, job: Job, key: str, found: t.Optional[tuple[Status, int]]) -> bool:
@@ -3611,6 +3657,21 @@ def _jobs_steps(queue: Queue, keys: list[str]) -> _Steps[list[t.Optional[Job]]]:
         for row in rows:
             found[row[0]] = queue._codec.job(row[1:])
     return [found.get(key) for key in keys]
+
+
+_SQL_GET_RESULTS = "SELECT key, result FROM saqlite_jobs WHERE queue = ? AND key IN ({keys})"
+
+
+def _results_steps(queue: Queue, keys: list[str]) -> _Steps[dict[str, t.Any]]:
+    """The results of these jobs by key, in order (None for a job that is gone)."""
+    results: dict[str, t.Any] = dict.fromkeys(keys)
+    load = queue._codec.load
+    for chunk in _chunks(keys, _ROWS_PER_STATEMENT):
+        rows = yield _SQL_GET_RESULTS.format(keys=_placeholders(len(chunk))), [queue.name, *chunk]
+        results.update(
+            (key, None if result is None else load(result)["result"]) for key, result in rows
+        )
+    return results
 
 
 _SQL_GET_STATUSES = "SELECT key, status FROM saqlite_jobs WHERE queue = ? AND key IN ({keys})"
