@@ -4764,7 +4764,8 @@ if __name__ == "__main__":
 # Besides the public API, the tooling uses these internals, and only these:
 #   Queue._fetch (one statement), Queue._retry (a guarded retry), Queue._codec
 #   (dump, load, a job from _LOAD_COLUMNS); _LOAD_COLUMNS, the status groups
-#   (_RUNNING_STATUSES, _FINISHED_STATUSES, _RUNNING_SQL), _alive, _seconds;
+#   (_RUNNING_STATUSES, _FINISHED_STATUSES, _RUNNING_SQL), _alive, _seconds,
+#   _BLOCKED_S (the run_at of a job waiting on dependencies);
 #   the command line's _OpsError, _load_settings, _configure_logging, _OPS_COMMANDS,
 #   _SETTINGS_HELP, _VERBOSE_HELP, and _EXTRAS, which it fills with a _CommandLineExtras.
 # #############################################################################
@@ -5549,13 +5550,87 @@ async def _one_job(store: _Store, ref: str, queue: t.Optional[str]) -> Job:
     return jobs[0]
 
 
+# A job's links: the jobs it depends on, and those that depend on it (at most
+# _LINKS_SHOWN of each), with their statuses (NULL: deleted since).
+_SQL_OPS_DEPENDENCIES = """
+SELECT edge.depends_on, job.status FROM saqlite_dependencies AS edge
+LEFT JOIN saqlite_jobs AS job ON job.queue = edge.queue AND job.key = edge.depends_on
+WHERE edge.queue = :queue AND edge.key = :key ORDER BY edge.depends_on LIMIT :limit
+"""
+_SQL_OPS_DEPENDENTS = """
+SELECT edge.key, job.status FROM saqlite_dependencies AS edge
+LEFT JOIN saqlite_jobs AS job ON job.queue = edge.queue AND job.key = edge.key
+WHERE edge.queue = :queue AND edge.depends_on = :key ORDER BY edge.key LIMIT :limit
+"""
+_LINKS_SHOWN = 1000
+
+
+async def _job_links(job: Job) -> dict[str, list[dict[str, t.Optional[str]]]]:
+    """The jobs ``job`` depends on and those that depend on it, each with its status."""
+    queue = job.get_queue()
+    params = {"queue": queue.name, "key": job.key, "limit": _LINKS_SHOWN}
+    links = {}
+    for name, sql in (("dependencies", _SQL_OPS_DEPENDENCIES), ("dependents", _SQL_OPS_DEPENDENTS)):
+        rows = await queue._fetch(sql, params)
+        links[name] = [{"key": key, "status": status} for key, status in rows]
+    return links
+
+
+# The jobs linked to one through dependencies, either way, at most _PIPELINE_SHOWN.
+_SQL_OPS_PIPELINE = """
+WITH RECURSIVE linked(key) AS (
+    SELECT :key
+    UNION
+    SELECT edge.depends_on FROM linked JOIN saqlite_dependencies AS edge
+      ON edge.queue = :queue AND edge.key = linked.key
+    UNION
+    SELECT edge.key FROM linked JOIN saqlite_dependencies AS edge
+      ON edge.queue = :queue AND edge.depends_on = linked.key
+    LIMIT :limit
+)
+SELECT linked.key, job.status, edge.depends_on FROM linked
+LEFT JOIN saqlite_jobs AS job ON job.queue = :queue AND job.key = linked.key
+LEFT JOIN saqlite_dependencies AS edge ON edge.queue = :queue AND edge.key = linked.key
+"""
+_PIPELINE_SHOWN = 100
+
+
+class _PipelineNode(t.NamedTuple):
+    status: t.Optional[str]  # None: deleted
+    depends_on: list[str]
+
+
+async def _pipeline(job: Job) -> dict[str, _PipelineNode]:
+    """The jobs linked to ``job`` by dependencies, each with its status and its own."""
+    queue = job.get_queue()
+    params = {"queue": queue.name, "key": job.key, "limit": _PIPELINE_SHOWN}
+    nodes: dict[str, _PipelineNode] = {}
+    for key, status, dependency in await queue._fetch(_SQL_OPS_PIPELINE, params):
+        node = nodes.setdefault(key, _PipelineNode(status, []))
+        if dependency is not None:
+            node.depends_on.append(dependency)
+    return nodes
+
+
+def _format_links(links: dict[str, list[dict[str, t.Optional[str]]]]) -> str:
+    lines = []
+    for name, linked in links.items():
+        if linked:
+            lines += [f"\n{name}:"] + [
+                f"  {link['status'] or 'deleted':<9} {_clean(str(link['key']), one_line=True)}"
+                for link in linked
+            ]
+    return "\n".join(lines)
+
+
 def _cmd_job(args: argparse.Namespace) -> int:
     async def action(store: _Store) -> int:
         job = await _one_job(store, args.key, args.queue)
+        links = await _job_links(job)
         if args.json:
-            _print_json(_job_json(job))
+            _print_json({**_job_json(job), **links})
         else:
-            print(_format_job(job))
+            print(_format_job(job) + _format_links(links))
         return 0
 
     return _run_on_store(args.file, action)
@@ -5685,6 +5760,14 @@ SELECT EXISTS (
     SELECT 1 FROM saqlite_jobs WHERE queue = :queue AND status = 'queued' AND run_at <= :now
 )
 """
+# The jobs aborted because a job this burst ran failed (they never ran themselves).
+_SQL_OPS_BURST_LOST = """
+SELECT key, status, error FROM saqlite_jobs
+WHERE queue = :queue AND status = 'aborted' AND aborted_by IN (
+    SELECT key FROM saqlite_jobs
+    WHERE queue = :queue AND worker_id = :worker_id AND status IN ('failed', 'aborted'))
+ORDER BY completed
+"""
 # What a burst leaves behind: waiting jobs but for the cron jobs a worker schedules.
 _SQL_OPS_BURST_PENDING = """
 SELECT key, function, run_at FROM saqlite_jobs
@@ -5733,7 +5816,7 @@ def _cmd_burst(args: argparse.Namespace) -> int:
                 await worker.stop()
                 return
 
-    async def run() -> tuple[list[t.Any], list[t.Any]]:
+    async def run() -> tuple[list[t.Any], list[t.Any], list[t.Any]]:
         working = asyncio.create_task(worker.start())
         watcher = asyncio.create_task(watch())
         try:
@@ -5750,17 +5833,20 @@ def _cmd_burst(args: argparse.Namespace) -> int:
         try:
             params = {"queue": queue.name, "worker_id": worker.id}
             failures = await queue._fetch(_SQL_OPS_WORKER_FAILURES, params)
-            return failures, await queue._fetch(_SQL_OPS_BURST_PENDING, {"queue": queue.name})
+            lost = await queue._fetch(_SQL_OPS_BURST_LOST, params)
+            pending = await queue._fetch(_SQL_OPS_BURST_PENDING, {"queue": queue.name})
+            return failures, lost, pending
         finally:
             await queue.disconnect()
 
     started = time.monotonic()
-    failures, pending = asyncio.run(run())
+    failures, lost, pending = asyncio.run(run())
+    failures += lost
     progress.update(*detail())
     progress.close()
     seconds = time.monotonic() - started
-    done = queue.complete + queue.failed + queue.aborted
-    failed = bool(queue.failed or queue.aborted)
+    done = queue.complete + queue.failed + queue.aborted + len(lost)
+    failed = bool(queue.failed or queue.aborted or lost)
     left = bool(pending) and not (args.allow_pending or args.max_jobs is not None)
     if args.json:
         _print_json(
@@ -5769,14 +5855,14 @@ def _cmd_burst(args: argparse.Namespace) -> int:
                 "jobs": done,
                 "complete": queue.complete,
                 "failed": queue.failed,
-                "aborted": queue.aborted,
+                "aborted": queue.aborted + len(lost),
+                "aborted_by_dependency": len(lost),
                 "retried": queue.retried,
                 "pending": len(pending),
                 "seconds": round(seconds, 3),
                 "failures": [{"key": k, "status": s, "error": e} for k, s, e in failures],
                 "pending_jobs": [
-                    {"key": k, "function": f, "due": _fmt_time(due * 1000)}
-                    for k, f, due in pending[:100]
+                    {"key": k, "function": f, "due": _fmt_due(due)} for k, f, due in pending[:100]
                 ],
             }
         )
@@ -5787,18 +5873,25 @@ def _cmd_burst(args: argparse.Namespace) -> int:
             print(f"... and {len(failures) - 20} more", file=sys.stderr)
         for key, function, due in pending[:20]:
             print(
-                f"pending {_clean(key)} ({_clean(function)}): due {_fmt_time(due * 1000)}",
+                f"pending {_clean(key)} ({_clean(function)}): due {_fmt_due(due)}",
                 file=sys.stderr,
             )
         if len(pending) > 20:
             print(f"... and {len(pending) - 20} more pending", file=sys.stderr)
         verdict = "FAILED" if failed else "PENDING" if left else "ok"
+        by_dependency = f" ({len(lost)} by a failed dependency)" if lost else ""
         print(
             f"burst {verdict} on {_clean(queue.path)}: {done} job{'' if done == 1 else 's'} in "
             f"{seconds:.2f} s: {queue.complete} complete, {queue.failed} failed, "
-            f"{queue.aborted} aborted, {queue.retried} retried, {len(pending)} pending"
+            f"{queue.aborted + len(lost)} aborted{by_dependency}, "
+            f"{queue.retried} retried, {len(pending)} pending"
         )
     return 1 if failed or left else 0
+
+
+def _fmt_due(run_at: float) -> str:
+    """When a waiting job is due: its time, or that it waits on dependencies."""
+    return "after its dependencies" if run_at >= _BLOCKED_S else _fmt_time(run_at * 1000)
 
 
 def _cmd_web(args: argparse.Namespace) -> int:
@@ -6260,6 +6353,12 @@ form.filters{display:flex;gap:.6em;align-items:end;margin-bottom:.8em;flex-wrap:
 progress{width:16em}.paging{display:flex;gap:1em}
 div.facts{display:flex;gap:1em;flex-wrap:wrap;align-items:flex-start}
 table.facts{width:auto;flex:1;min-width:24em}table.facts th{width:8em}
+svg.pipeline{background:#fff;border:1px solid #e3e6eb;max-width:100%}
+svg.pipeline rect{fill:#e3e6eb;stroke:#9aa3b2}svg.pipeline rect.this{stroke:#222;stroke-width:2}
+svg.pipeline rect.complete{fill:#d3f2dc}svg.pipeline rect.failed{fill:#f8d4d4}
+svg.pipeline rect.aborted,svg.pipeline rect.aborting{fill:#f7e5c8}
+svg.pipeline rect.active{fill:#d6e6fb}svg.pipeline line{stroke:#9aa3b2}
+svg.pipeline text{font-size:12px}
 """
 
 # Refreshes <main> in place every few seconds while the page is open and the box
@@ -6696,6 +6795,9 @@ auto-refresh</label>
                 sections.append(f'<h2>{name}</h2><pre class="{name.lower()}">{_e(text)}</pre>')
         if job.error:
             sections.append(f'<h2>Error</h2><pre class="error">{_e(_capped(job.error))}</pre>')
+        pipeline = await _pipeline(job)
+        if len(pipeline) > 1:
+            sections.append(f"<h2>Pipeline</h2>{self._pipeline_svg(request, db, job, pipeline)}")
         progress = max(0.0, min(float(job.progress or 0), 1.0))
         body = f"""{f'<p class="notice">{_e(notice)}</p>' if notice else ""}
 <h2>Job {_e(job.key)} {_status_html(job.status, "status")}</h2>
@@ -6703,6 +6805,59 @@ auto-refresh</label>
 <p>Progress <progress max="1" value="{progress:.4f}"></progress> {progress * 100:.0f}%</p>
 <div class="facts">{tables}</div>{"".join(sections)}"""
         return self._render(request, nonce, f"Job {job.key}", body)
+
+    def _pipeline_svg(
+        self, request: _WebRequest, db: int, job: Job, pipeline: dict[str, _PipelineNode]
+    ) -> str:
+        """The jobs linked to ``job`` as a graph: a column per depth, each job a box
+        (coloured by status, a link to its page), a line from each dependency to its
+        dependents."""
+        depth: dict[str, int] = {}
+
+        def depth_of(key: str, seen: frozenset[str] = frozenset()) -> int:
+            if key not in depth:
+                before = [d for d in pipeline[key].depends_on if d in pipeline and d not in seen]
+                depth[key] = 1 + max((depth_of(d, seen | {key}) for d in before), default=-1)
+            return depth[key]
+
+        columns: dict[int, list[str]] = {}
+        for key in sorted(pipeline):
+            columns.setdefault(depth_of(key), []).append(key)
+        width, height, gap_x, gap_y = 150, 24, 60, 12
+        where = {
+            key: (x * (width + gap_x) + 10, y * (height + gap_y) + 10)
+            for x, keys in columns.items()
+            for y, key in enumerate(keys)
+        }
+        lines = [
+            f'<line x1="{where[d][0] + width}" y1="{where[d][1] + height // 2}" '
+            f'x2="{x}" y2="{y + height // 2}"/>'
+            for key, (x, y) in where.items()
+            for d in pipeline[key].depends_on
+            if d in where
+        ]
+        boxes = []
+        for key, (x, y) in where.items():
+            status = pipeline[key].status
+            classes = f"{status or 'deleted'}{' this' if key == job.key else ''}"
+            url = self._url(request, "/job", db=db, queue=job.get_queue().name, key=key)
+            label = key if len(key) <= 20 else key[:19] + "…"
+            boxes.append(
+                f'<a href="{_e(url)}"><title>{_e(key)}: {_e(status or "deleted")}</title>'
+                f'<rect class="{_e(classes)}" x="{x}" y="{y}" width="{width}" '
+                f'height="{height}" rx="4"/><text x="{x + 6}" y="{y + 16}">{_e(label)}</text></a>'
+            )
+        total_w = max(x for x, _ in where.values()) + width + 10
+        total_h = max(y for _, y in where.values()) + height + 10
+        more = (
+            f'<p class="muted">The first {_PIPELINE_SHOWN} jobs of the pipeline.</p>'
+            if len(pipeline) >= _PIPELINE_SHOWN
+            else ""
+        )
+        return (
+            f'<svg class="pipeline" id="pipeline" width="{total_w}" height="{total_h}" '
+            f'viewBox="0 0 {total_w} {total_h}">{"".join(lines)}{"".join(boxes)}</svg>{more}'
+        )
 
     async def _change(self, request: _WebRequest, nonce: str) -> _WebResponse:
         params = request.form()

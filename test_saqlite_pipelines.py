@@ -6,6 +6,8 @@ Real files, real workers; the last tests run worker processes from the command l
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -429,3 +431,129 @@ def test_the_statements_run_as_a_job_ends_find_its_own_dependents_through_indexe
                 plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {statement}")]
                 assert not [step for step in plan if step.startswith("SCAN saqlite")], plan
                 assert not [step for step in plan if "PRIMARY KEY (queue=?)" in step], plan
+
+
+# =============================================================================
+# The README's pipeline runs as printed
+# =============================================================================
+
+
+def test_the_readme_ci_pipeline_runs_as_printed(tmp_path: Path) -> None:
+    text = (HERE / "README.md").read_text()
+    blocks = [block.split("```", 1)[0] for block in text.split("```python\n")[1:]]
+    (example,) = [block for block in blocks if "depends_on" in block]
+    result = subprocess.run(
+        [sys.executable, "-c", example],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(HERE)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "complete",
+        "shard 0 passed on app-1.0.tar.gz",
+        "shard 1 passed on app-1.0.tar.gz",
+        "shard 2 passed on app-1.0.tar.gz",
+    ]
+
+
+# =============================================================================
+# The tools: saqlite job, saqlite burst, the page
+# =============================================================================
+
+TASKS = """
+import os
+from saqlite import Queue
+
+async def build(ctx):
+    raise RuntimeError("compiler crashed")
+
+async def step(ctx):
+    return "ok"
+
+settings = {"queue": Queue(os.environ["PIPE_DB"]), "functions": [build, step]}
+"""
+
+
+def _cli(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "saqlite", *args],
+        cwd=folder,
+        env={**_env(folder), "PIPE_DB": str(folder / "ci.db")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_burst_counts_the_jobs_a_failed_dependency_aborted_and_job_shows_the_links(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "citasks.py").write_text(TASKS)
+    with SyncQueue(tmp_path / "ci.db") as sync:
+        sync.enqueue_many(
+            [
+                Job("build", key="build"),
+                Job("step", key="test", depends_on=["build"]),
+                Job("step", key="deploy", depends_on=["test"]),
+                Job("step", key="lint"),
+            ]
+        )
+    result = _cli(tmp_path, "burst", "citasks.settings", "--wait", "0.2")
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.startswith(f"burst FAILED on {tmp_path / 'ci.db'}: 4 jobs in ")
+    assert result.stdout.endswith(
+        "s: 1 complete, 1 failed, 2 aborted (2 by a failed dependency), 0 retried, 0 pending\n"
+    )
+    assert "aborted test: dependency 'build' ended failed" in result.stderr
+    shown = _cli(tmp_path, "job", str(tmp_path / "ci.db"), "test")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.endswith(
+        "\ndependencies:\n  failed    build\n\ndependents:\n  aborted   deploy\n"
+    )
+    as_json = json.loads(_cli(tmp_path, "job", str(tmp_path / "ci.db"), "test", "--json").stdout)
+    assert as_json["dependencies"] == [{"key": "build", "status": "failed"}]
+    assert as_json["dependents"] == [{"key": "deploy", "status": "aborted"}]
+
+
+def test_the_page_of_a_job_draws_its_pipeline(tmp_path: Path) -> None:
+    with SyncQueue(tmp_path / "jobs.db") as sync:
+        build = Job("build", key="build")
+        shards = [Job("test", key=f"test-{n}", depends_on=[build]) for n in range(2)]
+        sync.enqueue_many([build, *shards, Job("report", key="report", depends_on=shards)])
+        sync.enqueue("alone", key="alone")
+    app = saqlite.web_app(str(tmp_path / "jobs.db"))
+    sent: list[t.MutableMapping[str, t.Any]] = []
+
+    async def get(key: str) -> str:
+        sent.clear()
+
+        async def receive() -> t.MutableMapping[str, t.Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: t.MutableMapping[str, t.Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": "/job", "root_path": "",
+                 "query_string": f"queue=default&key={key}".encode(),
+                 "headers": [(b"host", b"localhost")]}  # fmt: skip
+        await app(scope, receive, send)
+        return b"".join(m.get("body", b"") for m in sent).decode()
+
+    async def pages() -> tuple[str, str]:
+        try:
+            return await get("test-1"), await get("alone")
+        finally:
+            await app.close()
+
+    page, alone = asyncio.run(pages())
+    svg = page.split('<svg class="pipeline"', 1)[1].split("</svg>", 1)[0]
+    for key in ("build", "test-0", "test-1", "report"):
+        assert f'key={key}">' in svg and f"<title>{key}: queued</title>" in svg
+    assert svg.count("<line ") == 4  # build -> each shard -> report
+    assert 'class="queued this"' in svg
+    assert '<svg class="pipeline"' not in alone
