@@ -6018,6 +6018,7 @@ async def _export_slice(
 
 # A slice of jobs a killed export left taken, and a slice of waiting jobs (read, then
 # taken by rowid once they are known to load: those a worker claimed meanwhile stay).
+# Jobs waiting on dependencies stay too: SAQ has none, it would run them at once.
 _SQL_EXPORT_TAKEN = f"""
 SELECT rowid, queue, key, {_LOAD_COLUMNS} FROM saqlite_jobs
 WHERE queue = :queue AND status = 'queued' AND worker_id = :mark AND rowid > :after
@@ -6026,6 +6027,7 @@ ORDER BY rowid LIMIT :limit
 _SQL_EXPORT_WAITING = f"""
 SELECT rowid, queue, key, {_LOAD_COLUMNS} FROM saqlite_jobs
 WHERE queue = :queue AND status = 'queued' AND worker_id IS NOT :mark AND rowid > :after
+  AND run_at < {_BLOCKED_S}
 ORDER BY rowid LIMIT :limit
 """
 
@@ -6064,10 +6066,17 @@ _SQL_EXPORT_QUEUES = (
     f" WHERE status = 'queued' OR status IN {_RUNNING_SQL} "
     "ORDER BY 1"
 )
-_SQL_EXPORT_COUNTS = "SELECT COUNT(*) FROM saqlite_jobs WHERE queue = :queue AND status = 'queued'"
+_SQL_EXPORT_COUNTS = (
+    "SELECT COUNT(*) FROM saqlite_jobs WHERE queue = :queue AND status = 'queued'"
+    f" AND run_at < {_BLOCKED_S}"
+)
 _SQL_EXPORT_RUNNING = (
     "SELECT key, status FROM saqlite_jobs "
     f"WHERE queue = :queue AND status IN {_RUNNING_SQL} ORDER BY rowid"
+)
+_SQL_EXPORT_BLOCKED = (
+    "SELECT key FROM saqlite_jobs WHERE queue = :queue AND status = 'queued'"
+    f" AND run_at >= {_BLOCKED_S} ORDER BY rowid"
 )
 
 
@@ -6103,6 +6112,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
             waiting[name] = int((await store.fetch(_SQL_EXPORT_COUNTS, {"queue": name}))[0][0])
         report: dict[str, t.Any] = {"url": args.url, "dry_run": args.dry_run, "queues": {}}
         running: list[dict[str, str]] = []
+        blocked: list[dict[str, str]] = []
         conflicts: list[dict[str, str]] = []
         progress = _Progress(
             "export", sum(waiting.values()), enabled=not args.quiet and not args.dry_run
@@ -6117,6 +6127,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         for name in names:
             for key, status in await store.fetch(_SQL_EXPORT_RUNNING, {"queue": name}):
                 running.append({"queue": name, "key": key, "status": status})
+            for (key,) in await store.fetch(_SQL_EXPORT_BLOCKED, {"queue": name}):
+                blocked.append({"queue": name, "key": key})
             if args.dry_run:
                 report["queues"][name] = {"to_move": waiting[name], "moved": 0}
                 continue
@@ -6136,6 +6148,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
             conflicts += [{"queue": name, "key": job.key} for job in left]
         progress.close()
         report["running"] = running
+        report["waiting_on_dependencies"] = blocked
         report["conflicts"] = conflicts
         if args.json:
             _print_json(report)
@@ -6162,7 +6175,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
                 "workers first (they finish or put their jobs back), then export again",
                 file=sys.stderr,
             )
-        return 1 if running or conflicts else 0
+        if blocked:
+            print(
+                f"saqlite export: {len(blocked)} job(s) waiting on dependencies were not "
+                "moved (SAQ has no dependencies: it would run them at once): let a saqlite "
+                "worker run their pipelines, then export again",
+                file=sys.stderr,
+            )
+        return 1 if running or blocked or conflicts else 0
 
     return _run_on_store(args.file, action)
 

@@ -21,6 +21,13 @@ import pytest
 import saqlite
 from saqlite import Context, Job, Queue, Status, SyncQueue
 from test_saqlite import NO_SWEEP, async_test, make_queue, running, stored, wait_for, worker_for
+from test_saqlite_saq import (
+    _export,
+    _file_rows,
+    _Redis,
+    _saq_jobs,
+    redis,  # noqa: F401 (a fixture: a redis-server for SAQ)
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -557,3 +564,25 @@ def test_the_page_of_a_job_draws_its_pipeline(tmp_path: Path) -> None:
     assert svg.count("<line ") == 4  # build -> each shard -> report
     assert 'class="queued this"' in svg
     assert '<svg class="pipeline"' not in alone
+
+
+def test_export_leaves_the_jobs_waiting_on_dependencies_and_says_so(
+    tmp_path: Path,
+    redis: _Redis,  # noqa: F811 (the fixture imported above)
+) -> None:
+    file = tmp_path / "jobs.db"
+    name = f"ci-{tmp_path.name}"
+    with SyncQueue(file, name=name) as sync:
+        sync.enqueue_many(
+            [Job("build", key="build"), Job("test", key="test", depends_on=["build"])]
+        )
+    moved = _export(file, redis.url, "--queue", name, "--json")
+    assert moved.returncode == 1
+    report = json.loads(moved.stdout)
+    assert report["queues"] == {name: {"moved": 1, "already_in_saq": 0}}
+    assert report["waiting_on_dependencies"] == [{"queue": name, "key": "test"}]
+    assert "1 job(s) waiting on dependencies were not moved (SAQ has no dependencies" in (
+        moved.stderr
+    )
+    assert set(_saq_jobs(redis.url, name, ["build", "test"])) == {"build"}
+    assert set(_file_rows(file, name)) == {"test"}
