@@ -651,7 +651,8 @@ class Job:
 
     Times ``queued``, ``started``, ``touched`` and ``completed`` are epoch milliseconds;
     ``scheduled`` is epoch seconds (0 = now); ``timeout``, ``heartbeat`` and ``ttl`` are
-    seconds. Jobs compare equal when their keys are equal.
+    seconds. Jobs compare equal when their keys are equal. ``depends_on`` and
+    ``allow_failed_dependencies`` are saqlite's own, after SAQ's fields.
     """
 
     function: str
@@ -1160,13 +1161,16 @@ class Queue:
         Args:
             job_or_func: a Job, or the name of a registered function (or the function).
             **kwargs: those that name Job fields (``timeout``, ``key``, ``scheduled`` ...)
-                set them; the rest are the function's kwargs.
+                set them; the rest are the function's kwargs. ``depends_on=[job, "key"]``
+                (saqlite only) stores the job at once and runs it once those jobs of
+                this queue have all ended COMPLETE (see README "Pipelines").
 
         Returns:
             The job, or None when a job with the same key is already waiting or running.
 
         Raises:
-            ValueError: the job belongs to another queue, or an option is invalid.
+            ValueError: the job belongs to another queue, or an option is invalid (for
+                ``depends_on``: a key not in the queue, a failed dependency, a cycle).
             TypeError: the job cannot be serialised (e.g. a kwarg JSON cannot encode).
         """
         job = self._codec.prepare(job_or_func, kwargs)
@@ -3512,6 +3516,12 @@ def _set_item(queue: Queue, job: Job, given: frozenset[str]) -> tuple[str, tuple
 # A guarded write of whole jobs: each row applies only where the job is still in
 # the state its writer last saw (status, worker and attempt), so a late writer never
 # overwrites an abort or a sweep that came in between.
+# A write's run_at: NULL (unscheduled) keeps the time the job became due; a job still
+# waiting on dependencies stays pushed ahead (see _BLOCKED_S) at its new time.
+_SQL_NEW_RUN_AT = (
+    f"COALESCE(v.run_at + (saqlite_jobs.run_at >= {_BLOCKED_S}) * {_BLOCKED_S},"
+    " saqlite_jobs.run_at)"
+)
 _GUARD_COLUMNS = ("expected_status", "expected_worker", "expected_attempts")
 _GUARD = (
     "saqlite_jobs.queue = v.queue AND saqlite_jobs.key = v.key"
@@ -3525,7 +3535,7 @@ _SQL_WRITE_JOBS = (
     + "UPDATE saqlite_jobs SET "
     + ", ".join(
         # run_at NULL: an unscheduled job keeps the time it became due
-        f"{c} = COALESCE(v.{c}, saqlite_jobs.run_at)" if c == "run_at" else f"{c} = v.{c}"
+        f"run_at = {_SQL_NEW_RUN_AT}" if c == "run_at" else f"{c} = v.{c}"
         for c in _JOB_COLUMNS
         if c not in ("queue", "key")
     )
@@ -3565,9 +3575,10 @@ _SQL_SET_JOBS = (
     _rows_named(_SET_COLUMNS)
     + "UPDATE saqlite_jobs SET "
     + ", ".join(
-        # run_at NULL: an unscheduled job keeps the time it became due
-        f"{c} = COALESCE(v.{c}, saqlite_jobs.{c})"
-        if c in (*_KEPT_UNLESS_SET, "run_at")
+        f"run_at = {_SQL_NEW_RUN_AT}"
+        if c == "run_at"
+        else f"{c} = COALESCE(v.{c}, saqlite_jobs.{c})"
+        if c in _KEPT_UNLESS_SET
         else f"{c} = v.{c}"
         for c in _JOB_COLUMNS
         if c not in ("queue", "key")

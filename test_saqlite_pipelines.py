@@ -126,6 +126,21 @@ async def test_a_dependency_already_complete_is_met_and_its_result_kept_past_its
     assert await statuses(queue, "done") == [None]  # gone once its dependent ran
 
 
+@async_test
+async def test_a_waiting_job_given_a_new_time_still_waits_for_its_dependencies(
+    tmp_path: Path,
+) -> None:
+    queue = make_queue(tmp_path / "jobs.db")
+    first = await queue.enqueue("f", key="first")
+    second = await queue.enqueue("f", key="second", depends_on=["first"])
+    assert first is not None and second is not None
+    await queue.update(second, scheduled=int(time.time()))
+    claimed = await queue._claim(5, None)
+    assert [job.key for job in claimed] == ["first"]
+    await queue.finish(claimed[0], Status.COMPLETE)
+    assert [job.key for job in await queue._claim(5, None)] == ["second"]
+
+
 # =============================================================================
 # Failure: dependents are aborted, transitively; a retry revives them
 # =============================================================================
