@@ -471,7 +471,7 @@ class _OpsError(Exception):
 if t.TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 
-    from typing_extensions import TypeAlias
+    from typing_extensions import TypeAlias, Unpack
 
     DumpType: TypeAlias = Callable[[dict[str, t.Any]], t.Union[str, bytes]]
     LoadType: TypeAlias = Callable[[t.Union[str, bytes]], t.Any]
@@ -525,6 +525,14 @@ class QueueInfo(t.TypedDict):
     active: int
     scheduled: int
     jobs: list[dict[str, t.Any]]
+
+
+class _QueueOptions(t.TypedDict, total=False):
+    """The keyword options a ``SyncQueue`` passes on to its ``Queue`` twin."""
+
+    synchronous: str
+    lock_timeout: float
+    priorities: t.Optional[tuple[int, int]]
 
 
 class TimersDict(t.TypedDict, total=False):
@@ -2770,24 +2778,25 @@ class SyncQueue:
     the usual fields and ids.
 
     Args:
-        path, name: as for ``Queue``.
-        args, options: the rest of ``Queue``'s arguments: ``dump``, ``load``,
-            ``synchronous``, ``lock_timeout``, ``priorities``.
+        path, name, dump, load: as for ``Queue``.
+        options: the rest of ``Queue``'s keyword options: ``synchronous``,
+            ``lock_timeout``, ``priorities``.
     """
 
     def __init__(
         self,
         path: t.Union[str, os.PathLike[str]] = DEFAULT_PATH,
         name: str = "default",
-        *args: t.Any,
-        **options: t.Any,
+        dump: t.Optional[DumpType] = None,
+        load: t.Optional[LoadType] = None,
+        **options: Unpack[_QueueOptions],
     ) -> None:
         if "swept_error_message" in options:  # a Queue option that only a sweep uses
             raise TypeError(
                 "SyncQueue takes no swept_error_message: only a worker's sweep uses it; "
                 "give it to the Queue of the Worker"
             )
-        self.queue = Queue(path, name, *args, **options)
+        self.queue = Queue(path, name, dump, load, **options)
         self._codec = self.queue._codec  # one codec: jobs are the twin's
         self._conn: t.Optional[sqlite3.Connection] = None
         # One statement (or transaction) at a time on the connection. Lock order: this

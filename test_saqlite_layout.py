@@ -220,6 +220,6 @@ def test_sync_queue_takes_queue_arguments_positionally_and_by_name(tmp_path: Pat
         job = client.job("k")
         assert job is not None and job.kwargs == {"to": "a@b"}
     with pytest.raises(TypeError, match="SyncQueue takes no swept_error_message"):
-        saqlite.SyncQueue(path, swept_error_message="gone")
+        saqlite.SyncQueue(path, swept_error_message="gone")  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="synchronus"):
-        saqlite.SyncQueue(path, synchronus="FULL")
+        saqlite.SyncQueue(path, synchronus="FULL")  # type: ignore[call-arg]

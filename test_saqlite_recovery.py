@@ -448,7 +448,7 @@ def test_bad_priorities_are_refused_naming_the_option(priorities: object) -> Non
     with pytest.raises(ValueError, match=message):
         Queue("x.db", priorities=priorities)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=message):
-        SyncQueue("x.db", priorities=priorities)
+        SyncQueue("x.db", priorities=priorities)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=message):
         Queue.from_url("sqlite:///x.db", priorities=priorities)
 

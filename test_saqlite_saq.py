@@ -464,7 +464,7 @@ def _changed_lines(before: Path, after: Path) -> list[tuple[str, str]]:
 def test_the_example_app_gives_the_same_outcome_on_saqlite_and_on_saq(
     tmp_path: Path, redis: _Redis
 ) -> None:
-    redis_url = redis.url
+    redis_url = f"{redis.url}/1"  # a database of its own: the export tests use 0
     _copy_app(tmp_path / "saqlite")
     on_saqlite = _run_app(tmp_path / "saqlite", "saqlite")
 
