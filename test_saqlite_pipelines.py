@@ -141,6 +141,32 @@ async def test_a_waiting_job_given_a_new_time_still_waits_for_its_dependencies(
     assert [job.key for job in await queue._claim(5, None)] == ["second"]
 
 
+@async_test
+async def test_a_finished_key_enqueued_again_is_a_new_run_that_new_dependents_wait_for(
+    tmp_path: Path,
+) -> None:
+    queue = make_queue(tmp_path / "jobs.db")
+
+    async def run_one(expected: str) -> None:
+        claimed = await queue._claim(5, None)
+        assert [job.key for job in claimed] == [expected]
+        await queue.finish(claimed[0], Status.COMPLETE, result=expected)
+
+    await queue.enqueue("f", key="first")
+    await queue.enqueue("f", key="second", depends_on=["first"])
+    await run_one("first")
+    await run_one("second")
+    assert await queue.enqueue("f", key="first") is not None  # a new run of "first"
+    await queue.enqueue("f", key="third", depends_on=["first"])
+    await run_one("first")  # "third" waited for it
+    await run_one("third")
+    assert await statuses(queue, "second") == [Status.COMPLETE]
+    # A deleted job takes its links along.
+    await queue._fetch("DELETE FROM saqlite_jobs WHERE key = 'third'")
+    rows = await queue._fetch("SELECT key FROM saqlite_dependencies WHERE key = 'third'")
+    assert rows == []
+
+
 # =============================================================================
 # Failure: dependents are aborted, transitively; a retry revives them
 # =============================================================================
