@@ -157,6 +157,10 @@ _ROWS_PER_STATEMENT = 500
 _MAX_SECONDS = 1e10
 #: Latest ``scheduled`` time: the end of the year 9999, the last that dates can show.
 _MAX_EPOCH_S = 253402300799.0
+#: How far ahead (s) a job waiting on dependencies has its run_at pushed: claims pass
+#: it over as a job scheduled far ahead, through the index; its last dependency's end
+#: brings it back (every real run_at, up to _MAX_EPOCH_S, is smaller).
+_BLOCKED_S = 1e12
 
 
 # =============================================================================
@@ -175,6 +179,12 @@ _JOB_COLUMNS = (
 _LOAD_COLUMNS = (
     "data, status, attempts, worker_id, started, touched, completed, error, progress, result"
 )
+
+# Now, in epoch seconds, by SQLite's clock. Statements that compare times written by
+# different processes read it in the statement itself rather than trust the clock of
+# the process that runs them (works on SQLite >= 3.35, unlike unixepoch('subsec')).
+_SQL_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+_SQL_NOW_MS = f"CAST({_SQL_NOW} * 1000 AS INTEGER)"
 
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (  # version 1
@@ -244,15 +254,139 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # with the pid, it tells a worker from a later process given the same pid.
         "ALTER TABLE saqlite_workers ADD COLUMN start_token TEXT",
     ),
+    (  # version 4 (issue 12: dependencies; the lead renumbers it on merge)
+        # (A migration records what was applied: it spells statuses out, where code
+        # uses the status groups.)
+        # 1 once a job names this one in its depends_on: only such a job's end is followed.
+        "ALTER TABLE saqlite_jobs ADD COLUMN dependents INTEGER NOT NULL DEFAULT 0",
+        # The dependency whose failure aborted this job: retrying it revives this job.
+        "ALTER TABLE saqlite_jobs ADD COLUMN aborted_by TEXT",
+        """
+        CREATE INDEX saqlite_jobs_aborted_by ON saqlite_jobs (queue, aborted_by)
+        WHERE aborted_by IS NOT NULL
+        """,
+        # Job `key` depends on job `depends_on` (done: that one ended as `key` needs).
+        """
+        CREATE TABLE saqlite_dependencies (
+            queue        TEXT    NOT NULL,
+            key          TEXT    NOT NULL,
+            depends_on   TEXT    NOT NULL,
+            allow_failed INTEGER NOT NULL,  -- the dependent runs even if this one fails
+            done         INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (queue, key, depends_on)
+        ) WITHOUT ROWID
+        """,
+        # (allow_failed in it too: without it, SQLite prefers to scan the queue's edges.)
+        """
+        CREATE INDEX saqlite_dependencies_dependents
+        ON saqlite_dependencies (queue, depends_on, done, allow_failed)
+        """,
+        # How many of a job's dependencies have yet to end as it needs: a row of its own,
+        # small, since a change to a job's row rewrites all of it (its data too, which
+        # for a fan-in names every dependency).
+        """
+        CREATE TABLE saqlite_waiting (
+            queue   TEXT    NOT NULL,
+            key     TEXT    NOT NULL,
+            waiting INTEGER NOT NULL,
+            PRIMARY KEY (queue, key)
+        ) WITHOUT ROWID
+        """,
+        # The last one ended: the job's run_at comes back (see _BLOCKED_S).
+        f"""
+        CREATE TRIGGER saqlite_waiting_over AFTER UPDATE OF waiting ON saqlite_waiting
+        WHEN NEW.waiting = 0
+        BEGIN
+            UPDATE saqlite_jobs SET run_at = MAX(run_at - {_BLOCKED_S}, {_SQL_NOW})
+            WHERE queue = NEW.queue AND key = NEW.key AND run_at >= {_BLOCKED_S};
+        END
+        """,
+        # A dependency ends: each dependent it lets through counts one less to wait for,
+        # in the transaction of that end. The cost is that job's own dependents; a job
+        # nobody depends on stops at WHEN.
+        # (Two triggers, COMPLETE and not, so that each query is plain equalities that
+        # the index serves; an OR in them makes SQLite scan the queue's edges.)
+        """
+        CREATE TRIGGER saqlite_dependency_completed AFTER UPDATE OF status ON saqlite_jobs
+        WHEN NEW.dependents AND NEW.status = 'complete'
+            AND OLD.status NOT IN ('complete', 'failed', 'aborted')
+        BEGIN
+            UPDATE saqlite_waiting SET waiting = waiting - 1
+            WHERE queue = NEW.queue AND key IN (
+                SELECT key FROM saqlite_dependencies
+                WHERE queue = NEW.queue AND depends_on = NEW.key AND done = 0);
+            UPDATE saqlite_dependencies SET done = 1
+            WHERE queue = NEW.queue AND depends_on = NEW.key AND done = 0;
+        END
+        """,
+        """
+        CREATE TRIGGER saqlite_dependency_ended AFTER UPDATE OF status ON saqlite_jobs
+        WHEN NEW.dependents AND NEW.status IN ('failed', 'aborted')
+            AND OLD.status NOT IN ('complete', 'failed', 'aborted')
+        BEGIN
+            UPDATE saqlite_waiting SET waiting = waiting - 1
+            WHERE queue = NEW.queue AND key IN (
+                SELECT key FROM saqlite_dependencies
+                WHERE queue = NEW.queue AND depends_on = NEW.key AND done = 0
+                  AND allow_failed = 1);
+            UPDATE saqlite_dependencies SET done = 1
+            WHERE queue = NEW.queue AND depends_on = NEW.key AND done = 0 AND allow_failed = 1;
+        END
+        """,
+        # A dependency ends FAILED or ABORTED: its waiting dependents are aborted, and
+        # theirs, transitively (unless allow_failed), naming the dependency they lost.
+        # (A trigger does not fire itself again: the recursion is the query's; the one
+        # above does fire for each job aborted here.)
+        f"""
+        CREATE TRIGGER saqlite_dependency_failed AFTER UPDATE OF status ON saqlite_jobs
+        WHEN NEW.dependents AND NEW.status IN ('failed', 'aborted')
+            AND OLD.status NOT IN ('complete', 'failed', 'aborted')
+        BEGIN
+            UPDATE saqlite_jobs SET status = 'aborted', error = lost.error,
+                completed = {_SQL_NOW_MS}, aborted_by = NEW.key,
+                expire_at = CASE WHEN ttl > 0 THEN {_SQL_NOW} + ttl END
+            FROM (
+                WITH RECURSIVE lost(key, error) AS (
+                    SELECT key, printf('dependency %s ended %s', quote(NEW.key), NEW.status)
+                    FROM saqlite_dependencies
+                    WHERE queue = NEW.queue AND depends_on = NEW.key AND done = 0
+                      AND allow_failed = 0
+                    UNION
+                    SELECT edge.key, printf('dependency %s ended aborted', quote(lost.key))
+                    FROM lost JOIN saqlite_dependencies AS edge
+                      ON edge.queue = NEW.queue AND edge.depends_on = lost.key
+                    WHERE edge.done = 0 AND edge.allow_failed = 0
+                )
+                SELECT key, MIN(error) AS error FROM lost GROUP BY key
+            ) AS lost
+            WHERE saqlite_jobs.queue = NEW.queue AND saqlite_jobs.key = lost.key
+              AND saqlite_jobs.status = 'queued' AND saqlite_jobs.run_at >= {_BLOCKED_S};
+        END
+        """,
+        # The failed dependency is retried: the jobs its failure aborted wait again
+        # (their count and run_at were left as they were).
+        """
+        CREATE TRIGGER saqlite_dependency_retried AFTER UPDATE OF status ON saqlite_jobs
+        WHEN NEW.dependents AND NEW.status = 'queued' AND OLD.status IN ('failed', 'aborted')
+        BEGIN
+            UPDATE saqlite_jobs SET status = 'queued', error = NULL, completed = 0,
+                expire_at = NULL, aborted_by = NULL
+            WHERE queue = NEW.queue AND aborted_by = NEW.key AND status = 'aborted';
+        END
+        """,
+        # A deleted job takes its own dependencies' edges along (not those of the jobs
+        # that depend on it: they still name it).
+        """
+        CREATE TRIGGER saqlite_dependencies_deleted AFTER DELETE ON saqlite_jobs
+        BEGIN
+            DELETE FROM saqlite_dependencies WHERE queue = OLD.queue AND key = OLD.key;
+            DELETE FROM saqlite_waiting WHERE queue = OLD.queue AND key = OLD.key;
+        END
+        """,
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
-
-# Now, in epoch seconds, by SQLite's clock. Statements that compare times written by
-# different processes read it in the statement itself rather than trust the clock of
-# the process that runs them (works on SQLite >= 3.35, unlike unixepoch('subsec')).
-_SQL_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
-_SQL_NOW_MS = f"CAST({_SQL_NOW} * 1000 AS INTEGER)"
 
 _SQL_CREATE_META = "CREATE TABLE IF NOT EXISTS saqlite_meta (name TEXT PRIMARY KEY, value)"
 _SQL_SCHEMA_VERSION = "SELECT value FROM saqlite_meta WHERE name = 'schema_version'"
@@ -361,6 +495,7 @@ class Context(t.TypedDict, total=False):
     job: Job
     queue: Queue
     exception: BaseException
+    dependencies: dict[str, t.Any]  # saqlite only: each dependency's key: its result
 
 
 class WorkerStats(t.TypedDict):
@@ -524,7 +659,8 @@ class Job:
 
     Times ``queued``, ``started``, ``touched`` and ``completed`` are epoch milliseconds;
     ``scheduled`` is epoch seconds (0 = now); ``timeout``, ``heartbeat`` and ``ttl`` are
-    seconds. Jobs compare equal when their keys are equal.
+    seconds. Jobs compare equal when their keys are equal. ``depends_on`` and
+    ``allow_failed_dependencies`` are saqlite's own, after SAQ's fields.
     """
 
     function: str
@@ -551,6 +687,11 @@ class Job:
     group_key: t.Optional[str] = None
     meta: dict[t.Any, t.Any] = dataclasses.field(default_factory=dict)
     worker_id: t.Optional[str] = None
+    # saqlite only (SAQ's Job has no such fields): the jobs or keys of this queue that
+    # must end COMPLETE before this job runs, and whether it runs anyway when one of
+    # them ends FAILED or ABORTED (else it is aborted, naming that dependency).
+    depends_on: Sequence[t.Union[str, Job]] = dataclasses.field(default_factory=list)
+    allow_failed_dependencies: bool = False
 
     def __post_init__(self) -> None:
         self.status = Status(self.status)
@@ -589,13 +730,18 @@ class Job:
         return f"Job<{fields}>"
 
     def to_dict(self) -> dict[str, t.Any]:
-        """The fields that differ from their defaults (``queue`` as its name)."""
+        """The fields that differ from their defaults (``queue`` as its name,
+        ``depends_on`` as keys)."""
         values = self.__dict__  # a hot path: the worker stores every job it finishes
         result = {name: values[name] for name, default in _JOB_DEFAULTS if values[name] != default}
         if "queue" in result:
             result["queue"] = result["queue"].name
         if not self.meta:
             result.pop("meta", None)
+        if self.depends_on:
+            result["depends_on"] = _dependency_keys(self)
+        else:
+            result.pop("depends_on", None)
         return result
 
     def duration(self, kind: str) -> t.Optional[int]:
@@ -708,6 +854,14 @@ class Job:
             setattr(self, field.name, getattr(job, field.name))
 
 
+def _dependency_keys(job: Job) -> list[str]:
+    """The keys of a job's dependencies (Jobs given as such stand for their key)."""
+    return [
+        dependency if isinstance(dependency, str) else dependency.key
+        for dependency in job.depends_on
+    ]
+
+
 @dataclasses.dataclass
 class CronJob:
     """A function the worker enqueues on a cron schedule.
@@ -813,6 +967,44 @@ def _check_job_options(job: Job) -> None:
             _check_text(name, text)  # non-ASCII text, or not text
 
 
+def _check_dependencies(job: Job, queue: str) -> None:
+    """Refuse, naming the problem, a ``depends_on`` that is not a list of Jobs or keys
+    of the job's own queue, or that names the job itself; keep its keys, in order."""
+    given = job.depends_on
+    if not isinstance(given, (list, tuple)):
+        raise ValueError(
+            f"Job depends_on must be a list of Jobs or job keys, got {type(given).__name__} "
+            f"{given!r}"
+        )
+    if job.allow_failed_dependencies not in (True, False):
+        raise ValueError(
+            "Job allow_failed_dependencies must be True or False, got "
+            f"{job.allow_failed_dependencies!r}"
+        )
+    keys: dict[str, None] = {}
+    for index, given_one in enumerate(given):
+        if isinstance(given_one, Job):
+            other = given_one.queue.name if given_one.queue is not None else queue
+            if other != queue:
+                raise ValueError(
+                    f"Job depends_on[{index}] is job {given_one.key!r} of queue {other!r}: "
+                    f"a job can depend only on jobs of its own queue ({queue!r})"
+                )
+            key = given_one.key
+        elif isinstance(given_one, str) and given_one:
+            key = given_one
+        else:
+            raise ValueError(
+                f"Job depends_on[{index}] must be a Job or a job key, got "
+                f"{type(given_one).__name__} {given_one!r}"
+            )
+        _check_text(f"depends_on[{index}]", key)
+        if key == job.key:
+            raise ValueError(f"Job {job.key!r} depends on itself: remove it from its depends_on")
+        keys[key] = None
+    job.depends_on = [key for key in keys]
+
+
 # =============================================================================
 # Queue
 # =============================================================================
@@ -865,11 +1057,12 @@ class Queue:
         self._conn: t.Optional[aiosqlite.Connection] = None
         self._connect_lock: t.Optional[asyncio.Lock] = None
         # The task whose transaction is open on the connection, and what ends it (_atomic).
-        self._owner: t.Optional[asyncio.Task[t.Any]] = None
+        self._owner: t.Optional[asyncio.Future[t.Any]] = None
         self._unowned: t.Optional[asyncio.Future[None]] = None
         self._before_enqueues: dict[int, BeforeEnqueueType] = {}
         self._inserts = _Batcher(self._insert_rows)
         self._writes = _Batcher(self._write_rows)
+        self._result_reads = _Batcher(self._read_results)
         self._wakeup = _Wakeup(self)
         self.worst_lock_wait = 0.0  # seconds: the longest a statement waited for the file
         self.started = now()
@@ -953,6 +1146,7 @@ class Queue:
             return
         await self._inserts.drain()
         await self._writes.drain()
+        await self._result_reads.drain()
         await self._wakeup.close()
         self._conn = None
         await conn.close()
@@ -975,18 +1169,24 @@ class Queue:
         Args:
             job_or_func: a Job, or the name of a registered function (or the function).
             **kwargs: those that name Job fields (``timeout``, ``key``, ``scheduled`` ...)
-                set them; the rest are the function's kwargs.
+                set them; the rest are the function's kwargs. ``depends_on=[job, "key"]``
+                (saqlite only) stores the job at once and runs it once those jobs of
+                this queue have all ended COMPLETE (see README "Pipelines").
 
         Returns:
             The job, or None when a job with the same key is already waiting or running.
 
         Raises:
-            ValueError: the job belongs to another queue, or an option is invalid.
+            ValueError: the job belongs to another queue, or an option is invalid (for
+                ``depends_on``: a key not in the queue, a failed dependency, a cycle).
             TypeError: the job cannot be serialised (e.g. a kwarg JSON cannot encode).
         """
         job = self._codec.prepare(job_or_func, kwargs)
         await self._before_enqueue(job)
-        inserted = await self._inserts.submit(self._codec.row(job))
+        if job.depends_on:  # stored with its links, in one transaction
+            inserted = (await self._insert_all([job]))[0]
+        else:
+            inserted = await self._inserts.submit(self._codec.row(job))
         if not inserted:
             return None
         if logger.isEnabledFor(logging.INFO):
@@ -1011,7 +1211,7 @@ class Queue:
         prepared = [self._codec.prepare(job, dict(kwargs)) for job in jobs]
         for job in prepared:
             await self._before_enqueue(job)
-        inserted = await self._insert_all([self._codec.row(job) for job in prepared])
+        inserted = await self._insert_all(prepared)
         return [job if ok else None for job, ok in zip(prepared, inserted)]
 
     async def _before_enqueue(self, job: Job) -> None:
@@ -1033,6 +1233,18 @@ class Queue:
     WHERE queue = ? AND rowid > ? AND status IN ({{statuses}})
     ORDER BY rowid LIMIT ?
     """
+
+    async def _dependency_results(self, job: Job) -> dict[str, t.Any]:
+        """Each of a job's dependencies' key: its result (None if it is gone). The
+        jobs a worker starts together read them in one statement."""
+        return await self._result_reads.submit(_dependency_keys(job))
+
+    async def _read_results(
+        self, wanted: list[list[str]]
+    ) -> list[t.Union[dict[str, t.Any], Exception]]:
+        keys = list({key: None for keys in wanted for key in keys})
+        found = await self._drive(_results_steps(self, keys))
+        return [{key: found[key] for key in keys} for keys in wanted]
 
     async def iter_jobs(
         self, statuses: Iterable[Status] = tuple(Status), batch_size: int = 100
@@ -1132,7 +1344,7 @@ class Queue:
         )
         for job in mapping.jobs:
             await self._before_enqueue(job)
-        await self._insert_all([self._codec.row(job) for job in mapping.jobs])
+        await self._insert_all(mapping.jobs)
         await self._wait_until(mapping.keys, mapping.settled, timeout)
         return mapping.results(await self.jobs(mapping.keys))
 
@@ -1351,10 +1563,15 @@ class Queue:
 
     @staticmethod
     def _set_fields(job: Job, fields: dict[str, t.Any]) -> None:
-        for name in fields:
+        for name, value in fields.items():
             if name not in _JOB_FIELD_NAMES:
                 raise ValueError(
                     f"Job has no field {name!r}: use one of {', '.join(sorted(_JOB_FIELD_NAMES))}"
+                )
+            if name in _ENQUEUE_ONLY_FIELDS and value != getattr(job, name):
+                raise ValueError(
+                    f"Job {name} is set when a job is enqueued and cannot change: enqueue "
+                    "the job again once it has finished"
                 )
         _check_job_options(dataclasses.replace(job, **fields))
         for name, value in fields.items():
@@ -1389,9 +1606,15 @@ class Queue:
     WHERE queue = ? AND status IN {_RUNNING_SQL}
     """
 
-    _SQL_DELETE_EXPIRED_JOBS = (
-        f"DELETE FROM saqlite_jobs WHERE expire_at <= {_SQL_NOW} RETURNING key"
-    )
+    # A job others depend on is kept, whatever its ttl, until they have all run.
+    _SQL_DELETE_EXPIRED_JOBS = f"""
+    DELETE FROM saqlite_jobs WHERE expire_at <= {_SQL_NOW} AND NOT (dependents AND EXISTS (
+        SELECT 1 FROM saqlite_dependencies AS edge JOIN saqlite_jobs AS dependent
+          ON dependent.queue = edge.queue AND dependent.key = edge.key
+        WHERE edge.queue = saqlite_jobs.queue AND edge.depends_on = saqlite_jobs.key
+          AND dependent.status NOT IN {_FINISHED_SQL}))
+    RETURNING key
+    """
 
     _SQL_DELETE_WORKERS = "DELETE FROM saqlite_workers WHERE id IN ({ids})"
 
@@ -1675,6 +1898,9 @@ class Queue:
                 self._release(unowned)
             else:
                 rollback = asyncio.ensure_future(self._conn.execute("ROLLBACK"))
+                # Until it ran, the transaction is the ROLLBACK's: this task's next
+                # statement (say, after it caught a ValueError) must wait for it too.
+                self._owner = rollback
                 rollback.add_done_callback(lambda done: self._release(unowned, done))
 
     def _release(
@@ -1686,11 +1912,13 @@ class Queue:
         self._owner = self._unowned = None
         unowned.set_result(None)
 
-    async def _insert_all(self, rows: list[tuple[t.Any, ...]]) -> list[bool]:
-        """Insert job rows in one transaction; raise (storing none) if one can't be."""
-        steps = _all_or_none(_insert_steps(rows))
-        # One row is one statement, atomic on its own: no BEGIN and COMMIT to wait for.
-        inserted = await (self._drive(steps) if len(rows) == 1 else self._atomic(steps))
+    async def _insert_all(self, jobs: list[Job]) -> list[bool]:
+        """Insert jobs in one transaction; raise (storing none) if one can't be."""
+        steps = _enqueue_steps(self.name, jobs, [self._codec.row(job) for job in jobs])
+        # One job without dependencies is one statement, atomic on its own: no BEGIN
+        # and COMMIT to wait for.
+        alone = len(jobs) == 1 and not jobs[0].depends_on
+        inserted = await (self._drive(steps) if alone else self._atomic(steps))
         if any(inserted):
             await self._wakeup.notify("jobs")
         return inserted
@@ -1713,8 +1941,11 @@ class Queue:
         A job written twice in one batch (e.g. a progress update, then its finish) is
         written in order, by splitting the batch where a key repeats.
         """
-        results = await self._drive(_write_steps(items))
+        depended_on: list[str] = []
+        results = await self._drive(_write_steps(items, depended_on))
         await self._wakeup.notify("changes")
+        if depended_on:  # their end may have let jobs waiting on them through
+            await self._wakeup.notify("jobs")
         return results
 
     # -- claiming ------------------------------------------------------------
@@ -2315,6 +2546,8 @@ class Worker:
             loop = asyncio.get_running_loop()
             timer = loop.call_later(job.timeout, running.cancel, "timeout")
         try:
+            if job.depends_on:
+                context["dependencies"] = await self.queue._dependency_results(job)
             if self.before_process:
                 await _call_hooks(self.before_process, context)
             result = await _call(function, context, job.kwargs or {}, self._threads)
@@ -2643,7 +2876,7 @@ class SyncQueue:
     ) -> list[t.Optional[Job]]:
         """Store many jobs in one transaction, all or none: as ``Queue.enqueue_many``."""
         prepared = [self._codec.prepare(job, dict(kwargs)) for job in jobs]
-        inserted = self._insert_all([self._codec.row(job) for job in prepared])
+        inserted = self._insert_all(prepared)
         return [job if ok else None for job, ok in zip(prepared, inserted)]
 
     def job(self, job_key: str) -> t.Optional[Job]:
@@ -2717,7 +2950,7 @@ class SyncQueue:
             return_exceptions=return_exceptions,
             kwargs=kwargs,
         )
-        self._insert_all([self._codec.row(job) for job in mapping.jobs])
+        self._insert_all(mapping.jobs)
         self._wait_until(mapping.keys, mapping.settled, timeout)
         return mapping.results(self.jobs(mapping.keys))
 
@@ -2779,12 +3012,13 @@ class SyncQueue:
             self.connect()
         return t.cast(sqlite3.Connection, self._conn)
 
-    def _insert_all(self, rows: list[tuple[t.Any, ...]]) -> list[bool]:
-        """Insert job rows in one transaction; raise (storing none) if one can't be."""
-        if len(rows) == 1:  # one statement, atomic on its own
-            inserted = self._drive(_all_or_none(_insert_steps(rows)))
+    def _insert_all(self, jobs: list[Job]) -> list[bool]:
+        """Insert jobs in one transaction; raise (storing none) if one can't be."""
+        steps = _enqueue_steps(self.name, jobs, [self._codec.row(job) for job in jobs])
+        if len(jobs) == 1 and not jobs[0].depends_on:  # one statement, atomic on its own
+            inserted = self._drive(steps)
         else:
-            inserted = self._atomic(_all_or_none(_insert_steps(rows)))
+            inserted = self._atomic(steps)
         if any(inserted):
             self._wakeup.notify("jobs")
         return inserted
@@ -3063,7 +3297,8 @@ _SQL_INSERT_JOBS = (
     + ", ".join(f"COALESCE(run_at, {_SQL_NOW})" if c == "run_at" else c for c in _JOB_COLUMNS)
     + " FROM v WHERE true ON CONFLICT (queue, key) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in _JOB_COLUMNS[2:])
-    + f", deaths = 0 WHERE saqlite_jobs.status IN {_FINISHED_SQL} RETURNING key"
+    + ", deaths = 0, aborted_by = NULL"
+    + f" WHERE saqlite_jobs.status IN {_FINISHED_SQL} RETURNING key"
 )
 
 
@@ -3089,6 +3324,127 @@ def _insert_steps(rows: list[tuple[t.Any, ...]]) -> _Steps[list[_Outcome]]:
         results.append(row[1] in inserted)
         inserted.discard(row[1])  # a key repeated in one call goes in once
     return results
+
+
+def _enqueue_steps(
+    queue: str, jobs: list[Job], rows: list[tuple[t.Any, ...]]
+) -> _Steps[list[bool]]:
+    """Insert the rows of these jobs and link those with dependencies; the first
+    failure is raised inside the steps, so that the transaction they run in is rolled
+    back: a graph goes in whole or not at all. Whether each job went in."""
+    graph = any(job.depends_on for job in jobs)
+    if graph:
+        _check_graph(jobs)
+    inserted = _succeeded((yield from _insert_steps(rows)))
+    if graph:
+        yield from _link_steps(queue, [job for job, ok in zip(jobs, inserted) if ok])
+    return inserted
+
+
+def _check_graph(jobs: list[Job]) -> None:
+    """Refuse jobs of one call whose dependencies make a cycle, naming it."""
+    depends_on: dict[str, list[str]] = {}
+    for job in jobs:
+        depends_on.setdefault(job.key, t.cast("list[str]", job.depends_on))
+    # Take away jobs with no dependency left in the call; any left over wait in a cycle.
+    waiting = {key: sum(d in depends_on for d in deps) for key, deps in depends_on.items()}
+    dependents: dict[str, list[str]] = {}
+    for key, deps in depends_on.items():
+        for dependency in deps:
+            dependents.setdefault(dependency, []).append(key)
+    ready = [key for key, count in waiting.items() if count == 0]
+    while ready:
+        for dependent in dependents.get(ready.pop(), ()):
+            waiting[dependent] -= 1
+            if waiting[dependent] == 0:
+                ready.append(dependent)
+    left = {key for key, count in waiting.items() if count}
+    if not left:
+        return
+    path = [min(left)]
+    while path.count(path[-1]) < 2:  # follow dependencies within the cycle's jobs
+        path.append(min(d for d in depends_on[path[-1]] if d in left))
+    cycle = path[path.index(path[-1]) :]
+    raise ValueError(
+        "Job dependencies make a cycle, so none of its jobs could ever run: "
+        + " -> ".join(repr(key) for key in cycle)
+        + " (each depends on the next): remove one of these dependencies"
+    )
+
+
+# A job enqueued again under a finished one's key: the old job's links go.
+_SQL_UNLINK = (
+    "DELETE FROM saqlite_dependencies WHERE queue = ? AND key IN ({keys})",
+    "DELETE FROM saqlite_waiting WHERE queue = ? AND key IN ({keys})",
+)
+# Mark the jobs depended on (so that their end is followed) and read their state.
+_SQL_DEPENDED_ON = """
+UPDATE saqlite_jobs SET dependents = 1 WHERE queue = ? AND key IN ({keys})
+RETURNING key, status, ttl
+"""
+_SQL_LINK = (
+    "INSERT INTO saqlite_dependencies (queue, key, depends_on, allow_failed, done) VALUES {rows}"
+)
+_SQL_WAIT = "INSERT INTO saqlite_waiting (queue, key, waiting) VALUES {rows}"
+_SQL_BLOCK = (
+    f"UPDATE saqlite_jobs SET run_at = run_at + {_BLOCKED_S} WHERE queue = ? AND key IN ({{keys}})"
+)
+
+
+def _link_steps(queue: str, jobs: list[Job]) -> _Steps[None]:
+    """Link just inserted jobs to their dependencies: a dependency must be in the
+    queue (here or just inserted), and not FAILED or ABORTED unless the job allows
+    it; the jobs with dependencies yet to end wait for them (see _BLOCKED_S)."""
+    jobs = [job for job in jobs if job.depends_on]
+    keys = [job.key for job in jobs]
+    for chunk in _chunks(keys, _ROWS_PER_STATEMENT):
+        for sql in _SQL_UNLINK:
+            yield sql.format(keys=_placeholders(len(chunk))), [queue, *chunk]
+    wanted = list({key: None for job in jobs for key in t.cast("list[str]", job.depends_on)})
+    found: dict[str, tuple[Status, int]] = {}
+    for chunk in _chunks(wanted, _ROWS_PER_STATEMENT):
+        rows = yield _SQL_DEPENDED_ON.format(keys=_placeholders(len(chunk))), [queue, *chunk]
+        found.update((key, (Status(status), ttl)) for key, status, ttl in rows)
+    edges: list[tuple[t.Any, ...]] = []
+    waits: list[tuple[str, str, int]] = []
+    for job in jobs:
+        waiting = 0
+        for dependency in t.cast("list[str]", job.depends_on):
+            done = _dependency_done(queue, job, dependency, found.get(dependency))
+            waiting += not done
+            edges.append((queue, job.key, dependency, job.allow_failed_dependencies, done))
+        if waiting:
+            waits.append((queue, job.key, waiting))
+    for rows, sql, width in ((edges, _SQL_LINK, 5), (waits, _SQL_WAIT, 3)):
+        for row_chunk in _chunks(rows, _ROWS_PER_STATEMENT):
+            yield (
+                sql.format(rows=_row_placeholders(len(row_chunk), width)),
+                [value for row in row_chunk for value in row],
+            )
+    blocked = [key for _, key, _ in waits]
+    for keys_chunk in _chunks(blocked, _ROWS_PER_STATEMENT):
+        yield _SQL_BLOCK.format(keys=_placeholders(len(keys_chunk))), [queue, *keys_chunk]
+
+
+def _dependency_done(queue: str, job: Job, key: str, found: t.Optional[tuple[Status, int]]) -> bool:
+    """Whether a dependency already ended as ``job`` needs; raise if it never can."""
+    if found is None:
+        raise ValueError(
+            f"Job {job.key!r} depends on {key!r}, which is not in queue {queue!r} (never "
+            "enqueued, or deleted after its ttl): enqueue it first, or in the same enqueue_many"
+        )
+    status, ttl = found
+    if ttl == -1:
+        raise ValueError(
+            f"Job {job.key!r} depends on {key!r}, whose ttl=-1 deletes it as it ends, so "
+            f"{job.key!r} could not see it end: give {key!r} a ttl of 0 (keep) or more"
+        )
+    if status in UNSUCCESSFUL_TERMINAL_STATUSES and not job.allow_failed_dependencies:
+        raise ValueError(
+            f"Job {job.key!r} depends on {key!r}, which ended {status}: retry {key!r} "
+            "first, or give allow_failed_dependencies=True to run anyway"
+        )
+    return status in TERMINAL_STATUSES
 
 
 def _isolated(
@@ -3138,12 +3494,6 @@ def _succeeded(outcomes: list[_Outcome]) -> list[bool]:
     return t.cast("list[bool]", outcomes)
 
 
-def _all_or_none(steps: _Steps[list[_Outcome]]) -> _Steps[list[bool]]:
-    """``steps``, raising the first item's failure inside them (in a transaction, so
-    that it is rolled back)."""
-    return _succeeded((yield from steps))
-
-
 def _write_item(
     queue: Queue, job: Job, expected: _Expected, *, finish_only: bool = False
 ) -> tuple[str, tuple[t.Any, ...]]:
@@ -3175,6 +3525,12 @@ def _set_item(queue: Queue, job: Job, given: frozenset[str]) -> tuple[str, tuple
 # A guarded write of whole jobs: each row applies only where the job is still in
 # the state its writer last saw (status, worker and attempt), so a late writer never
 # overwrites an abort or a sweep that came in between.
+# A write's run_at: NULL (unscheduled) keeps the time the job became due; a job still
+# waiting on dependencies stays pushed ahead (see _BLOCKED_S) at its new time.
+_SQL_NEW_RUN_AT = (
+    f"COALESCE(v.run_at + (saqlite_jobs.run_at >= {_BLOCKED_S}) * {_BLOCKED_S},"
+    " saqlite_jobs.run_at)"
+)
 _GUARD_COLUMNS = ("expected_status", "expected_worker", "expected_attempts")
 _GUARD = (
     "saqlite_jobs.queue = v.queue AND saqlite_jobs.key = v.key"
@@ -3188,11 +3544,11 @@ _SQL_WRITE_JOBS = (
     + "UPDATE saqlite_jobs SET "
     + ", ".join(
         # run_at NULL: an unscheduled job keeps the time it became due
-        f"{c} = COALESCE(v.{c}, saqlite_jobs.run_at)" if c == "run_at" else f"{c} = v.{c}"
+        f"run_at = {_SQL_NEW_RUN_AT}" if c == "run_at" else f"{c} = v.{c}"
         for c in _JOB_COLUMNS
         if c not in ("queue", "key")
     )
-    + f" FROM v WHERE {_GUARD} RETURNING saqlite_jobs.key"
+    + f" FROM v WHERE {_GUARD} RETURNING saqlite_jobs.key, saqlite_jobs.dependents"
 )
 # A worker's finish: only the fields a finish changes, so the job is not serialised
 # again (see Queue._finish). Guarded like _SQL_WRITE_JOBS.
@@ -3202,13 +3558,13 @@ _SQL_FINISH_JOBS = (
     _rows_named(_FINISH_WRITE_COLUMNS)
     + "UPDATE saqlite_jobs SET "
     + ", ".join(f"{c} = v.{c}" for c in _FINISH_COLUMNS)
-    + f" FROM v WHERE {_GUARD} RETURNING saqlite_jobs.key"
+    + f" FROM v WHERE {_GUARD} RETURNING saqlite_jobs.key, saqlite_jobs.dependents"
 )
 _DELETE_COLUMNS = ("queue", "key", *_GUARD_COLUMNS)
 _SQL_DELETE_JOBS = (
     _rows_named(_DELETE_COLUMNS) + "DELETE FROM saqlite_jobs WHERE rowid IN ("
     f" SELECT saqlite_jobs.rowid FROM saqlite_jobs JOIN v ON {_GUARD}"
-    ") RETURNING key"
+    ") RETURNING key, dependents"
 )
 
 # A write by key, as SAQ's: the last writer wins. The columns a claim owns (status,
@@ -3228,20 +3584,21 @@ _SQL_SET_JOBS = (
     _rows_named(_SET_COLUMNS)
     + "UPDATE saqlite_jobs SET "
     + ", ".join(
-        # run_at NULL: an unscheduled job keeps the time it became due
-        f"{c} = COALESCE(v.{c}, saqlite_jobs.{c})"
-        if c in (*_KEPT_UNLESS_SET, "run_at")
+        f"run_at = {_SQL_NEW_RUN_AT}"
+        if c == "run_at"
+        else f"{c} = COALESCE(v.{c}, saqlite_jobs.{c})"
+        if c in _KEPT_UNLESS_SET
         else f"{c} = v.{c}"
         for c in _JOB_COLUMNS
         if c not in ("queue", "key")
     )
-    + f" FROM v WHERE {_LEASE_GUARD} RETURNING saqlite_jobs.key"
+    + f" FROM v WHERE {_LEASE_GUARD} RETURNING saqlite_jobs.key, saqlite_jobs.dependents"
 )
 _REMOVE_COLUMNS = (*_LEASE_COLUMNS, "queue", "key")
 _SQL_REMOVE_JOBS = (
     _rows_named(_REMOVE_COLUMNS) + "DELETE FROM saqlite_jobs WHERE rowid IN ("
     f" SELECT saqlite_jobs.rowid FROM saqlite_jobs JOIN v ON {_LEASE_GUARD}"
-    ") RETURNING key"
+    ") RETURNING key, dependents"
 )
 
 #: Each kind of write: its statement, and the columns of its rows.
@@ -3257,9 +3614,12 @@ _KEY_INDEX = {kind: columns.index("key") for kind, (_, columns) in _WRITES.items
 _KEPT_COLUMN_INDEXES = tuple(_JOB_COLUMNS.index(name) for name in _KEPT_UNLESS_SET)
 
 
-def _write_steps(items: list[tuple[str, tuple[t.Any, ...]]]) -> _Steps[list[_Outcome]]:
+def _write_steps(
+    items: list[tuple[str, tuple[t.Any, ...]]], depended_on: t.Optional[list[str]] = None
+) -> _Steps[list[_Outcome]]:
     """Apply guarded writes; for each, whether the job was still as expected, or the
-    exception that kept that write out (the others are written: see _isolated).
+    exception that kept that write out (the others are written: see _isolated). The
+    keys written of jobs that others depend on go in ``depended_on``.
 
     A job written twice in one batch (e.g. a progress update, then its finish) is
     written in order, by splitting the batch where a key repeats.
@@ -3290,7 +3650,10 @@ def _write_steps(items: list[tuple[str, tuple[t.Any, ...]]]) -> _Steps[list[_Out
 
             kind_failed: dict[int, Exception] = {}
             found = yield from _isolated(statement, indexes, 0, len(indexes), kind_failed)
-            written.update(key for (key,) in found)
+            for key, dependents in found:
+                written.add(key)
+                if dependents and depended_on is not None:
+                    depended_on.append(key)
             failed.update((indexes[i], exc) for i, exc in kind_failed.items())
         done.extend(failed.get(i, _written_key(items[i]) in written) for i in range(start, end))
         start = end
@@ -3314,6 +3677,21 @@ def _jobs_steps(queue: Queue, keys: list[str]) -> _Steps[list[t.Optional[Job]]]:
         for row in rows:
             found[row[0]] = queue._codec.job(row[1:])
     return [found.get(key) for key in keys]
+
+
+_SQL_GET_RESULTS = "SELECT key, result FROM saqlite_jobs WHERE queue = ? AND key IN ({keys})"
+
+
+def _results_steps(queue: Queue, keys: list[str]) -> _Steps[dict[str, t.Any]]:
+    """The results of these jobs by key, in order (None for a job that is gone)."""
+    results: dict[str, t.Any] = dict.fromkeys(keys)
+    load = queue._codec.load
+    for chunk in _chunks(keys, _ROWS_PER_STATEMENT):
+        rows = yield _SQL_GET_RESULTS.format(keys=_placeholders(len(chunk))), [queue.name, *chunk]
+        results.update(
+            (key, None if result is None else load(result)["result"]) for key, result in rows
+        )
+    return results
 
 
 _SQL_GET_STATUSES = "SELECT key, status FROM saqlite_jobs WHERE queue = ? AND key IN ({keys})"
@@ -4289,6 +4667,8 @@ async def _call(
 
 _JOB_DEFAULTS = tuple((field.name, field.default) for field in dataclasses.fields(Job))
 _JOB_FIELD_NAMES = frozenset(name for name, _ in _JOB_DEFAULTS)
+#: Fields an update may not change: the dependencies are linked when a job is stored.
+_ENQUEUE_ONLY_FIELDS = frozenset({"depends_on", "allow_failed_dependencies"})
 #: The fields of a job its columns give on load, between data, status and result.
 _LOADED_FIELDS = tuple(_LOAD_COLUMNS.split(", ")[2:-1])
 _INFO_FULL_ONLY = frozenset({"kwargs", "result", "error", "status", "progress", "meta"})
@@ -4337,6 +4717,8 @@ class _Codec:
                 f"{job.info()} belongs to queue {job.queue.name!r}, not {self.queue.name!r}"
             )
         _check_job_options(job)
+        if job.depends_on or job.allow_failed_dependencies is not False:
+            _check_dependencies(job, self.queue.name)
         job.queue = self.queue
         job.queued = now()
         job.status = Status.QUEUED
@@ -4402,7 +4784,8 @@ if __name__ == "__main__":
 # Besides the public API, the tooling uses these internals, and only these:
 #   Queue._fetch (one statement), Queue._retry (a guarded retry), Queue._codec
 #   (dump, load, a job from _LOAD_COLUMNS); _LOAD_COLUMNS, the status groups
-#   (_RUNNING_STATUSES, _FINISHED_STATUSES, _RUNNING_SQL), _alive, _seconds;
+#   (_RUNNING_STATUSES, _FINISHED_STATUSES, _RUNNING_SQL), _alive, _seconds,
+#   _BLOCKED_S (the run_at of a job waiting on dependencies);
 #   the command line's _OpsError, _load_settings, _configure_logging, _OPS_COMMANDS,
 #   _SETTINGS_HELP, _VERBOSE_HELP, and _EXTRAS, which it fills with a _CommandLineExtras.
 # #############################################################################
@@ -5187,13 +5570,87 @@ async def _one_job(store: _Store, ref: str, queue: t.Optional[str]) -> Job:
     return jobs[0]
 
 
+# A job's links: the jobs it depends on, and those that depend on it (at most
+# _LINKS_SHOWN of each), with their statuses (NULL: deleted since).
+_SQL_OPS_DEPENDENCIES = """
+SELECT edge.depends_on, job.status FROM saqlite_dependencies AS edge
+LEFT JOIN saqlite_jobs AS job ON job.queue = edge.queue AND job.key = edge.depends_on
+WHERE edge.queue = :queue AND edge.key = :key ORDER BY edge.depends_on LIMIT :limit
+"""
+_SQL_OPS_DEPENDENTS = """
+SELECT edge.key, job.status FROM saqlite_dependencies AS edge
+LEFT JOIN saqlite_jobs AS job ON job.queue = edge.queue AND job.key = edge.key
+WHERE edge.queue = :queue AND edge.depends_on = :key ORDER BY edge.key LIMIT :limit
+"""
+_LINKS_SHOWN = 1000
+
+
+async def _job_links(job: Job) -> dict[str, list[dict[str, t.Optional[str]]]]:
+    """The jobs ``job`` depends on and those that depend on it, each with its status."""
+    queue = job.get_queue()
+    params = {"queue": queue.name, "key": job.key, "limit": _LINKS_SHOWN}
+    links = {}
+    for name, sql in (("dependencies", _SQL_OPS_DEPENDENCIES), ("dependents", _SQL_OPS_DEPENDENTS)):
+        rows = await queue._fetch(sql, params)
+        links[name] = [{"key": key, "status": status} for key, status in rows]
+    return links
+
+
+# The jobs linked to one through dependencies, either way, at most _PIPELINE_SHOWN.
+_SQL_OPS_PIPELINE = """
+WITH RECURSIVE linked(key) AS (
+    SELECT :key
+    UNION
+    SELECT edge.depends_on FROM linked JOIN saqlite_dependencies AS edge
+      ON edge.queue = :queue AND edge.key = linked.key
+    UNION
+    SELECT edge.key FROM linked JOIN saqlite_dependencies AS edge
+      ON edge.queue = :queue AND edge.depends_on = linked.key
+    LIMIT :limit
+)
+SELECT linked.key, job.status, edge.depends_on FROM linked
+LEFT JOIN saqlite_jobs AS job ON job.queue = :queue AND job.key = linked.key
+LEFT JOIN saqlite_dependencies AS edge ON edge.queue = :queue AND edge.key = linked.key
+"""
+_PIPELINE_SHOWN = 100
+
+
+class _PipelineNode(t.NamedTuple):
+    status: t.Optional[str]  # None: deleted
+    depends_on: list[str]
+
+
+async def _pipeline(job: Job) -> dict[str, _PipelineNode]:
+    """The jobs linked to ``job`` by dependencies, each with its status and its own."""
+    queue = job.get_queue()
+    params = {"queue": queue.name, "key": job.key, "limit": _PIPELINE_SHOWN}
+    nodes: dict[str, _PipelineNode] = {}
+    for key, status, dependency in await queue._fetch(_SQL_OPS_PIPELINE, params):
+        node = nodes.setdefault(key, _PipelineNode(status, []))
+        if dependency is not None:
+            node.depends_on.append(dependency)
+    return nodes
+
+
+def _format_links(links: dict[str, list[dict[str, t.Optional[str]]]]) -> str:
+    lines = []
+    for name, linked in links.items():
+        if linked:
+            lines += [f"\n{name}:"] + [
+                f"  {link['status'] or 'deleted':<9} {_clean(str(link['key']), one_line=True)}"
+                for link in linked
+            ]
+    return "\n".join(lines)
+
+
 def _cmd_job(args: argparse.Namespace) -> int:
     async def action(store: _Store) -> int:
         job = await _one_job(store, args.key, args.queue)
+        links = await _job_links(job)
         if args.json:
-            _print_json(_job_json(job))
+            _print_json({**_job_json(job), **links})
         else:
-            print(_format_job(job))
+            print(_format_job(job) + _format_links(links))
         return 0
 
     return _run_on_store(args.file, action)
@@ -5323,6 +5780,14 @@ SELECT EXISTS (
     SELECT 1 FROM saqlite_jobs WHERE queue = :queue AND status = 'queued' AND run_at <= :now
 )
 """
+# The jobs aborted because a job this burst ran failed (they never ran themselves).
+_SQL_OPS_BURST_LOST = """
+SELECT key, status, error FROM saqlite_jobs
+WHERE queue = :queue AND status = 'aborted' AND aborted_by IN (
+    SELECT key FROM saqlite_jobs
+    WHERE queue = :queue AND worker_id = :worker_id AND status IN ('failed', 'aborted'))
+ORDER BY completed
+"""
 # What a burst leaves behind: waiting jobs but for the cron jobs a worker schedules.
 _SQL_OPS_BURST_PENDING = """
 SELECT key, function, run_at FROM saqlite_jobs
@@ -5371,7 +5836,7 @@ def _cmd_burst(args: argparse.Namespace) -> int:
                 await worker.stop()
                 return
 
-    async def run() -> tuple[list[t.Any], list[t.Any]]:
+    async def run() -> tuple[list[t.Any], list[t.Any], list[t.Any]]:
         working = asyncio.create_task(worker.start())
         watcher = asyncio.create_task(watch())
         try:
@@ -5388,17 +5853,20 @@ def _cmd_burst(args: argparse.Namespace) -> int:
         try:
             params = {"queue": queue.name, "worker_id": worker.id}
             failures = await queue._fetch(_SQL_OPS_WORKER_FAILURES, params)
-            return failures, await queue._fetch(_SQL_OPS_BURST_PENDING, {"queue": queue.name})
+            lost = await queue._fetch(_SQL_OPS_BURST_LOST, params)
+            pending = await queue._fetch(_SQL_OPS_BURST_PENDING, {"queue": queue.name})
+            return failures, lost, pending
         finally:
             await queue.disconnect()
 
     started = time.monotonic()
-    failures, pending = asyncio.run(run())
+    failures, lost, pending = asyncio.run(run())
+    failures += lost
     progress.update(*detail())
     progress.close()
     seconds = time.monotonic() - started
-    done = queue.complete + queue.failed + queue.aborted
-    failed = bool(queue.failed or queue.aborted)
+    done = queue.complete + queue.failed + queue.aborted + len(lost)
+    failed = bool(queue.failed or queue.aborted or lost)
     left = bool(pending) and not (args.allow_pending or args.max_jobs is not None)
     if args.json:
         _print_json(
@@ -5407,14 +5875,14 @@ def _cmd_burst(args: argparse.Namespace) -> int:
                 "jobs": done,
                 "complete": queue.complete,
                 "failed": queue.failed,
-                "aborted": queue.aborted,
+                "aborted": queue.aborted + len(lost),
+                "aborted_by_dependency": len(lost),
                 "retried": queue.retried,
                 "pending": len(pending),
                 "seconds": round(seconds, 3),
                 "failures": [{"key": k, "status": s, "error": e} for k, s, e in failures],
                 "pending_jobs": [
-                    {"key": k, "function": f, "due": _fmt_time(due * 1000)}
-                    for k, f, due in pending[:100]
+                    {"key": k, "function": f, "due": _fmt_due(due)} for k, f, due in pending[:100]
                 ],
             }
         )
@@ -5425,18 +5893,25 @@ def _cmd_burst(args: argparse.Namespace) -> int:
             print(f"... and {len(failures) - 20} more", file=sys.stderr)
         for key, function, due in pending[:20]:
             print(
-                f"pending {_clean(key)} ({_clean(function)}): due {_fmt_time(due * 1000)}",
+                f"pending {_clean(key)} ({_clean(function)}): due {_fmt_due(due)}",
                 file=sys.stderr,
             )
         if len(pending) > 20:
             print(f"... and {len(pending) - 20} more pending", file=sys.stderr)
         verdict = "FAILED" if failed else "PENDING" if left else "ok"
+        by_dependency = f" ({len(lost)} by a failed dependency)" if lost else ""
         print(
             f"burst {verdict} on {_clean(queue.path)}: {done} job{'' if done == 1 else 's'} in "
             f"{seconds:.2f} s: {queue.complete} complete, {queue.failed} failed, "
-            f"{queue.aborted} aborted, {queue.retried} retried, {len(pending)} pending"
+            f"{queue.aborted + len(lost)} aborted{by_dependency}, "
+            f"{queue.retried} retried, {len(pending)} pending"
         )
     return 1 if failed or left else 0
+
+
+def _fmt_due(run_at: float) -> str:
+    """When a waiting job is due: its time, or that it waits on dependencies."""
+    return "after its dependencies" if run_at >= _BLOCKED_S else _fmt_time(run_at * 1000)
 
 
 def _cmd_web(args: argparse.Namespace) -> int:
@@ -5563,6 +6038,7 @@ async def _export_slice(
 
 # A slice of jobs a killed export left taken, and a slice of waiting jobs (read, then
 # taken by rowid once they are known to load: those a worker claimed meanwhile stay).
+# Jobs waiting on dependencies stay too: SAQ has none, it would run them at once.
 _SQL_EXPORT_TAKEN = f"""
 SELECT rowid, queue, key, {_LOAD_COLUMNS} FROM saqlite_jobs
 WHERE queue = :queue AND status = 'queued' AND worker_id = :mark AND rowid > :after
@@ -5571,6 +6047,7 @@ ORDER BY rowid LIMIT :limit
 _SQL_EXPORT_WAITING = f"""
 SELECT rowid, queue, key, {_LOAD_COLUMNS} FROM saqlite_jobs
 WHERE queue = :queue AND status = 'queued' AND worker_id IS NOT :mark AND rowid > :after
+  AND run_at < {_BLOCKED_S}
 ORDER BY rowid LIMIT :limit
 """
 
@@ -5609,10 +6086,17 @@ _SQL_EXPORT_QUEUES = (
     f" WHERE status = 'queued' OR status IN {_RUNNING_SQL} "
     "ORDER BY 1"
 )
-_SQL_EXPORT_COUNTS = "SELECT COUNT(*) FROM saqlite_jobs WHERE queue = :queue AND status = 'queued'"
+_SQL_EXPORT_COUNTS = (
+    "SELECT COUNT(*) FROM saqlite_jobs WHERE queue = :queue AND status = 'queued'"
+    f" AND run_at < {_BLOCKED_S}"
+)
 _SQL_EXPORT_RUNNING = (
     "SELECT key, status FROM saqlite_jobs "
     f"WHERE queue = :queue AND status IN {_RUNNING_SQL} ORDER BY rowid"
+)
+_SQL_EXPORT_BLOCKED = (
+    "SELECT key FROM saqlite_jobs WHERE queue = :queue AND status = 'queued'"
+    f" AND run_at >= {_BLOCKED_S} ORDER BY rowid"
 )
 
 
@@ -5648,6 +6132,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
             waiting[name] = int((await store.fetch(_SQL_EXPORT_COUNTS, {"queue": name}))[0][0])
         report: dict[str, t.Any] = {"url": args.url, "dry_run": args.dry_run, "queues": {}}
         running: list[dict[str, str]] = []
+        blocked: list[dict[str, str]] = []
         conflicts: list[dict[str, str]] = []
         progress = _Progress(
             "export", sum(waiting.values()), enabled=not args.quiet and not args.dry_run
@@ -5662,6 +6147,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         for name in names:
             for key, status in await store.fetch(_SQL_EXPORT_RUNNING, {"queue": name}):
                 running.append({"queue": name, "key": key, "status": status})
+            for (key,) in await store.fetch(_SQL_EXPORT_BLOCKED, {"queue": name}):
+                blocked.append({"queue": name, "key": key})
             if args.dry_run:
                 report["queues"][name] = {"to_move": waiting[name], "moved": 0}
                 continue
@@ -5681,6 +6168,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
             conflicts += [{"queue": name, "key": job.key} for job in left]
         progress.close()
         report["running"] = running
+        report["waiting_on_dependencies"] = blocked
         report["conflicts"] = conflicts
         if args.json:
             _print_json(report)
@@ -5707,7 +6195,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
                 "workers first (they finish or put their jobs back), then export again",
                 file=sys.stderr,
             )
-        return 1 if running or conflicts else 0
+        if blocked:
+            print(
+                f"saqlite export: {len(blocked)} job(s) waiting on dependencies were not "
+                "moved (SAQ has no dependencies: it would run them at once): let a saqlite "
+                "worker run their pipelines, then export again",
+                file=sys.stderr,
+            )
+        return 1 if running or blocked or conflicts else 0
 
     return _run_on_store(args.file, action)
 
@@ -5898,6 +6393,12 @@ form.filters{display:flex;gap:.6em;align-items:end;margin-bottom:.8em;flex-wrap:
 progress{width:16em}.paging{display:flex;gap:1em}
 div.facts{display:flex;gap:1em;flex-wrap:wrap;align-items:flex-start}
 table.facts{width:auto;flex:1;min-width:24em}table.facts th{width:8em}
+svg.pipeline{background:#fff;border:1px solid #e3e6eb;max-width:100%}
+svg.pipeline rect{fill:#e3e6eb;stroke:#9aa3b2}svg.pipeline rect.this{stroke:#222;stroke-width:2}
+svg.pipeline rect.complete{fill:#d3f2dc}svg.pipeline rect.failed{fill:#f8d4d4}
+svg.pipeline rect.aborted,svg.pipeline rect.aborting{fill:#f7e5c8}
+svg.pipeline rect.active{fill:#d6e6fb}svg.pipeline line{stroke:#9aa3b2}
+svg.pipeline text{font-size:12px}
 """
 
 # Refreshes <main> in place every few seconds while the page is open and the box
@@ -6334,6 +6835,9 @@ auto-refresh</label>
                 sections.append(f'<h2>{name}</h2><pre class="{name.lower()}">{_e(text)}</pre>')
         if job.error:
             sections.append(f'<h2>Error</h2><pre class="error">{_e(_capped(job.error))}</pre>')
+        pipeline = await _pipeline(job)
+        if len(pipeline) > 1:
+            sections.append(f"<h2>Pipeline</h2>{self._pipeline_svg(request, db, job, pipeline)}")
         progress = max(0.0, min(float(job.progress or 0), 1.0))
         body = f"""{f'<p class="notice">{_e(notice)}</p>' if notice else ""}
 <h2>Job {_e(job.key)} {_status_html(job.status, "status")}</h2>
@@ -6341,6 +6845,59 @@ auto-refresh</label>
 <p>Progress <progress max="1" value="{progress:.4f}"></progress> {progress * 100:.0f}%</p>
 <div class="facts">{tables}</div>{"".join(sections)}"""
         return self._render(request, nonce, f"Job {job.key}", body)
+
+    def _pipeline_svg(
+        self, request: _WebRequest, db: int, job: Job, pipeline: dict[str, _PipelineNode]
+    ) -> str:
+        """The jobs linked to ``job`` as a graph: a column per depth, each job a box
+        (coloured by status, a link to its page), a line from each dependency to its
+        dependents."""
+        depth: dict[str, int] = {}
+
+        def depth_of(key: str, seen: frozenset[str] = frozenset()) -> int:
+            if key not in depth:
+                before = [d for d in pipeline[key].depends_on if d in pipeline and d not in seen]
+                depth[key] = 1 + max((depth_of(d, seen | {key}) for d in before), default=-1)
+            return depth[key]
+
+        columns: dict[int, list[str]] = {}
+        for key in sorted(pipeline):
+            columns.setdefault(depth_of(key), []).append(key)
+        width, height, gap_x, gap_y = 150, 24, 60, 12
+        where = {
+            key: (x * (width + gap_x) + 10, y * (height + gap_y) + 10)
+            for x, keys in columns.items()
+            for y, key in enumerate(keys)
+        }
+        lines = [
+            f'<line x1="{where[d][0] + width}" y1="{where[d][1] + height // 2}" '
+            f'x2="{x}" y2="{y + height // 2}"/>'
+            for key, (x, y) in where.items()
+            for d in pipeline[key].depends_on
+            if d in where
+        ]
+        boxes = []
+        for key, (x, y) in where.items():
+            status = pipeline[key].status
+            classes = f"{status or 'deleted'}{' this' if key == job.key else ''}"
+            url = self._url(request, "/job", db=db, queue=job.get_queue().name, key=key)
+            label = key if len(key) <= 20 else key[:19] + "…"
+            boxes.append(
+                f'<a href="{_e(url)}"><title>{_e(key)}: {_e(status or "deleted")}</title>'
+                f'<rect class="{_e(classes)}" x="{x}" y="{y}" width="{width}" '
+                f'height="{height}" rx="4"/><text x="{x + 6}" y="{y + 16}">{_e(label)}</text></a>'
+            )
+        total_w = max(x for x, _ in where.values()) + width + 10
+        total_h = max(y for _, y in where.values()) + height + 10
+        more = (
+            f'<p class="muted">The first {_PIPELINE_SHOWN} jobs of the pipeline.</p>'
+            if len(pipeline) >= _PIPELINE_SHOWN
+            else ""
+        )
+        return (
+            f'<svg class="pipeline" id="pipeline" width="{total_w}" height="{total_h}" '
+            f'viewBox="0 0 {total_w} {total_h}">{"".join(lines)}{"".join(boxes)}</svg>{more}'
+        )
 
     async def _change(self, request: _WebRequest, nonce: str) -> _WebResponse:
         params = request.form()

@@ -220,6 +220,7 @@ def test_job_fields_order_and_defaults() -> None:
         "retry_delay", "retry_backoff", "scheduled", "progress", "attempts", "completed",
         "queued", "started", "touched", "result", "error", "status", "priority", "group_key",
         "meta", "worker_id",
+        "depends_on", "allow_failed_dependencies",  # saqlite's own, after SAQ's
     ]  # fmt: skip
     job = Job("f")
     assert (job.kwargs, job.queue, job.timeout, job.heartbeat, job.retries, job.ttl) == (

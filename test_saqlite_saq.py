@@ -174,7 +174,8 @@ def test_job_fields_are_in_saqs_order() -> None:
     )  # fmt: skip
     assert (job.priority, job.group_key, job.meta, job.worker_id) == (3, "g", {"m": 1}, "w")
     saq = _import_saq()
-    assert names == [field.name for field in dataclasses.fields(saq.job.Job)]
+    # saqlite's own fields come after all of SAQ's, so positions agree.
+    assert names == [field.name for field in dataclasses.fields(saq.job.Job)] + list(_EXTRA_FIELDS)
 
 
 @async_test
@@ -225,7 +226,15 @@ _ALLOWED: dict[tuple[str, str], str] = {
 _EXTRA_OPTIONS: dict[tuple[str, str], set[str]] = {
     # README "Worker(handle_signals=)": False leaves SIGINT/SIGTERM to the program.
     ("Worker", "__init__"): {"handle_signals"},
+    # README "depends_on": dependencies between jobs (Job fields after SAQ's own, below).
+    ("Job", "__init__"): {"depends_on", "allow_failed_dependencies"},
 }
+#: saqlite-only Job fields, after all of SAQ's (SAQ's Job() refuses them: a TypeError).
+_EXTRA_FIELDS = ("depends_on", "allow_failed_dependencies")
+
+
+#: How a saqlite-only option may be taken: by name, or at the end (Job's extra fields).
+_OPTIONAL_KINDS = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
 def _compare(saq_class: type, lite_class: type) -> list[str]:
@@ -239,7 +248,7 @@ def _compare(saq_class: type, lite_class: type) -> list[str]:
         return [
             (p.name, p.kind, norm(p.default))
             for p in inspect.signature(member).parameters.values()
-            if not (p.name in extra and p.kind is p.KEYWORD_ONLY and p.default is not p.empty)
+            if not (p.name in extra and p.kind in _OPTIONAL_KINDS and p.default is not p.empty)
         ]
 
     problems = []
@@ -279,7 +288,8 @@ def test_every_public_member_of_saqs_job_queue_and_worker_is_here_alike() -> Non
     assert problems == []
     # Dataclass fields: same names, order and defaults.
     saq_fields = [(f.name, f.default) for f in dataclasses.fields(saq.job.Job)]
-    assert saq_fields == [(f.name, f.default) for f in dataclasses.fields(Job)]
+    lite_fields = [(f.name, f.default) for f in dataclasses.fields(Job)]
+    assert saq_fields == [field for field in lite_fields if field[0] not in _EXTRA_FIELDS]
     # Every allowed difference is still a difference (so the list does not go stale).
     for cls, name in _ALLOWED:
         saq_class = {"Job": saq.job.Job, "Queue": saq.queue.base.Queue, "Worker": saq.worker.Worker}

@@ -211,6 +211,48 @@ def run_bulk(backend: Backend, n: int) -> dict[str, float]:
     return asyncio.run(_bulk(backend, n))
 
 
+# --------------------------------------------------------------------------- 2b. pipeline
+
+
+async def _pipeline(backend: Backend, n: int) -> dict[str, float]:
+    queue = await backend.open_queue(backend.fresh_url())
+    try:
+        job = backend.module.Job
+        root = job("noop", key="root")
+        middle = [job("noop", key=f"m{i}", depends_on=[root]) for i in range(n)]
+        final = job("noop", key="final", depends_on=middle)
+        start = time.perf_counter()
+        await queue.enqueue_many([root, *middle, final])  # one transaction
+        enqueue_s = time.perf_counter() - start
+        bench_jobs.RECORDER.reset(n + 2)
+        t0 = time.perf_counter()
+        worker, task = await start_worker(backend, queue)
+        try:
+            assert bench_jobs.RECORDER.done is not None
+            await asyncio.wait_for(bench_jobs.RECORDER.done.wait(), timeout_for(n))
+            times = sorted(bench_jobs.RECORDER.times)
+            await wait_incomplete_zero(queue, 30)
+        finally:
+            await stop_worker(worker, task)
+        await final.refresh()
+        if str(final.status) != "complete":
+            raise AssertionError(f"the fan-in job ended {final.status}")
+        return {
+            "enqueue_jobs_s": (n + 2) / enqueue_s,
+            "jobs_s": (n + 2) / (times[-1] - t0),
+            # From the end of the last of the N to the end of the job that waited on them.
+            "fan_in_ms": (times[-1] - times[-2]) * 1000,
+        }
+    finally:
+        await queue.disconnect()
+
+
+def run_pipeline(backend: Backend, n: int) -> dict[str, float]:
+    """A fan-out/fan-in graph: one root, N jobs that depend on it, one job that depends
+    on the N; enqueued in one ``enqueue_many``, drained by one Worker(concurrency=10)."""
+    return asyncio.run(_pipeline(backend, n))
+
+
 # --------------------------------------------------------------------------- 3. pickup latency
 
 

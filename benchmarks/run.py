@@ -6,6 +6,7 @@ Run from the repository root (or anywhere; paths are resolved from this file):
     python benchmarks/run.py --quick         # smaller N, 1 run, about 1.5 min
     python benchmarks/run.py --runs 5 --json out.json --md out.md
     python benchmarks/run.py --smoke         # saqlite only, tiny N, a few seconds; for CI
+    python benchmarks/run.py --only pipeline # a fan-out/fan-in graph of 10,000 jobs
 
 It prints a markdown table (median of the runs, min-max, ratio to SAQ-on-Redis and to the
 batched aiosqlite raw loop of the same run, and the targets met or not) and writes JSON.
@@ -61,6 +62,7 @@ class Plan:
     noop_sizes: list[int] = field(default_factory=lambda: [1000, 10000])
     sleeper_sizes: list[int] = field(default_factory=lambda: [1000])
     bulk_n: int = 10000
+    pipeline_n: int = 10000
     pickup_count: int = 200
     pickup_interval: float = 0.02
     pickup_idle_s: float = 1.5
@@ -84,6 +86,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
             noop_sizes=[200],
             sleeper_sizes=[200],
             bulk_n=200,
+            pipeline_n=200,
             pickup_count=20,
             pickup_idle_s=0.3,
             idle_cpu_s=0.5,
@@ -161,6 +164,18 @@ def bulk_suite(col: Collector, b: Backend, plan: Plan) -> None:
         return  # SAQ 0.26 has no enqueue_many
     metrics = {"jobs_s": (f"bulk enqueue_many N={plan.bulk_n}", "jobs/s", True)}
     measure(col, b, lambda i: bench_queue.run_bulk(b, plan.bulk_n), metrics, plan.runs)
+
+
+def pipeline_suite(col: Collector, plan: Plan, tmp: str) -> None:
+    """saqlite only (SAQ has no dependencies): a fan-out/fan-in graph of N jobs."""
+    n = plan.pipeline_n
+    metrics = {
+        "jobs_s": (f"fan-out/fan-in N={n} run", "jobs/s", True),
+        "enqueue_jobs_s": (f"fan-out/fan-in N={n} enqueue_many", "jobs/s", True),
+        "fan_in_ms": (f"fan-out/fan-in N={n}: last of the N to end of the fan-in", "ms", False),
+    }
+    backend = Backend("saqlite", "sqlite-normal", tmp)
+    measure(col, backend, lambda i: bench_queue.run_pipeline(backend, n), metrics, plan.runs)
 
 
 def latency_metrics(wl: str) -> Metrics:
@@ -355,7 +370,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "benchmark-results.json; '' for none; none by default with --smoke)",
     )
     parser.add_argument("--md", default="", help="also write the markdown report here")
-    parser.add_argument("--only", default="", help="comma list of: raw,saqlite,saq,huey")
+    parser.add_argument("--only", default="", help="comma list of: raw,saqlite,saq,huey,pipeline")
     return parser.parse_args(argv)
 
 
@@ -371,6 +386,8 @@ def run_all(plan: Plan, only: list[str]) -> tuple[Collector, dict[str, str], int
             raw_suite(col, plan, tmp)
         if want("saqlite"):
             saqlite_suite(col, plan, tmp, iters)
+        if want("pipeline"):
+            pipeline_suite(col, plan, tmp)
         if plan.peers and want("saq"):
             saq_suite(col, plan, tmp, iters)
         if plan.peers and want("huey"):
