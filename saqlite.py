@@ -26,6 +26,7 @@ Sections, in reading order (search for the banners):
         Status, Job, CronJob
         Queue            the async client; each statement beside the method that runs it
         Worker           claims and runs jobs, cron, sweeps
+        step, sleep      resumable jobs: durable steps and sleeps
         SyncQueue        the same queue for code without an event loop
         Command line: running workers    ``python -m saqlite module.settings``
     The private machinery they run on:
@@ -117,6 +118,8 @@ __all__ = [
     "exponential_backoff",
     "main",
     "now",
+    "sleep",
+    "step",
 ]
 
 logger = logging.getLogger(__name__)
@@ -243,6 +246,34 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # When the worker's process started, as the OS tells it (see _start_token):
         # with the pid, it tells a worker from a later process given the same pid.
         "ALTER TABLE saqlite_workers ADD COLUMN start_token TEXT",
+    ),
+    (  # version 5 (issue 12 part 2; 3 and 4 come from other branches: renumber on merge)
+        # The record of a job's durable steps and sleeps (see step() and sleep()).
+        """
+        CREATE TABLE saqlite_steps (
+            queue    TEXT    NOT NULL,
+            key      TEXT    NOT NULL,
+            name     TEXT    NOT NULL,
+            run      INTEGER NOT NULL,  -- Job.started of the run that wrote it (epoch ms)
+            started  INTEGER NOT NULL,  -- epoch ms
+            finished INTEGER,  -- epoch ms; NULL while it runs; a sleep's: when it ends
+            outcome  TEXT    NOT NULL,  -- 'running', 'done', 'failed' or 'sleeping'
+            result   BLOB,  -- {"result": ...} through Queue.dump, for 'done'
+            error    TEXT,  -- what a failed step raised
+            PRIMARY KEY (queue, key, name)
+        )
+        """,
+        # The record goes with its job: when the job is deleted, or when its key is
+        # enqueued again after it finished (a new job: the upsert sets a new `queued`).
+        """
+        CREATE TRIGGER saqlite_steps_of_deleted_job AFTER DELETE ON saqlite_jobs
+        BEGIN DELETE FROM saqlite_steps WHERE queue = OLD.queue AND key = OLD.key; END
+        """,
+        """
+        CREATE TRIGGER saqlite_steps_of_replaced_job AFTER UPDATE OF queued ON saqlite_jobs
+        WHEN OLD.queued IS NOT NEW.queued
+        BEGIN DELETE FROM saqlite_steps WHERE queue = OLD.queue AND key = OLD.key; END
+        """,
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -1330,6 +1361,25 @@ class Queue:
         if delay:
             job.scheduled = int(time.time() + delay)
 
+    async def _sleep(self, job: Job, until: float) -> bool:
+        """Put back a job its worker ran until ``until`` (epoch s), without charging
+        the attempt (see sleep()); whether it was still as its worker saw it."""
+        asleep = dataclasses.replace(
+            job,
+            status=Status.QUEUED,
+            attempts=job.attempts - 1,
+            scheduled=math.ceil(until),  # whole seconds, as SAQ's
+            started=0,
+            touched=now(),
+        )
+        stored = await self._write(asleep, _Expected.of(job))
+        if stored:
+            job.replace(asleep)
+            if logger.isEnabledFor(logging.INFO):
+                logger.info("Sleeping %s", job.info(logger.isEnabledFor(logging.DEBUG)))
+            await self._wakeup.notify("jobs")
+        return stored
+
     async def update(self, job: Job, **kwargs: t.Any) -> None:
         """Set fields of a job and store it by key, as SAQ does; this touches it (a
         heartbeat). The stored status stays as it is unless ``status=`` is given;
@@ -2314,6 +2364,9 @@ class Worker:
                 return "complete", result
         except _Abandoned:
             raise
+        except _Sleep as sleeping:
+            if running.cancelled_for is None:
+                return "sleep", sleeping.until
         except asyncio.CancelledError:
             if running.cancelled_for is None:
                 raise
@@ -2373,6 +2426,9 @@ class Worker:
                 self.id,
                 job.info(),
             )
+        elif outcome == "sleep":
+            stored = await self._persist(job, lambda: self.queue._sleep(job, value))
+            await self._settle(job, stored)
         elif outcome in ("retry", "stop") or swept:
             error = "cancelled" if outcome == "stop" else value
             stored = await self._persist(job, lambda: self.queue._retry(job, error))
@@ -2521,6 +2577,216 @@ class Worker:
         await self._beat()
         await self._sweep()
         await self.abort()
+
+
+# =============================================================================
+# Resumable jobs: step and sleep
+# =============================================================================
+
+#: How early (ms) a sleeping job may run again and count its sleep as over: the
+#: claim reads SQLite's clock, the job's record Python's.
+_SLEEP_SLACK_MS = 10
+
+_SQL_STEP_RECORD = """
+SELECT name, outcome, started, finished, result FROM saqlite_steps WHERE queue = ? AND key = ?
+"""
+
+
+class _StepRow(t.NamedTuple):
+    """A step or sleep of a job's record, as a run of the job reads it."""
+
+    outcome: str
+    started: int
+    finished: t.Optional[int]
+    result: t.Union[str, bytes, None]
+
+
+class _Sleep(BaseException):
+    """Raised by sleep() through the job's function to end its run: its worker puts
+    the job back in the queue until ``until`` (epoch s). Not an Exception, so that a
+    function's ``except Exception`` does not take it for an error."""
+
+    def __init__(self, until: float) -> None:
+        super().__init__(until)
+        self.until = until
+
+
+async def step(
+    ctx: Context, name: str, fn: Callable[..., t.Any], /, *args: t.Any, **kwargs: t.Any
+) -> t.Any:
+    """Run ``fn(*args, **kwargs)`` once for the job: a durable step.
+
+    Its result is recorded in the file when it returns; when the job runs again (a
+    retry after an error, a worker killed or stopped, a resume after ``sleep``) the
+    recorded result comes back without calling ``fn``. A step that started but did
+    not finish runs again: a step runs at least once, so make it safe to repeat.
+    What it returns is what its record gives back (through the queue's ``dump`` and
+    ``load``: JSON turns a tuple into a list), on the first run as on a replay.
+
+    Call it from an async job function, with the job's ``ctx``. An async ``fn`` runs
+    in the job's task; a plain one in one of the worker's threads (as sync jobs
+    do). Under SAQ's own Worker (no file) it just calls ``fn``.
+
+    Args:
+        ctx: the job function's ctx.
+        name: the step's name, unique within the job (a step or a sleep).
+        fn: the function; ``args`` and ``kwargs`` go to it.
+
+    Raises:
+        ValueError: ``name`` is not a non-empty string, or was used before in this run.
+        RuntimeError: ``ctx`` is not that of a job this process's worker runs.
+        TypeError: the result cannot be encoded by the queue's ``dump``.
+    """
+    run = _run_of(ctx, "step", name)
+    if run is None:  # SAQ's Worker: no record to keep
+        return await _call_step(ctx, fn, args, kwargs)
+    record = await _record_of(run)
+    queue = run.job.get_queue()
+    row = record.get(name)
+    if row is not None and row.outcome == "done":
+        return None if row.result is None else queue._codec.load(row.result)["result"]
+    started = now()
+    await _record_step(
+        run, _step_item(run, name, started=started, finished=None, outcome="running")
+    )
+    try:
+        value = await _call_step(ctx, fn, args, kwargs)
+    except Exception as exc:
+        error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        await _record_step(
+            run,
+            _step_item(run, name, started=started, finished=now(), outcome="failed", error=error),
+        )
+        raise
+    try:
+        result = None if value is None else queue._codec.dump({"result": value})
+        replayed = None if result is None else queue._codec.load(result)["result"]
+    except Exception as exc:  # whatever dump raises
+        error = (
+            f"The result of step {name!r} of {run.job.info()} cannot be recorded: {exc!r}. "
+            "A step must return what the queue's dump can encode (JSON by default), "
+            "or the Queue needs dump= and load= that can"
+        )
+        await _record_step(
+            run,
+            _step_item(run, name, started=started, finished=now(), outcome="failed", error=error),
+        )
+        raise TypeError(error) from exc
+    finished = now()
+    await _record_step(
+        run,
+        _step_item(run, name, started=started, finished=finished, outcome="done", result=result),
+    )
+    record[name] = _StepRow("done", started, finished, result)
+    return replayed
+
+
+async def sleep(ctx: Context, name: str, seconds: float) -> None:
+    """Let the job sleep ``seconds``: a durable sleep.
+
+    The job gives back its worker slot and goes back in the queue (QUEUED, scheduled
+    for its end) without using a retry; while it sleeps the tools show it as
+    sleeping. When it runs again, its finished steps replay from the record and it
+    carries on after this call. The job's timeout counts per run: from its claim to
+    a sleep, and from its resume on; time asleep does not count. Call it from the job
+    function itself (not inside a step). Under SAQ's own Worker it just sleeps.
+
+    Args:
+        ctx: the job function's ctx.
+        name: the sleep's name, unique within the job (a step or a sleep).
+        seconds: how long, from 0 to 1e10.
+
+    Raises:
+        ValueError: ``seconds`` is negative, not a number or too large; ``name`` is
+            not a non-empty string, or was used before in this run.
+        RuntimeError: ``ctx`` is not that of a job this process's worker runs.
+    """
+    _check_range("saqlite.sleep()", "seconds", seconds, _MAX_SECONDS, "a number of seconds")
+    run = _run_of(ctx, "sleep", name)
+    if run is None:  # SAQ's Worker: no record to keep
+        await asyncio.sleep(seconds)
+        return
+    row = (await _record_of(run)).get(name)
+    if row is not None and row.outcome == "done":
+        return
+    if row is None or row.outcome != "sleeping" or row.finished is None:
+        started = now()
+        until = started + math.ceil(seconds * 1000)
+        await _record_step(
+            run, _step_item(run, name, started=started, finished=until, outcome="sleeping")
+        )
+        raise _Sleep(until / 1000)
+    current = now()
+    if current < row.finished - _SLEEP_SLACK_MS:  # run again early: sleep the rest
+        raise _Sleep(row.finished / 1000)
+    await _record_step(
+        run, _step_item(run, name, started=row.started, finished=current, outcome="done")
+    )
+
+
+def _run_of(ctx: Context, what: str, name: object) -> t.Optional[_Running]:
+    """The run of the job whose ctx this is, with ``name`` taken in it; None under
+    SAQ's Worker, whose ctx holds SAQ's Job."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(
+            f"saqlite.{what}() needs a name, a non-empty string unique within the job, got {name!r}"
+        )
+    job = ctx.get("job") if isinstance(ctx, dict) else None
+    if job is None:
+        keys = sorted(ctx) if isinstance(ctx, dict) else type(ctx).__name__
+        raise RuntimeError(
+            f"saqlite.{what}({name!r}) needs the ctx a worker passes a job's function "
+            f"(with ctx['job']), got {keys!r}: call it from a job function, with its ctx"
+        )
+    if not isinstance(job, Job):
+        return None
+    run = job._lease
+    if run is None:
+        raise RuntimeError(
+            f"saqlite.{what}({name!r}) was called for {job.info()}, which no worker of this "
+            "process is running: call it from the job's function, while it runs"
+        )
+    if name in run.named:
+        raise ValueError(
+            f"saqlite.{what}() name {name!r} is used twice in one run of {job.info()}: "
+            f"give each step and sleep of a job its own name (in a loop: f'{name}-{{i}}')"
+        )
+    run.named.add(name)
+    return run
+
+
+async def _record_of(run: _Running) -> dict[str, _StepRow]:
+    """The job's record of steps, read once per run."""
+    if run.record is None:
+        queue = run.job.get_queue()
+        rows = await queue._fetch(_SQL_STEP_RECORD, (queue.name, run.job.key))
+        run.record = {name: _StepRow(*values) for name, *values in rows}
+    return run.record
+
+
+async def _record_step(run: _Running, item: tuple[str, tuple[t.Any, ...]]) -> None:
+    """Write a step of the record, unless the job is no longer this run's: then the
+    run is cancelled (as a write through job.update() would do) and stores nothing."""
+    if await run.job.get_queue()._writes.submit(item):
+        return
+    run.lost()
+    await asyncio.sleep(0)  # lost() cancelled the run's task: it ends here
+    raise asyncio.CancelledError  # (if it was cancelled for another reason already)
+
+
+async def _call_step(
+    ctx: Context, fn: Callable[..., t.Any], args: tuple[t.Any, ...], kwargs: dict[str, t.Any]
+) -> t.Any:
+    """Call a step's function: an async one in this task, a plain one in a thread
+    (the worker's own, seeing this task's contextvars)."""
+    if inspect.iscoroutinefunction(fn):
+        return await fn(*args, **kwargs)
+    call = functools.partial(fn, *args, **kwargs)
+    worker = ctx.get("worker")
+    if isinstance(worker, Worker):
+        return await _call(lambda _context: call(), ctx, {}, worker._threads)
+    outcome = await asyncio.to_thread(call)
+    return await outcome if inspect.isawaitable(outcome) else outcome
 
 
 # =============================================================================
@@ -3163,6 +3429,26 @@ def _set_item(queue: Queue, job: Job, given: frozenset[str]) -> tuple[str, tuple
     return "set", (*guard, *row)
 
 
+def _step_item(
+    run: _Running,
+    name: str,
+    *,
+    started: int,
+    finished: t.Optional[int],
+    outcome: str,
+    result: t.Union[str, bytes, None] = None,
+    error: t.Optional[str] = None,
+) -> tuple[str, tuple[t.Any, ...]]:
+    """A write of one step of a running job's record, for _write_steps: it applies
+    only while the job is still that run's."""
+    job = run.job
+    queue = job.get_queue()
+    return "step", (
+        run.worker_id, run.attempts, queue.name, job.key, name, job.started, started, finished,
+        outcome, result, error,
+    )  # fmt: skip
+
+
 # A guarded write of whole jobs: each row applies only where the job is still in
 # the state its writer last saw (status, worker and attempt), so a late writer never
 # overwrites an abort or a sweep that came in between.
@@ -3235,6 +3521,22 @@ _SQL_REMOVE_JOBS = (
     ") RETURNING key"
 )
 
+# A step of a job's record (see step()), written only while the run that writes it
+# still owns the job: the lease of a write by key.
+_STEP_COLUMNS = (
+    "queue", "key", "name", "run", "started", "finished", "outcome", "result", "error",
+)  # fmt: skip
+_STEP_WRITE_COLUMNS = (*_LEASE_COLUMNS, *_STEP_COLUMNS)
+_SQL_WRITE_STEPS = (
+    _rows_named(_STEP_WRITE_COLUMNS)
+    + f"INSERT INTO saqlite_steps ({', '.join(_STEP_COLUMNS)}) SELECT "
+    + ", ".join(f"v.{c}" for c in _STEP_COLUMNS)
+    + f" FROM v JOIN saqlite_jobs ON {_LEASE_GUARD} WHERE true"
+    + " ON CONFLICT (queue, key, name) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _STEP_COLUMNS[3:])
+    + " RETURNING key"
+)
+
 #: Each kind of write: its statement, and the columns of its rows.
 _WRITES = {
     "update": (_SQL_WRITE_JOBS, _WRITE_COLUMNS),
@@ -3242,6 +3544,7 @@ _WRITES = {
     "delete": (_SQL_DELETE_JOBS, _DELETE_COLUMNS),
     "set": (_SQL_SET_JOBS, _SET_COLUMNS),
     "remove": (_SQL_REMOVE_JOBS, _REMOVE_COLUMNS),
+    "step": (_SQL_WRITE_STEPS, _STEP_WRITE_COLUMNS),
 }
 #: Where the key is in the values of each kind of write.
 _KEY_INDEX = {kind: columns.index("key") for kind, (_, columns) in _WRITES.items()}
@@ -4102,6 +4405,9 @@ class _Running:
     cancelled_for: t.Optional[str] = None
     abort_error: t.Optional[str] = None
     runner: t.Optional[asyncio.Task[t.Any]] = None
+    #: The job's record of steps (read at its first step), and the names taken.
+    record: t.Optional[dict[str, _StepRow]] = None
+    named: set[str] = dataclasses.field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.attempts = self.job.attempts
