@@ -27,6 +27,7 @@ import pytest
 
 import saqlite
 from saqlite import Context, Queue, Status
+from test_saqlite_saq import _import_saq, redis  # noqa: F401 (a fixture)
 from test_saqlite import (
     HERE,
     async_test,
@@ -177,3 +178,318 @@ async def test_a_sleeping_job_gives_back_its_slot_and_resumes_after_its_sleep(
     assert calls.index("quick") < calls.index("after the sleep")
     assert calls.count("prepare") == 1
     assert step_rows(tmp_path / "jobs.db", sleeper.key)["cool-down"] == ("done", None)
+
+
+# =============================================================================
+# Bad calls are clear errors at the call
+# =============================================================================
+
+
+@pytest.mark.parametrize("seconds", [-1, math.nan, math.inf, 1e11, "5", True])
+def test_sleep_of_a_bad_number_of_seconds_is_value_error_at_the_call(seconds: t.Any) -> None:
+    with pytest.raises(ValueError, match=r"saqlite\.sleep\(\) seconds must be a number of seconds"):
+        asyncio.run(saqlite.sleep({}, "wait", seconds))
+
+
+@pytest.mark.parametrize("name", ["", None, 3])
+def test_a_step_without_a_name_is_value_error(name: t.Any) -> None:
+    with pytest.raises(ValueError, match=r"saqlite\.step\(\) needs a name, a non-empty string"):
+        asyncio.run(saqlite.step({}, name, print))
+
+
+@async_test
+async def test_step_and_sleep_outside_a_running_job_are_clear_errors(tmp_path: Path) -> None:
+    queue = make_queue(tmp_path / "jobs.db")
+    with pytest.raises(RuntimeError, match=r"needs the ctx a worker passes a job's function"):
+        await saqlite.step({"queue": queue}, "fetch", print)
+    job = await queue.enqueue("job")
+    assert job is not None
+    ctx: Context = {"queue": queue, "job": job}
+    with pytest.raises(RuntimeError, match=r"which no worker of this process is running"):
+        await saqlite.sleep(ctx, "wait", 1)
+
+
+@async_test
+async def test_a_name_used_twice_in_one_run_fails_the_job_naming_it(tmp_path: Path) -> None:
+    queue = make_queue(tmp_path / "jobs.db")
+
+    async def job(ctx: Context) -> None:
+        for _ in range(2):
+            await saqlite.step(ctx, "page", asyncio.sleep, 0)
+
+    async with running(worker_for(queue, [("job", job)], timers=NO_SWEEP)):
+        enqueued = await queue.enqueue("job")
+        assert enqueued is not None
+        await enqueued.refresh(until_complete=10)
+    assert enqueued.status == Status.FAILED
+    assert "ValueError: saqlite.step() name 'page' is used twice in one run" in (
+        enqueued.error or ""
+    )
+    assert "in a loop: f'page-{i}'" in (enqueued.error or "")
+
+
+@async_test
+async def test_a_result_dump_cannot_encode_fails_the_job_naming_the_step(tmp_path: Path) -> None:
+    queue = make_queue(tmp_path / "jobs.db")
+
+    async def job(ctx: Context) -> None:
+        await saqlite.step(ctx, "connect", object)
+
+    async with running(worker_for(queue, [("job", job)], timers=NO_SWEEP)):
+        enqueued = await queue.enqueue("job")
+        assert enqueued is not None
+        await enqueued.refresh(until_complete=10)
+    assert enqueued.status == Status.FAILED
+    assert "TypeError: The result of step 'connect' of Job<function: job" in (enqueued.error or "")
+    assert "A step must return what the queue's dump can encode" in (enqueued.error or "")
+    outcome, error = step_rows(tmp_path / "jobs.db", enqueued.key)["connect"]
+    assert outcome == "failed" and "cannot be recorded" in (error or "")
+
+
+# =============================================================================
+# The record lives and dies with its job
+# =============================================================================
+
+
+@async_test
+async def test_the_record_is_kept_by_a_retry_by_hand_and_dropped_with_its_job(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "jobs.db"
+    queue = make_queue(path)
+    calls: list[str] = []
+
+    async def fetch() -> str:
+        calls.append("fetch")
+        return "data"
+
+    async def job(ctx: Context) -> str:
+        data = await saqlite.step(ctx, "fetch", fetch)
+        if not calls.count("fixed"):
+            raise RuntimeError("bad credentials")
+        return t.cast(str, data)
+
+    async with running(worker_for(queue, [("job", job)], timers=NO_SWEEP)):
+        failed = await queue.enqueue("job", key="report", ttl=0)
+        assert failed is not None
+        await failed.refresh(until_complete=10)
+        assert failed.status == Status.FAILED
+        # Retried by hand after a fix: the recorded step replays.
+        calls.append("fixed")
+        assert run_cli(env(), "retry", str(path), "report").returncode == 0
+        await wait_for(functools.partial(has_status, queue, "report", Status.COMPLETE))
+        assert calls == ["fetch", "fixed"]
+        # Enqueued again once finished: a new job, with a record of its own.
+        again = await queue.enqueue("job", key="report", ttl=-1)
+        assert again is not None
+        await wait_for(lambda: calls.count("fetch") == 2)
+        await wait_for(lambda: not step_rows(path, "report"))  # deleted with the job (ttl=-1)
+    assert await queue.job("report") is None
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(HERE)}
+
+
+# =============================================================================
+# A run that lost its job writes no step; an abort stops a step
+# =============================================================================
+
+
+@async_test
+async def test_a_run_whose_job_was_taken_over_writes_no_step(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "jobs.db"
+    queue = make_queue(path)
+    other = make_queue(path)
+    proceed = asyncio.Event()
+    after_step: list[str] = []
+
+    async def slow() -> str:
+        await proceed.wait()
+        return "first run's"
+
+    async def job(ctx: Context) -> str:
+        value = await saqlite.step(ctx, "slow", slow)
+        after_step.append("ran on")
+        return t.cast(str, value)
+
+    worker = worker_for(queue, [("job", job)], concurrency=1, timers=NO_SWEEP)
+    async with running(worker):
+        enqueued = await queue.enqueue("job", retries=3, timeout=0)
+        assert enqueued is not None
+        await wait_for(lambda: step_rows(path, enqueued.key).get("slow") == ("running", None))
+        # Taken over, as a sweep does to a paused worker's job: back in the queue, then
+        # claimed by someone else.
+        await other.retry(enqueued, "swept")
+        taken = await other.dequeue(timeout=5)
+        assert taken is not None and taken.attempts == 2
+        with caplog.at_level(logging.WARNING, logger="saqlite"):
+            proceed.set()
+            await wait_for(lambda: "the job was taken over" in caplog.text)
+        assert step_rows(path, enqueued.key) == {"slow": ("running", None)}  # not "done"
+        assert after_step == []
+        assert (await stored(queue, enqueued.key)).status == Status.ACTIVE  # the second run's
+
+
+@async_test
+async def test_an_abort_during_a_step_leaves_it_unfinished_and_the_job_aborted(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "jobs.db"
+    queue = make_queue(path)
+    started = asyncio.Event()
+
+    async def download() -> None:
+        started.set()
+        await asyncio.sleep(30)
+
+    async def job(ctx: Context) -> None:
+        await saqlite.step(ctx, "download", download)
+
+    async with running(worker_for(queue, [("job", job)], timers=NO_SWEEP)):
+        enqueued = await queue.enqueue("job", timeout=0)
+        assert enqueued is not None
+        await asyncio.wait_for(started.wait(), 10)
+        await queue.abort(enqueued, "user abort")
+        await enqueued.refresh(until_complete=10)
+    assert (enqueued.status, enqueued.error) == (Status.ABORTED, "user abort")
+    assert step_rows(path, enqueued.key) == {"download": ("running", None)}
+
+
+# =============================================================================
+# A worker SIGKILLed during a step: another finishes the job, steps 1-2 run once
+# =============================================================================
+
+CRASH_SETTINGS = """
+import asyncio, os
+import saqlite
+
+EFFECTS = {effects!r}
+
+async def effect(n):
+    # A side effect per call, appended in one write: what a crash must not repeat.
+    with open(EFFECTS, "a") as log:
+        log.write(f"{{n}} {{os.getpid()}}\\n")
+    if n == 3 and os.environ.get("HANG_AT_3"):
+        await asyncio.sleep(120)  # SIGKILLed here
+    return n * 10
+
+async def five(ctx):
+    return [await saqlite.step(ctx, f"step-{{n}}", effect, n) for n in range(1, 6)]
+
+settings = {{
+    "queue": saqlite.Queue({db!r}),
+    "functions": [five],
+    "timers": {{"sweep": 0.3, "worker_info": 0.5, "abort": 0.2}},
+}}
+"""
+
+
+def start_worker(folder: Path, log_name: str, **env: str) -> subprocess.Popen[bytes]:
+    with open(folder / log_name, "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "saqlite", "crash_settings.settings", "-v"],
+            cwd=folder,
+            env={**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{folder}", **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+@pytest.fixture
+def worker_processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        yield processes
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@async_test
+async def test_a_five_step_job_whose_worker_is_sigkilled_in_step_3_finishes_elsewhere(
+    tmp_path: Path, worker_processes: list[subprocess.Popen[bytes]]
+) -> None:
+    effects = tmp_path / "effects.log"
+    (tmp_path / "crash_settings.py").write_text(
+        CRASH_SETTINGS.format(effects=str(effects), db=str(tmp_path / "jobs.db"))
+    )
+    queue = make_queue(tmp_path / "jobs.db")
+    job = await queue.enqueue("five", timeout=0)  # retries=1: the crash must not use one
+    assert job is not None
+    first = start_worker(tmp_path, "first.log", HANG_AT_3="1")
+    worker_processes.append(first)
+
+    def calls() -> list[tuple[int, int]]:
+        text = effects.read_text() if effects.exists() else ""
+        return [(int(n), int(pid)) for n, pid in (line.split() for line in text.splitlines())]
+
+    await wait_for(lambda: (3, first.pid) in calls(), timeout=60)
+    first.send_signal(signal.SIGKILL)
+    first.wait(30)
+    second = start_worker(tmp_path, "second.log")
+    worker_processes.append(second)
+    await job.refresh(until_complete=60)
+    logs = (tmp_path / "first.log").read_text() + (tmp_path / "second.log").read_text()
+    assert job.status == Status.COMPLETE, (job.error, logs[-3000:])
+    assert job.result == [10, 20, 30, 40, 50]
+    assert job.attempts == 1  # the dead worker's run was not charged
+    assert calls() == [
+        (1, first.pid),
+        (2, first.pid),
+        (3, first.pid),  # cut off: a started step runs again (at least once)
+        (3, second.pid),
+        (4, second.pid),
+        (5, second.pid),
+    ]
+    assert set(step_rows(tmp_path / "jobs.db", job.key).values()) == {("done", None)}
+
+
+# =============================================================================
+# Under SAQ's own Queue and Worker: step calls, sleep sleeps
+# =============================================================================
+
+
+async def add_later(a: int, b: int) -> int:
+    await asyncio.sleep(0)
+    return a + b
+
+
+def double(n: int) -> int:
+    return 2 * n
+
+
+async def resumable(ctx: t.Any) -> list[t.Any]:
+    total = await saqlite.step(ctx, "add", add_later, 1, 2)
+    doubled = await saqlite.step(ctx, "double", double, total)
+    began = time.monotonic()
+    await saqlite.sleep(ctx, "nap", 0.3)
+    return [total, doubled, time.monotonic() - began >= 0.3, ctx["job"].attempts]
+
+
+def test_under_saqs_own_queue_and_worker_step_calls_and_sleep_sleeps(redis: t.Any) -> None:
+    saq = _import_saq()
+
+    async def main() -> t.Any:
+        queue = saq.Queue.from_url(redis.url, name="steps-fallback")
+        worker = saq.Worker(queue, functions=[resumable])
+        task = asyncio.create_task(worker.start())
+        try:
+            return await queue.apply("resumable", timeout=20)
+        finally:
+            await worker.stop()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await queue.disconnect()
+
+    assert asyncio.run(main()) == [3, 6, True, 1]
