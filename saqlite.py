@@ -5247,14 +5247,19 @@ def _format_overview(overview: dict[str, t.Any]) -> str:
     return "\n".join(lines)
 
 
-def _format_jobs(jobs: Sequence[Job], page: int, limit: int, more: bool) -> str:
+def _format_jobs(
+    jobs: Sequence[Job], page: int, limit: int, more: bool, sleeping: set[tuple[str, str]]
+) -> str:
     if not jobs:
         return "no jobs match" if page == 1 else f"no jobs on page {page}"
     current = now()
     headers = ("QUEUE", "KEY", "FUNCTION", "STATUS", "TRIES", "QUEUED", "TOOK", "ERROR")
     rows = [
         [
-            job.get_queue().name, job.key, job.function, job.status.value, job.attempts,
+            job.get_queue().name, job.key, job.function,
+            f"{job.status.value}, sleeping"
+            if (job.get_queue().name, job.key) in sleeping else job.status.value,
+            job.attempts,
             _fmt_ago(job.queued, current), _fmt_span(job.duration("process")),
             _cut(_error_line(job.error), 60),
         ]
@@ -5452,17 +5457,15 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
     async def action(store: _Store) -> int:
         offset = (args.page - 1) * args.limit
         jobs, more = await _list_jobs(store, where, offset, args.limit)
+        sleeping = await _sleeping(store, jobs)
         if args.json:
-            _print_json(
-                {
-                    "jobs": [_job_json(job) for job in jobs],
-                    "page": args.page,
-                    "limit": args.limit,
-                    "more": more,
-                }
-            )
+            listed = [
+                {**_job_json(job), "sleeping": (job.get_queue().name, job.key) in sleeping}
+                for job in jobs
+            ]
+            _print_json({"jobs": listed, "page": args.page, "limit": args.limit, "more": more})
         else:
-            print(_format_jobs(jobs, args.page, args.limit, more))
+            print(_format_jobs(jobs, args.page, args.limit, more, sleeping))
         return 0
 
     return _run_on_store(args.file, action)
@@ -5484,13 +5487,82 @@ async def _one_job(store: _Store, ref: str, queue: t.Optional[str]) -> Job:
     return jobs[0]
 
 
+# A job's record of steps and sleeps (see saqlite.step), in the order they began.
+_SQL_OPS_STEPS = """
+SELECT name, run, started, finished, outcome, error FROM saqlite_steps
+WHERE queue = :queue AND key = :key ORDER BY started, rowid
+"""
+
+
+async def _timeline(store: _Store, job: Job) -> list[dict[str, t.Any]]:
+    """A job's steps and sleeps: name, started (epoch ms), duration_ms, outcome
+    (done, failed, running, sleeping, or interrupted: cut off by a crash, a stop or
+    an abort), until (a sleep's end, epoch ms) and error."""
+    params = {"queue": job.get_queue().name, "key": job.key}
+    current = now()
+    timeline = []
+    for name, run, started, finished, stored, error in await store.fetch(_SQL_OPS_STEPS, params):
+        this_run = job.status in _RUNNING_STATUSES and run == job.started
+        outcome, end, until = stored, finished, None
+        if stored == "running":
+            outcome = "running" if this_run else "interrupted"
+            end = current if this_run else None
+        elif stored == "sleeping":
+            until = finished
+            if job.status in _FINISHED_STATUSES:
+                outcome, end = "interrupted", None
+        timeline.append(
+            {
+                "name": name,
+                "started": started,
+                "duration_ms": None if end is None else end - started,
+                "outcome": outcome,
+                "until": until,
+                "error": error,
+            }
+        )
+    return timeline
+
+
+def _format_timeline(timeline: list[dict[str, t.Any]]) -> str:
+    rows = [
+        [
+            step["name"], _fmt_time(step["started"]), _fmt_span(step["duration_ms"]),
+            f"{step['outcome']} until {_fmt_time(step['until'])}"
+            if step["outcome"] == "sleeping" else step["outcome"],
+            _cut(_error_line(step["error"]), 60),
+        ]
+        for step in timeline
+    ]  # fmt: skip
+    return _table(("STEP", "STARTED", "TOOK", "OUTCOME", "ERROR"), rows, right=[2])
+
+
+# Which of some jobs (JSON [[queue, key], ...]) wait in a sleep (see saqlite.sleep).
+_SQL_OPS_SLEEPING = """
+SELECT queue, key FROM saqlite_steps WHERE outcome = 'sleeping' AND (queue, key) IN (
+    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:jobs))
+"""
+
+
+async def _sleeping(store: _Store, jobs: Sequence[Job]) -> set[tuple[str, str]]:
+    """The (queue, key) of the jobs that are queued because they sleep."""
+    queued = [[job.get_queue().name, job.key] for job in jobs if job.status == Status.QUEUED]
+    if not queued:
+        return set()
+    rows = await store.fetch(_SQL_OPS_SLEEPING, {"jobs": json.dumps(queued)})
+    return {(queue, key) for queue, key in rows}
+
+
 def _cmd_job(args: argparse.Namespace) -> int:
     async def action(store: _Store) -> int:
         job = await _one_job(store, args.key, args.queue)
+        timeline = await _timeline(store, job)
         if args.json:
-            _print_json(_job_json(job))
+            _print_json({**_job_json(job), "steps": timeline})
         else:
             print(_format_job(job))
+            if timeline:
+                print("\nsteps:\n" + _indent(_format_timeline(timeline)))
         return 0
 
     return _run_on_store(args.file, action)
@@ -6188,6 +6260,7 @@ pre.error{border-color:#e4a2a2;background:#fff5f5}
 .status{padding:.05em .45em;border-radius:.6em;font-size:.85em;background:#e3e6eb}
 .status.complete{background:#d3f2dc}.status.failed{background:#f8d4d4}
 .status.aborted,.status.aborting{background:#f7e5c8}.status.active{background:#d6e6fb}
+.status.sleeping{background:#ece3f7}
 .notice{padding:.5em .8em;background:#fff8d8;border:1px solid #eedc82;margin-bottom:1em}
 .muted{color:#6a7385}.err{color:#a12b2b}
 form.inline{display:inline}button{cursor:pointer;padding:.3em .9em}
@@ -6545,6 +6618,7 @@ auto-refresh</label>
         db = self.stores.index(store)
         where, page, limit = self._filter(request)
         jobs, more = await _list_jobs(store, where, (page - 1) * limit, limit)
+        sleeping = await _sleeping(store, jobs)
         names = [name for (name,) in await store.fetch(_SQL_OPS_QUEUE_NAMES)]
         current = now()
 
@@ -6565,7 +6639,8 @@ auto-refresh</label>
             rows.append(
                 f'<tr><td>{_e(job.get_queue().name)}</td><td><a href="{_e(url)}">{_e(job.key)}</a>'
                 f"</td><td>{_e(job.function)}</td>"
-                f"<td>{_status_html(job.status)}</td>"
+                f"<td>{_status_html(job.status)}"
+                f"{_SLEEPING_HTML if (job.get_queue().name, job.key) in sleeping else ''}</td>"
                 f'<td class="n">{_e(job.attempts)}</td>'
                 f"<td>{_e(_fmt_ago(job.queued, current))}</td>"
                 f'<td class="n">{_e(_fmt_span(job.duration("process")))}</td>'
@@ -6631,9 +6706,15 @@ auto-refresh</label>
                 sections.append(f'<h2>{name}</h2><pre class="{name.lower()}">{_e(text)}</pre>')
         if job.error:
             sections.append(f'<h2>Error</h2><pre class="error">{_e(_capped(job.error))}</pre>')
+        timeline = await _timeline(self._store(request), job)
+        if timeline:
+            sections.insert(0, _timeline_html(timeline))
+        sleeping = job.status == Status.QUEUED and any(
+            step["outcome"] == "sleeping" for step in timeline
+        )
         progress = max(0.0, min(float(job.progress or 0), 1.0))
         body = f"""{f'<p class="notice">{_e(notice)}</p>' if notice else ""}
-<h2>Job {_e(job.key)} {_status_html(job.status, "status")}</h2>
+<h2>Job {_e(job.key)} {_status_html(job.status, "status")}{_SLEEPING_HTML if sleeping else ""}</h2>
 <p>{"".join(actions)}</p>
 <p>Progress <progress max="1" value="{progress:.4f}"></progress> {progress * 100:.0f}%</p>
 <div class="facts">{tables}</div>{"".join(sections)}"""
@@ -6673,13 +6754,19 @@ auto-refresh</label>
 
     async def _api_jobs(self, request: _WebRequest, nonce: str) -> _WebResponse:
         where, page, limit = self._filter(request)
-        jobs, more = await _list_jobs(self._store(request), where, (page - 1) * limit, limit)
-        return _json_response(
-            {"jobs": [_job_json(job) for job in jobs], "page": page, "limit": limit, "more": more}
-        )
+        store = self._store(request)
+        jobs, more = await _list_jobs(store, where, (page - 1) * limit, limit)
+        sleeping = await _sleeping(store, jobs)
+        listed = [
+            {**_job_json(job), "sleeping": (job.get_queue().name, job.key) in sleeping}
+            for job in jobs
+        ]
+        return _json_response({"jobs": listed, "page": page, "limit": limit, "more": more})
 
     async def _api_job(self, request: _WebRequest, nonce: str) -> _WebResponse:
-        return _json_response(_job_json(await self._job(request, request.query)))
+        job = await self._job(request, request.query)
+        timeline = await _timeline(self._store(request), job)
+        return _json_response({**_job_json(job), "steps": timeline})
 
 
 class _WebError(Exception):
@@ -6692,6 +6779,29 @@ def _status_html(status: Status, id: str = "") -> str:
     """A status as a coloured badge."""
     id_attribute = f' id="{_e(id)}"' if id else ""
     return f'<span class="status {_e(status.value)}"{id_attribute}>{_e(status.value)}</span>'
+
+
+#: The marker of a queued job that sleeps (see saqlite.sleep), beside its status.
+_SLEEPING_HTML = ' <span class="status sleeping">sleeping</span>'
+
+
+def _timeline_html(timeline: list[dict[str, t.Any]]) -> str:
+    """A job's steps and sleeps (see _timeline) as the job's page shows them."""
+    rows = []
+    for step in timeline:
+        outcome = step["outcome"]
+        if outcome == "sleeping":
+            outcome += f" until {_fmt_time(step['until'])}"
+        rows.append(
+            f"<tr><td>{_e(step['name'])}</td><td>{_e(_fmt_time(step['started']))}</td>"
+            f'<td class="n">{_e(_fmt_span(step["duration_ms"]))}</td>'
+            f'<td class="outcome {_e(step["outcome"])}">{_e(outcome)}</td>'
+            f'<td class="err">{_e(_cut(_error_line(step["error"]), 90))}</td></tr>'
+        )
+    return (
+        '<h2>Steps</h2><table id="steps"><tr><th>Step</th><th>Started</th>'
+        f'<th class="n">Took</th><th>Outcome</th><th>Error</th></tr>{"".join(rows)}</table>'
+    )
 
 
 def _capped(text: str) -> str:

@@ -356,6 +356,10 @@ async def test_an_abort_during_a_step_leaves_it_unfinished_and_the_job_aborted(
         await enqueued.refresh(until_complete=10)
     assert (enqueued.status, enqueued.error) == (Status.ABORTED, "user abort")
     assert step_rows(path, enqueued.key) == {"download": ("running", None)}
+    shown = run_cli(env(), "job", str(path), enqueued.key, "--json")
+    assert [(s["name"], s["outcome"]) for s in json.loads(shown.stdout)["steps"]] == [
+        ("download", "interrupted")
+    ]
 
 
 # =============================================================================
@@ -493,3 +497,89 @@ def test_under_saqs_own_queue_and_worker_step_calls_and_sleep_sleeps(redis: t.An
             await queue.disconnect()
 
     assert asyncio.run(main()) == [3, 6, True, 1]
+
+
+# =============================================================================
+# The tools show the record: a timeline, and sleeping jobs
+# =============================================================================
+
+
+async def asgi_get(path: Path, url_path: str, query: bytes) -> str:
+    """One GET of the page's ASGI app on this file; the body."""
+    app = saqlite.web_app(str(path))
+    sent: list[t.MutableMapping[str, t.Any]] = []
+
+    async def receive() -> t.MutableMapping[str, t.Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: t.MutableMapping[str, t.Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": url_path, "root_path": "",
+             "query_string": query, "headers": [(b"host", b"localhost")]}  # fmt: skip
+    try:
+        await app(scope, receive, send)
+    finally:
+        await app.close()
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [200]
+    return "".join(m["body"].decode() for m in sent if m["type"] == "http.response.body")
+
+
+@async_test
+async def test_the_tools_show_a_sleeping_job_and_its_timeline(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    queue = make_queue(path)
+
+    async def fetch() -> int:
+        return 1
+
+    async def check() -> int:
+        raise ValueError("not ready")
+
+    async def job(ctx: Context) -> None:
+        await saqlite.step(ctx, "fetch", fetch)
+        with contextlib.suppress(ValueError):
+            await saqlite.step(ctx, "check", check)
+        await saqlite.sleep(ctx, "cool-down", 3600)
+
+    async with running(worker_for(queue, [("job", job)], timers=NO_SWEEP)):
+        enqueued = await queue.enqueue("job", key="nap")
+        assert enqueued is not None
+        await wait_for(lambda: "cool-down" in step_rows(path, "nap"))
+        await wait_for(functools.partial(has_status, queue, "nap", Status.QUEUED))
+        await queue.enqueue("job", key="waiting", scheduled=int(time.time()) + 3600)
+
+    listing = run_cli(env(), "jobs", str(path))
+    assert listing.returncode == 0, listing.stderr
+    statuses = {line.split()[1]: line.split()[3] for line in listing.stdout.splitlines()[1:-1]}
+    assert statuses == {"nap": "queued,", "waiting": "queued"}  # "queued, sleeping"
+    assert "queued, sleeping" in listing.stdout
+
+    shown = run_cli(env(), "job", str(path), "nap")
+    assert shown.returncode == 0, shown.stderr
+    timeline = shown.stdout.split("\nsteps:\n")[1].splitlines()
+    assert timeline[0].split() == ["STEP", "STARTED", "TOOK", "OUTCOME", "ERROR"]
+    assert [line.split()[0] for line in timeline[1:]] == ["fetch", "check", "cool-down"]
+    assert "done" in timeline[1]
+    assert timeline[2].split()[-4:] == ["failed", "ValueError:", "not", "ready"]
+    assert "1h 00m  sleeping until " in timeline[3]
+
+    as_json = run_cli(env(), "job", str(path), "nap", "--json")
+    steps = json.loads(as_json.stdout)["steps"]
+    assert [(s["name"], s["outcome"]) for s in steps] == [
+        ("fetch", "done"),
+        ("check", "failed"),
+        ("cool-down", "sleeping"),
+    ]
+    assert steps[2]["until"] - steps[2]["started"] == 3_600_000
+    listed = json.loads(run_cli(env(), "jobs", str(path), "--json").stdout)["jobs"]
+    assert {job["key"]: job["sleeping"] for job in listed} == {"nap": True, "waiting": False}
+
+    page = await asgi_get(path, "/job", b"queue=default&key=nap")
+    assert '<span class="status sleeping">sleeping</span>' in page
+    assert '<table id="steps">' in page and "<td>cool-down</td>" in page
+    assert "sleeping until" in page
+    jobs_page = await asgi_get(path, "/jobs", b"")
+    assert jobs_page.count('<span class="status sleeping">sleeping</span>') == 1
+    api = json.loads(await asgi_get(path, "/api/job", b"queue=default&key=nap"))
+    assert [step["outcome"] for step in api["steps"]] == ["done", "failed", "sleeping"]
