@@ -261,7 +261,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             result   BLOB,  -- {"result": ...} through Queue.dump, for 'done'
             error    TEXT,  -- what a failed step raised
             PRIMARY KEY (queue, key, name)
-        )
+        ) WITHOUT ROWID
         """,
         # The record goes with its job: when the job is deleted, or when its key is
         # enqueued again after it finished (a new job: the upsert sets a new `queued`).
@@ -893,6 +893,7 @@ class Queue:
         self._before_enqueues: dict[int, BeforeEnqueueType] = {}
         self._inserts = _Batcher(self._insert_rows)
         self._writes = _Batcher(self._write_rows)
+        self._step_writes = _Batcher(self._write_step_rows)  # see step(): no job changes
         self._wakeup = _Wakeup(self)
         self.worst_lock_wait = 0.0  # seconds: the longest a statement waited for the file
         self.started = now()
@@ -976,6 +977,7 @@ class Queue:
             return
         await self._inserts.drain()
         await self._writes.drain()
+        await self._step_writes.drain()
         await self._wakeup.close()
         self._conn = None
         await conn.close()
@@ -1758,6 +1760,11 @@ class Queue:
         results = await self._drive(_write_steps(items))
         await self._wakeup.notify("changes")
         return results
+
+    async def _write_step_rows(self, items: list[tuple[str, tuple[t.Any, ...]]]) -> list[_Outcome]:
+        """Write steps of jobs' records (see step()): as _write_rows, but no job
+        changed, so there is no news for those waiting on jobs."""
+        return await self._drive(_write_steps(items))
 
     # -- claiming ------------------------------------------------------------
 
@@ -2646,9 +2653,12 @@ async def step(
     if row is not None and row.outcome == "done":
         return None if row.result is None else queue._codec.load(row.result)["result"]
     started = now()
-    await _record_step(
-        run, _step_item(run, name, started=started, finished=None, outcome="running")
+    # The start is written while fn runs, before the end (the writes keep their order);
+    # if the job turns out to be no longer this run's, the run is cancelled then.
+    beginning = queue._step_writes.put(
+        _step_item(run, name, started=started, finished=None, outcome="running")
     )
+    beginning.add_done_callback(functools.partial(_check_lease, run))
     try:
         value = await _call_step(ctx, fn, args, kwargs)
     except Exception as exc:
@@ -2767,11 +2777,18 @@ async def _record_of(run: _Running) -> dict[str, _StepRow]:
 async def _record_step(run: _Running, item: tuple[str, tuple[t.Any, ...]]) -> None:
     """Write a step of the record, unless the job is no longer this run's: then the
     run is cancelled (as a write through job.update() would do) and stores nothing."""
-    if await run.job.get_queue()._writes.submit(item):
+    if await run.job.get_queue()._step_writes.submit(item):
         return
     run.lost()
     await asyncio.sleep(0)  # lost() cancelled the run's task: it ends here
     raise asyncio.CancelledError  # (if it was cancelled for another reason already)
+
+
+def _check_lease(run: _Running, write: asyncio.Future[bool]) -> None:
+    """After the write of a step's start: cancel the run if the job is no longer its
+    own. (A failed write is left to the write of the step's end, which tells too.)"""
+    if not write.cancelled() and write.exception() is None and not write.result():
+        run.lost()
 
 
 async def _call_step(
@@ -4017,11 +4034,15 @@ class _Batcher(t.Generic[_T, _R]):
         self._task: t.Optional[asyncio.Task[None]] = None
 
     async def submit(self, item: _T) -> _R:
+        return await self.put(item)
+
+    def put(self, item: _T) -> asyncio.Future[_R]:
+        """Submit an item now, in order with those submitted before; its result later."""
         future: asyncio.Future[_R] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
-        return await future
+        return future
 
     async def drain(self) -> None:
         """Wait for every submitted item to be flushed."""
@@ -5490,7 +5511,7 @@ async def _one_job(store: _Store, ref: str, queue: t.Optional[str]) -> Job:
 # A job's record of steps and sleeps (see saqlite.step), in the order they began.
 _SQL_OPS_STEPS = """
 SELECT name, run, started, finished, outcome, error FROM saqlite_steps
-WHERE queue = :queue AND key = :key ORDER BY started, rowid
+WHERE queue = :queue AND key = :key ORDER BY started, name
 """
 
 

@@ -37,6 +37,7 @@ import bench_huey
 import bench_queue
 import bench_raw
 import bench_redis
+import bench_steps
 from bench_common import Failure, ensure_project_on_path
 from bench_jobs import calibrate_burn
 from bench_queue import Backend
@@ -73,6 +74,7 @@ class Plan:
     memory_runs: int = 1
     raw_unbatched_n: int = 5000
     raw_batched_n: int = 20000
+    steps_k: int = 2000
     peers: bool = True
     raw: bool = True
 
@@ -92,6 +94,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
             procs_cpu_n=50,
             durable_n=200,
             memory_n=500,
+            steps_k=20,
             peers=False,
             raw=False,
         )
@@ -108,6 +111,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
             memory_n=20000,
             raw_unbatched_n=2000,
             raw_batched_n=10000,
+            steps_k=500,
         )
     return Plan(runs=args.runs or 3)
 
@@ -221,6 +225,18 @@ def memory_suite(col: Collector, b: Backend, plan: Plan) -> None:
     measure(col, b, once, metrics, plan.memory_runs)
 
 
+def steps_suite(col: Collector, b: Backend, plan: Plan) -> None:
+    """saqlite's durable steps against plain calls (bench_steps.py)."""
+    wl = f"step vs call c1 K={plan.steps_k}"
+    metrics = {
+        "plain_us": (wl, "call us", False),
+        "step_us": (wl, "step us", False),
+        "replay_us": (wl, "replay us", False),
+        "overhead_us": (wl, "overhead us", False),
+    }
+    measure(col, b, partial_run(bench_steps.run_steps, b, plan.steps_k), metrics, plan.runs)
+
+
 def queue_suite(col: Collector, b: Backend, plan: Plan, iters: int) -> None:
     """Every SAQ-API workload on one backend."""
     throughput_suite(col, b, plan, plan.noop_sizes)
@@ -276,6 +292,7 @@ def saqlite_suite(col: Collector, plan: Plan, tmp: str, iters: int) -> None:
         return
     normal = Backend("saqlite", "sqlite-normal", tmp)
     queue_suite(col, normal, plan, iters)
+    steps_suite(col, normal, plan)
     durable = Backend("saqlite", "sqlite-full", tmp, dict(SAQLITE_DURABLE_KWARGS))
     throughput_suite(col, durable, plan, [plan.durable_n])
 
@@ -355,7 +372,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "benchmark-results.json; '' for none; none by default with --smoke)",
     )
     parser.add_argument("--md", default="", help="also write the markdown report here")
-    parser.add_argument("--only", default="", help="comma list of: raw,saqlite,saq,huey")
+    parser.add_argument(
+        "--only", default="", help="comma list of: raw,saqlite,steps,saq,huey (steps: in saqlite)"
+    )
     return parser.parse_args(argv)
 
 
@@ -371,6 +390,8 @@ def run_all(plan: Plan, only: list[str]) -> tuple[Collector, dict[str, str], int
             raw_suite(col, plan, tmp)
         if want("saqlite"):
             saqlite_suite(col, plan, tmp, iters)
+        elif want("steps"):
+            steps_suite(col, Backend("saqlite", "sqlite-normal", tmp), plan)
         if plan.peers and want("saq"):
             saq_suite(col, plan, tmp, iters)
         if plan.peers and want("huey"):
