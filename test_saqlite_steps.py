@@ -26,13 +26,11 @@ from pathlib import Path
 import pytest
 
 import saqlite
-from saqlite import Context, Queue, Status
-from test_saqlite_saq import _import_saq, redis  # noqa: F401 (a fixture)
+from saqlite import Context, Status
 from test_saqlite import (
     HERE,
     async_test,
     has_status,
-    is_finished,
     make_queue,
     readme_python_blocks,
     run_cli,
@@ -42,6 +40,7 @@ from test_saqlite import (
     wait_for,
     worker_for,
 )
+from test_saqlite_saq import _import_saq, redis  # noqa: F401 (a fixture)
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterator
@@ -480,7 +479,9 @@ async def resumable(ctx: t.Any) -> list[t.Any]:
     return [total, doubled, time.monotonic() - began >= 0.3, ctx["job"].attempts]
 
 
-def test_under_saqs_own_queue_and_worker_step_calls_and_sleep_sleeps(redis: t.Any) -> None:
+def test_under_saqs_own_queue_and_worker_step_calls_and_sleep_sleeps(
+    redis: t.Any,  # noqa: F811 (the fixture imported above)
+) -> None:
     saq = _import_saq()
 
     async def main() -> t.Any:
@@ -583,3 +584,37 @@ async def test_the_tools_show_a_sleeping_job_and_its_timeline(tmp_path: Path) ->
     assert jobs_page.count('<span class="status sleeping">sleeping</span>') == 1
     api = json.loads(await asgi_get(path, "/api/job", b"queue=default&key=nap"))
     assert [step["outcome"] for step in api["steps"]] == ["done", "failed", "sleeping"]
+
+
+# =============================================================================
+# The README's resumable script, as printed: killed mid-crawl, then run again
+# =============================================================================
+
+
+def test_readme_resumable_script_picks_up_where_a_killed_run_was(tmp_path: Path) -> None:
+    (script,) = [block for block in readme_python_blocks() if "saqlite.step(" in block]
+    (tmp_path / "crawl.py").write_text(script)
+    env = {**os.environ, "PYTHONPATH": str(HERE), "PYTHONDONTWRITEBYTECODE": "1"}
+    first = subprocess.Popen(
+        [sys.executable, "crawl.py"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert first.stdout is not None
+        lines: list[str] = []
+        while "fetched page 1" not in lines:
+            line = first.stdout.readline()
+            assert line, f"the first run ended early: {lines}"
+            lines.append(line.strip())
+        first.send_signal(signal.SIGKILL)
+    finally:
+        first.kill()
+        first.wait(30)
+        if first.stdout is not None:
+            first.stdout.close()
+    assert lines == ["fetched page 0", "fetched page 1"]
+
+    second = run_python(env, "crawl.py", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    output = second.stdout.splitlines()
+    assert "fetched page 0" not in output  # replayed from the record
+    assert output[-3:] == ["fetched page 2", "fetched page 3", "complete 780"]

@@ -295,6 +295,7 @@ def saqlite_suite(col: Collector, plan: Plan, tmp: str, iters: int) -> None:
     steps_suite(col, normal, plan)
     durable = Backend("saqlite", "sqlite-full", tmp, dict(SAQLITE_DURABLE_KWARGS))
     throughput_suite(col, durable, plan, [plan.durable_n])
+    steps_suite(col, durable, plan)
 
 
 def saq_suite(col: Collector, plan: Plan, tmp: str, iters: int) -> None:
@@ -392,6 +393,8 @@ def run_all(plan: Plan, only: list[str]) -> tuple[Collector, dict[str, str], int
             saqlite_suite(col, plan, tmp, iters)
         elif want("steps"):
             steps_suite(col, Backend("saqlite", "sqlite-normal", tmp), plan)
+            durable = Backend("saqlite", "sqlite-full", tmp, dict(SAQLITE_DURABLE_KWARGS))
+            steps_suite(col, durable, plan)
         if plan.peers and want("saq"):
             saq_suite(col, plan, tmp, iters)
         if plan.peers and want("huey"):
