@@ -158,7 +158,8 @@ async def test_a_sleeping_job_gives_back_its_slot_and_resumes_after_its_sleep(
     # One slot: the quick job runs only if the sleeper gave its slot back.
     worker = worker_for(queue, [("cool", cool), ("quick", quick)], concurrency=1)
     async with running(worker):
-        sleeper = await queue.enqueue("cool", timeout=5)
+        # A timeout of 1 s, shorter than the whole job with its 1 s sleep: it counts per run.
+        sleeper = await queue.enqueue("cool", timeout=1)
         assert sleeper is not None
         slept_at = time.time()
         await wait_for(lambda: "prepare" in calls)
@@ -174,6 +175,7 @@ async def test_a_sleeping_job_gives_back_its_slot_and_resumes_after_its_sleep(
         await sleeper.refresh(until_complete=10)
     assert sleeper.status == Status.COMPLETE, sleeper.error
     assert sleeper.result == ["prepared", 1]  # one attempt, retries=1: none used
+    assert (sleeper.duration("total") or 0) > 1000  # longer than its timeout, asleep
     assert calls.index("quick") < calls.index("after the sleep")
     assert calls.count("prepare") == 1
     assert step_rows(tmp_path / "jobs.db", sleeper.key)["cool-down"] == ("done", None)
