@@ -2594,10 +2594,6 @@ class Worker:
 #: claim reads SQLite's clock, the job's record Python's.
 _SLEEP_SLACK_MS = 10
 
-_SQL_STEP_RECORD = """
-SELECT name, outcome, started, finished, result FROM saqlite_steps WHERE queue = ? AND key = ?
-"""
-
 
 class _StepRow(t.NamedTuple):
     """A step or sleep of a job's record, as a run of the job reads it."""
@@ -2763,6 +2759,11 @@ def _run_of(ctx: Context, what: str, name: object) -> t.Optional[_Running]:
         )
     run.named.add(name)
     return run
+
+
+_SQL_STEP_RECORD = """
+SELECT name, outcome, started, finished, result FROM saqlite_steps WHERE queue = ? AND key = ?
+"""
 
 
 async def _record_of(run: _Running) -> dict[str, _StepRow]:
