@@ -335,6 +335,41 @@ async def test_a_run_whose_job_was_taken_over_writes_no_step(
 
 
 @async_test
+async def test_a_run_that_lost_its_job_before_a_step_is_cancelled_in_the_step(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "jobs.db"
+    queue = make_queue(path)
+    other = make_queue(path)
+    proceed = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def download() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async def job(ctx: Context) -> None:
+        await proceed.wait()
+        await saqlite.step(ctx, "download", download)
+
+    worker = worker_for(queue, [("job", job)], concurrency=1, timers=NO_SWEEP)
+    async with running(worker):
+        enqueued = await queue.enqueue("job", retries=3, timeout=0)
+        assert enqueued is not None
+        await wait_for(functools.partial(has_status, queue, enqueued.key, Status.ACTIVE))
+        await other.retry(enqueued, "swept")  # taken over before the step starts
+        assert await other.dequeue(timeout=5) is not None
+        with caplog.at_level(logging.WARNING, logger="saqlite"):
+            proceed.set()
+            await asyncio.wait_for(cancelled.wait(), 10)  # the write of its start told
+            await wait_for(lambda: "the job was taken over" in caplog.text)
+    assert step_rows(path, enqueued.key) == {}
+
+
+@async_test
 async def test_an_abort_during_a_step_leaves_it_unfinished_and_the_job_aborted(
     tmp_path: Path,
 ) -> None:
