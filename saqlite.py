@@ -4754,7 +4754,8 @@ exit codes, the same for every command:
 _BURST_HELP = """\
 Run a settings dict's worker on the jobs there are, then stop (for CI).
 It runs every job that is due, and jobs that become due while it runs; it waits
-for the retries of the jobs it ran, however long their retry_delay; it stops
+for the retries of the jobs it ran, however long their retry_delay, and for their
+sleeps (saqlite.sleep); it stops
 once nothing has been running or due for --wait seconds. Jobs still waiting then
 (scheduled later) are listed as pending. Exit 0 when all is done; 1 when a job
 failed or was aborted, or jobs are pending (unless --allow-pending or
@@ -5712,6 +5713,10 @@ SELECT EXISTS (
     AND (status IN {_RUNNING_SQL} OR (status = 'queued' AND attempts > 0))
 ) OR EXISTS (
     SELECT 1 FROM saqlite_jobs WHERE queue = :queue AND status = 'queued' AND run_at <= :now
+) OR EXISTS (
+    SELECT 1 FROM saqlite_jobs JOIN saqlite_steps USING (queue, key)
+    WHERE queue = :queue AND worker_id = :worker_id AND status = 'queued'
+      AND outcome = 'sleeping'
 )
 """
 # What a burst leaves behind: waiting jobs but for the cron jobs a worker schedules.

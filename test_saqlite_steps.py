@@ -623,6 +623,31 @@ async def test_the_tools_show_a_sleeping_job_and_its_timeline(tmp_path: Path) ->
     assert [step["outcome"] for step in api["steps"]] == ["done", "failed", "sleeping"]
 
 
+BURST_SETTINGS = """
+import saqlite
+
+async def nap(ctx):
+    await saqlite.sleep(ctx, "nap", 1)
+    return "rested"
+
+settings = {"queue": saqlite.Queue("ci.db"), "functions": [nap]}
+"""
+
+
+def test_a_burst_waits_for_the_sleeps_of_the_jobs_it_ran(tmp_path: Path) -> None:
+    (tmp_path / "burst_tasks.py").write_text(BURST_SETTINGS)
+    with saqlite.SyncQueue(tmp_path / "ci.db") as queue:
+        job = queue.enqueue("nap")
+        assert job is not None
+    burst_env = {**env(), "PYTHONPATH": f"{HERE}{os.pathsep}{tmp_path}"}
+    result = run_cli(burst_env, "burst", "burst_tasks.settings", "--wait", "0.2", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 complete, 0 failed, 0 aborted, 0 retried, 0 pending" in result.stdout
+    with saqlite.SyncQueue(tmp_path / "ci.db") as queue:
+        done = queue.job(job.key)
+    assert done is not None and (done.status, done.result) == (Status.COMPLETE, "rested")
+
+
 # =============================================================================
 # The README's resumable script, as printed: killed mid-crawl, then run again
 # =============================================================================
