@@ -26,6 +26,7 @@ Sections, in reading order (search for the banners):
         Status, Job, CronJob
         Queue            the async client; each statement beside the method that runs it
         Worker           claims and runs jobs, cron, sweeps
+        step, sleep      resumable jobs: durable steps and sleeps
         SyncQueue        the same queue for code without an event loop
         Command line: running workers    ``python -m saqlite module.settings``
     The private machinery they run on:
@@ -117,6 +118,8 @@ __all__ = [
     "exponential_backoff",
     "main",
     "now",
+    "sleep",
+    "step",
 ]
 
 logger = logging.getLogger(__name__)
@@ -382,6 +385,34 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             DELETE FROM saqlite_dependencies WHERE queue = OLD.queue AND key = OLD.key;
             DELETE FROM saqlite_waiting WHERE queue = OLD.queue AND key = OLD.key;
         END
+        """,
+    ),
+    (  # version 5 (issue 12 part 2; 3 and 4 come from other branches: renumber on merge)
+        # The record of a job's durable steps and sleeps (see step() and sleep()).
+        """
+        CREATE TABLE saqlite_steps (
+            queue    TEXT    NOT NULL,
+            key      TEXT    NOT NULL,
+            name     TEXT    NOT NULL,
+            run      INTEGER NOT NULL,  -- Job.started of the run that wrote it (epoch ms)
+            started  INTEGER NOT NULL,  -- epoch ms
+            finished INTEGER,  -- epoch ms; NULL while it runs; a sleep's: when it ends
+            outcome  TEXT    NOT NULL,  -- 'running', 'done', 'failed' or 'sleeping'
+            result   BLOB,  -- {"result": ...} through Queue.dump, for 'done'
+            error    TEXT,  -- what a failed step raised
+            PRIMARY KEY (queue, key, name)
+        ) WITHOUT ROWID
+        """,
+        # The record goes with its job: when the job is deleted, or when its key is
+        # enqueued again after it finished (a new job: the upsert sets a new `queued`).
+        """
+        CREATE TRIGGER saqlite_steps_of_deleted_job AFTER DELETE ON saqlite_jobs
+        BEGIN DELETE FROM saqlite_steps WHERE queue = OLD.queue AND key = OLD.key; END
+        """,
+        """
+        CREATE TRIGGER saqlite_steps_of_replaced_job AFTER UPDATE OF queued ON saqlite_jobs
+        WHEN OLD.queued IS NOT NEW.queued
+        BEGIN DELETE FROM saqlite_steps WHERE queue = OLD.queue AND key = OLD.key; END
         """,
     ),
 )
@@ -1063,6 +1094,7 @@ class Queue:
         self._inserts = _Batcher(self._insert_rows)
         self._writes = _Batcher(self._write_rows)
         self._result_reads = _Batcher(self._read_results)
+        self._step_writes = _Batcher(self._write_step_rows)  # see step(): no job changes
         self._wakeup = _Wakeup(self)
         self.worst_lock_wait = 0.0  # seconds: the longest a statement waited for the file
         self.started = now()
@@ -1147,6 +1179,7 @@ class Queue:
         await self._inserts.drain()
         await self._writes.drain()
         await self._result_reads.drain()
+        await self._step_writes.drain()
         await self._wakeup.close()
         self._conn = None
         await conn.close()
@@ -1550,6 +1583,25 @@ class Queue:
         if delay:
             job.scheduled = int(time.time() + delay)
 
+    async def _sleep(self, job: Job, until: float) -> bool:
+        """Put back a job its worker ran until ``until`` (epoch s), without charging
+        the attempt (see sleep()); whether it was still as its worker saw it."""
+        asleep = dataclasses.replace(
+            job,
+            status=Status.QUEUED,
+            attempts=job.attempts - 1,
+            scheduled=math.ceil(until),  # whole seconds, as SAQ's
+            started=0,
+            touched=now(),
+        )
+        stored = await self._write(asleep, _Expected.of(job))
+        if stored:
+            job.replace(asleep)
+            if logger.isEnabledFor(logging.INFO):
+                logger.info("Sleeping %s", job.info(logger.isEnabledFor(logging.DEBUG)))
+            await self._wakeup.notify("jobs")
+        return stored
+
     async def update(self, job: Job, **kwargs: t.Any) -> None:
         """Set fields of a job and store it by key, as SAQ does; this touches it (a
         heartbeat). The stored status stays as it is unless ``status=`` is given;
@@ -1947,6 +1999,11 @@ class Queue:
         if depended_on:  # their end may have let jobs waiting on them through
             await self._wakeup.notify("jobs")
         return results
+
+    async def _write_step_rows(self, items: list[tuple[str, tuple[t.Any, ...]]]) -> list[_Outcome]:
+        """Write steps of jobs' records (see step()): as _write_rows, but no job
+        changed, so there is no news for those waiting on jobs."""
+        return await self._drive(_write_steps(items))
 
     # -- claiming ------------------------------------------------------------
 
@@ -2555,6 +2612,9 @@ class Worker:
                 return "complete", result
         except _Abandoned:
             raise
+        except _Sleep as sleeping:
+            if running.cancelled_for is None:
+                return "sleep", sleeping.until
         except asyncio.CancelledError:
             if running.cancelled_for is None:
                 raise
@@ -2614,6 +2674,9 @@ class Worker:
                 self.id,
                 job.info(),
             )
+        elif outcome == "sleep":
+            stored = await self._persist(job, lambda: self.queue._sleep(job, value))
+            await self._settle(job, stored)
         elif outcome in ("retry", "stop") or swept:
             error = "cancelled" if outcome == "stop" else value
             stored = await self._persist(job, lambda: self.queue._retry(job, error))
@@ -2762,6 +2825,227 @@ class Worker:
         await self._beat()
         await self._sweep()
         await self.abort()
+
+
+# =============================================================================
+# Resumable jobs: step and sleep
+# =============================================================================
+
+#: How early (ms) a sleeping job may run again and count its sleep as over: the
+#: claim reads SQLite's clock, the job's record Python's.
+_SLEEP_SLACK_MS = 10
+
+
+class _StepRow(t.NamedTuple):
+    """A step or sleep of a job's record, as a run of the job reads it."""
+
+    outcome: str
+    started: int
+    finished: t.Optional[int]
+    result: t.Union[str, bytes, None]
+
+
+class _Sleep(BaseException):
+    """Raised by sleep() through the job's function to end its run: its worker puts
+    the job back in the queue until ``until`` (epoch s). Not an Exception, so that a
+    function's ``except Exception`` does not take it for an error."""
+
+    def __init__(self, until: float) -> None:
+        super().__init__(until)
+        self.until = until
+
+
+async def step(
+    ctx: Context, name: str, fn: Callable[..., t.Any], /, *args: t.Any, **kwargs: t.Any
+) -> t.Any:
+    """Run ``fn(*args, **kwargs)`` once for the job: a durable step.
+
+    Its result is recorded in the file when it returns; when the job runs again (a
+    retry after an error, a worker killed or stopped, a resume after ``sleep``) the
+    recorded result comes back without calling ``fn``. A step that started but did
+    not finish runs again: a step runs at least once, so make it safe to repeat.
+    What it returns is what its record gives back (through the queue's ``dump`` and
+    ``load``: JSON turns a tuple into a list), on the first run as on a replay.
+
+    Call it from an async job function, with the job's ``ctx``. An async ``fn`` runs
+    in the job's task; a plain one in one of the worker's threads (as sync jobs
+    do). Under SAQ's own Worker (no file) it just calls ``fn``.
+
+    Args:
+        ctx: the job function's ctx.
+        name: the step's name, unique within the job (a step or a sleep).
+        fn: the function; ``args`` and ``kwargs`` go to it.
+
+    Raises:
+        ValueError: ``name`` is not a non-empty string, or was used before in this run.
+        RuntimeError: ``ctx`` is not that of a job this process's worker runs.
+        TypeError: the result cannot be encoded by the queue's ``dump``.
+    """
+    run = _run_of(ctx, "step", name)
+    if run is None:  # SAQ's Worker: no record to keep
+        return await _call_step(ctx, fn, args, kwargs)
+    record = await _record_of(run)
+    queue = run.job.get_queue()
+    row = record.get(name)
+    if row is not None and row.outcome == "done":
+        return None if row.result is None else queue._codec.load(row.result)["result"]
+    started = now()
+    # The start is written while fn runs, before the end (the writes keep their order);
+    # if the job turns out to be no longer this run's, the run is cancelled then.
+    beginning = queue._step_writes.put(
+        _step_item(run, name, started=started, finished=None, outcome="running")
+    )
+    beginning.add_done_callback(functools.partial(_check_lease, run))
+    try:
+        value = await _call_step(ctx, fn, args, kwargs)
+    except Exception as exc:
+        error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        await _record_step(
+            run,
+            _step_item(run, name, started=started, finished=now(), outcome="failed", error=error),
+        )
+        raise
+    try:
+        result = None if value is None else queue._codec.dump({"result": value})
+        replayed = None if result is None else queue._codec.load(result)["result"]
+    except Exception as exc:  # whatever dump raises
+        error = (
+            f"The result of step {name!r} of {run.job.info()} cannot be recorded: {exc!r}. "
+            "A step must return what the queue's dump can encode (JSON by default), "
+            "or the Queue needs dump= and load= that can"
+        )
+        await _record_step(
+            run,
+            _step_item(run, name, started=started, finished=now(), outcome="failed", error=error),
+        )
+        raise TypeError(error) from exc
+    finished = now()
+    await _record_step(
+        run,
+        _step_item(run, name, started=started, finished=finished, outcome="done", result=result),
+    )
+    record[name] = _StepRow("done", started, finished, result)
+    return replayed
+
+
+async def sleep(ctx: Context, name: str, seconds: float) -> None:
+    """Let the job sleep ``seconds``: a durable sleep.
+
+    The job gives back its worker slot and goes back in the queue (QUEUED, scheduled
+    for its end) without using a retry; while it sleeps the tools show it as
+    sleeping. When it runs again, its finished steps replay from the record and it
+    carries on after this call. The job's timeout counts per run: from its claim to
+    a sleep, and from its resume on; time asleep does not count. Call it from the job
+    function itself (not inside a step). Under SAQ's own Worker it just sleeps.
+
+    Args:
+        ctx: the job function's ctx.
+        name: the sleep's name, unique within the job (a step or a sleep).
+        seconds: how long, from 0 to 1e10.
+
+    Raises:
+        ValueError: ``seconds`` is negative, not a number or too large; ``name`` is
+            not a non-empty string, or was used before in this run.
+        RuntimeError: ``ctx`` is not that of a job this process's worker runs.
+    """
+    _check_range("saqlite.sleep()", "seconds", seconds, _MAX_SECONDS, "a number of seconds")
+    run = _run_of(ctx, "sleep", name)
+    if run is None:  # SAQ's Worker: no record to keep
+        await asyncio.sleep(seconds)
+        return
+    row = (await _record_of(run)).get(name)
+    if row is not None and row.outcome == "done":
+        return
+    if row is None or row.outcome != "sleeping" or row.finished is None:
+        started = now()
+        until = started + math.ceil(seconds * 1000)
+        await _record_step(
+            run, _step_item(run, name, started=started, finished=until, outcome="sleeping")
+        )
+        raise _Sleep(until / 1000)
+    current = now()
+    if current < row.finished - _SLEEP_SLACK_MS:  # run again early: sleep the rest
+        raise _Sleep(row.finished / 1000)
+    await _record_step(
+        run, _step_item(run, name, started=row.started, finished=current, outcome="done")
+    )
+
+
+def _run_of(ctx: Context, what: str, name: object) -> t.Optional[_Running]:
+    """The run of the job whose ctx this is, with ``name`` taken in it; None under
+    SAQ's Worker, whose ctx holds SAQ's Job."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(
+            f"saqlite.{what}() needs a name, a non-empty string unique within the job, got {name!r}"
+        )
+    job = ctx.get("job") if isinstance(ctx, dict) else None
+    if job is None:
+        keys = sorted(ctx) if isinstance(ctx, dict) else type(ctx).__name__
+        raise RuntimeError(
+            f"saqlite.{what}({name!r}) needs the ctx a worker passes a job's function "
+            f"(with ctx['job']), got {keys!r}: call it from a job function, with its ctx"
+        )
+    if not isinstance(job, Job):
+        return None
+    run = job._lease
+    if run is None:
+        raise RuntimeError(
+            f"saqlite.{what}({name!r}) was called for {job.info()}, which no worker of this "
+            "process is running: call it from the job's function, while it runs"
+        )
+    if name in run.named:
+        raise ValueError(
+            f"saqlite.{what}() name {name!r} is used twice in one run of {job.info()}: "
+            f"give each step and sleep of a job its own name (in a loop: f'{name}-{{i}}')"
+        )
+    run.named.add(name)
+    return run
+
+
+_SQL_STEP_RECORD = """
+SELECT name, outcome, started, finished, result FROM saqlite_steps WHERE queue = ? AND key = ?
+"""
+
+
+async def _record_of(run: _Running) -> dict[str, _StepRow]:
+    """The job's record of steps, read once per run."""
+    if run.record is None:
+        queue = run.job.get_queue()
+        rows = await queue._fetch(_SQL_STEP_RECORD, (queue.name, run.job.key))
+        run.record = {name: _StepRow(*values) for name, *values in rows}
+    return run.record
+
+
+async def _record_step(run: _Running, item: tuple[str, tuple[t.Any, ...]]) -> None:
+    """Write a step of the record, unless the job is no longer this run's: then the
+    run is cancelled (as a write through job.update() would do) and stores nothing."""
+    if await run.job.get_queue()._step_writes.submit(item):
+        return
+    run.lost()
+    await asyncio.sleep(0)  # lost() cancelled the run's task: it ends here
+    raise asyncio.CancelledError  # (if it was cancelled for another reason already)
+
+
+def _check_lease(run: _Running, write: asyncio.Future[bool]) -> None:
+    """After the write of a step's start: cancel the run if the job is no longer its
+    own. (A failed write is left to the write of the step's end, which tells too.)"""
+    if not write.cancelled() and write.exception() is None and not write.result():
+        run.lost()
+
+
+async def _call_step(
+    ctx: Context, fn: Callable[..., t.Any], args: tuple[t.Any, ...], kwargs: dict[str, t.Any]
+) -> t.Any:
+    """Call a step's function: an async one in this task, a plain one in a thread
+    (the worker's own, seeing this task's contextvars)."""
+    if inspect.iscoroutinefunction(fn):
+        return await fn(*args, **kwargs)
+    call = functools.partial(fn, *args, **kwargs)
+    worker = ctx.get("worker")
+    if isinstance(worker, Worker):
+        return await _call(lambda _context: call(), ctx, {}, worker._threads)
+    outcome = await asyncio.to_thread(call)
+    return await outcome if inspect.isawaitable(outcome) else outcome
 
 
 # =============================================================================
@@ -3522,6 +3806,26 @@ def _set_item(queue: Queue, job: Job, given: frozenset[str]) -> tuple[str, tuple
     return "set", (*guard, *row)
 
 
+def _step_item(
+    run: _Running,
+    name: str,
+    *,
+    started: int,
+    finished: t.Optional[int],
+    outcome: str,
+    result: t.Union[str, bytes, None] = None,
+    error: t.Optional[str] = None,
+) -> tuple[str, tuple[t.Any, ...]]:
+    """A write of one step of a running job's record, for _write_steps: it applies
+    only while the job is still that run's."""
+    job = run.job
+    queue = job.get_queue()
+    return "step", (
+        run.worker_id, run.attempts, queue.name, job.key, name, job.started, started, finished,
+        outcome, result, error,
+    )  # fmt: skip
+
+
 # A guarded write of whole jobs: each row applies only where the job is still in
 # the state its writer last saw (status, worker and attempt), so a late writer never
 # overwrites an abort or a sweep that came in between.
@@ -3601,6 +3905,22 @@ _SQL_REMOVE_JOBS = (
     ") RETURNING key, dependents"
 )
 
+# A step of a job's record (see step()), written only while the run that writes it
+# still owns the job: the lease of a write by key.
+_STEP_COLUMNS = (
+    "queue", "key", "name", "run", "started", "finished", "outcome", "result", "error",
+)  # fmt: skip
+_STEP_WRITE_COLUMNS = (*_LEASE_COLUMNS, *_STEP_COLUMNS)
+_SQL_WRITE_STEPS = (
+    _rows_named(_STEP_WRITE_COLUMNS)
+    + f"INSERT INTO saqlite_steps ({', '.join(_STEP_COLUMNS)}) SELECT "
+    + ", ".join(f"v.{c}" for c in _STEP_COLUMNS)
+    + f" FROM v JOIN saqlite_jobs ON {_LEASE_GUARD} WHERE true"
+    + " ON CONFLICT (queue, key, name) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _STEP_COLUMNS[3:])
+    + " RETURNING key, 0"  # as every write: the key, and whether others wait on it
+)
+
 #: Each kind of write: its statement, and the columns of its rows.
 _WRITES = {
     "update": (_SQL_WRITE_JOBS, _WRITE_COLUMNS),
@@ -3608,6 +3928,7 @@ _WRITES = {
     "delete": (_SQL_DELETE_JOBS, _DELETE_COLUMNS),
     "set": (_SQL_SET_JOBS, _SET_COLUMNS),
     "remove": (_SQL_REMOVE_JOBS, _REMOVE_COLUMNS),
+    "step": (_SQL_WRITE_STEPS, _STEP_WRITE_COLUMNS),
 }
 #: Where the key is in the values of each kind of write.
 _KEY_INDEX = {kind: columns.index("key") for kind, (_, columns) in _WRITES.items()}
@@ -4101,11 +4422,15 @@ class _Batcher(t.Generic[_T, _R]):
         self._task: t.Optional[asyncio.Task[None]] = None
 
     async def submit(self, item: _T) -> _R:
+        return await self.put(item)
+
+    def put(self, item: _T) -> asyncio.Future[_R]:
+        """Submit an item now, in order with those submitted before; its result later."""
         future: asyncio.Future[_R] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
-        return await future
+        return future
 
     async def drain(self) -> None:
         """Wait for every submitted item to be flushed."""
@@ -4489,6 +4814,9 @@ class _Running:
     cancelled_for: t.Optional[str] = None
     abort_error: t.Optional[str] = None
     runner: t.Optional[asyncio.Task[t.Any]] = None
+    #: The job's record of steps (read at its first step), and the names taken.
+    record: t.Optional[dict[str, _StepRow]] = None
+    named: set[str] = dataclasses.field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.attempts = self.job.attempts
@@ -4818,7 +5146,8 @@ exit codes, the same for every command:
 _BURST_HELP = """\
 Run a settings dict's worker on the jobs there are, then stop (for CI).
 It runs every job that is due, and jobs that become due while it runs; it waits
-for the retries of the jobs it ran, however long their retry_delay; it stops
+for the retries of the jobs it ran, however long their retry_delay, and for their
+sleeps (saqlite.sleep); it stops
 once nothing has been running or due for --wait seconds. Jobs still waiting then
 (scheduled later) are listed as pending. Exit 0 when all is done; 1 when a job
 failed or was aborted, or jobs are pending (unless --allow-pending or
@@ -5333,14 +5662,19 @@ def _format_overview(overview: dict[str, t.Any]) -> str:
     return "\n".join(lines)
 
 
-def _format_jobs(jobs: Sequence[Job], page: int, limit: int, more: bool) -> str:
+def _format_jobs(
+    jobs: Sequence[Job], page: int, limit: int, more: bool, sleeping: set[tuple[str, str]]
+) -> str:
     if not jobs:
         return "no jobs match" if page == 1 else f"no jobs on page {page}"
     current = now()
     headers = ("QUEUE", "KEY", "FUNCTION", "STATUS", "TRIES", "QUEUED", "TOOK", "ERROR")
     rows = [
         [
-            job.get_queue().name, job.key, job.function, job.status.value, job.attempts,
+            job.get_queue().name, job.key, job.function,
+            f"{job.status.value}, sleeping"
+            if (job.get_queue().name, job.key) in sleeping else job.status.value,
+            job.attempts,
             _fmt_ago(job.queued, current), _fmt_span(job.duration("process")),
             _cut(_error_line(job.error), 60),
         ]
@@ -5538,17 +5872,15 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
     async def action(store: _Store) -> int:
         offset = (args.page - 1) * args.limit
         jobs, more = await _list_jobs(store, where, offset, args.limit)
+        sleeping = await _sleeping(store, jobs)
         if args.json:
-            _print_json(
-                {
-                    "jobs": [_job_json(job) for job in jobs],
-                    "page": args.page,
-                    "limit": args.limit,
-                    "more": more,
-                }
-            )
+            listed = [
+                {**_job_json(job), "sleeping": (job.get_queue().name, job.key) in sleeping}
+                for job in jobs
+            ]
+            _print_json({"jobs": listed, "page": args.page, "limit": args.limit, "more": more})
         else:
-            print(_format_jobs(jobs, args.page, args.limit, more))
+            print(_format_jobs(jobs, args.page, args.limit, more, sleeping))
         return 0
 
     return _run_on_store(args.file, action)
@@ -5643,14 +5975,83 @@ def _format_links(links: dict[str, list[dict[str, t.Optional[str]]]]) -> str:
     return "\n".join(lines)
 
 
+# A job's record of steps and sleeps (see saqlite.step), in the order they began.
+_SQL_OPS_STEPS = """
+SELECT name, run, started, finished, outcome, error FROM saqlite_steps
+WHERE queue = :queue AND key = :key ORDER BY started, name
+"""
+
+
+async def _timeline(store: _Store, job: Job) -> list[dict[str, t.Any]]:
+    """A job's steps and sleeps: name, started (epoch ms), duration_ms, outcome
+    (done, failed, running, sleeping, or interrupted: cut off by a crash, a stop or
+    an abort), until (a sleep's end, epoch ms) and error."""
+    params = {"queue": job.get_queue().name, "key": job.key}
+    current = now()
+    timeline = []
+    for name, run, started, finished, stored, error in await store.fetch(_SQL_OPS_STEPS, params):
+        this_run = job.status in _RUNNING_STATUSES and run == job.started
+        outcome, end, until = stored, finished, None
+        if stored == "running":
+            outcome = "running" if this_run else "interrupted"
+            end = current if this_run else None
+        elif stored == "sleeping":
+            until = finished
+            if job.status in _FINISHED_STATUSES:
+                outcome, end = "interrupted", None
+        timeline.append(
+            {
+                "name": name,
+                "started": started,
+                "duration_ms": None if end is None else end - started,
+                "outcome": outcome,
+                "until": until,
+                "error": error,
+            }
+        )
+    return timeline
+
+
+def _format_timeline(timeline: list[dict[str, t.Any]]) -> str:
+    rows = [
+        [
+            step["name"], _fmt_time(step["started"]), _fmt_span(step["duration_ms"]),
+            f"{step['outcome']} until {_fmt_time(step['until'])}"
+            if step["outcome"] == "sleeping" else step["outcome"],
+            _cut(_error_line(step["error"]), 60),
+        ]
+        for step in timeline
+    ]  # fmt: skip
+    return _table(("STEP", "STARTED", "TOOK", "OUTCOME", "ERROR"), rows, right=[2])
+
+
+# Which of some jobs (JSON [[queue, key], ...]) wait in a sleep (see saqlite.sleep).
+_SQL_OPS_SLEEPING = """
+SELECT queue, key FROM saqlite_steps WHERE outcome = 'sleeping' AND (queue, key) IN (
+    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:jobs))
+"""
+
+
+async def _sleeping(store: _Store, jobs: Sequence[Job]) -> set[tuple[str, str]]:
+    """The (queue, key) of the jobs that are queued because they sleep."""
+    queued = [[job.get_queue().name, job.key] for job in jobs if job.status == Status.QUEUED]
+    if not queued:
+        return set()
+    rows = await store.fetch(_SQL_OPS_SLEEPING, {"jobs": json.dumps(queued)})
+    return {(queue, key) for queue, key in rows}
+
+
 def _cmd_job(args: argparse.Namespace) -> int:
     async def action(store: _Store) -> int:
         job = await _one_job(store, args.key, args.queue)
         links = await _job_links(job)
+        timeline = await _timeline(store, job)
         if args.json:
-            _print_json({**_job_json(job), **links})
+            _print_json({**_job_json(job), **links, "steps": timeline})
         else:
             print(_format_job(job) + _format_links(links))
+            if timeline:
+                print("\nsteps:\n" + _indent(_format_timeline(timeline)))
         return 0
 
     return _run_on_store(args.file, action)
@@ -5778,6 +6179,10 @@ SELECT EXISTS (
     AND (status IN {_RUNNING_SQL} OR (status = 'queued' AND attempts > 0))
 ) OR EXISTS (
     SELECT 1 FROM saqlite_jobs WHERE queue = :queue AND status = 'queued' AND run_at <= :now
+) OR EXISTS (
+    SELECT 1 FROM saqlite_jobs JOIN saqlite_steps USING (queue, key)
+    WHERE queue = :queue AND worker_id = :worker_id AND status = 'queued'
+      AND outcome = 'sleeping'
 )
 """
 # The jobs aborted because a job this burst ran failed (they never ran themselves).
@@ -6386,6 +6791,7 @@ pre.error{border-color:#e4a2a2;background:#fff5f5}
 .status{padding:.05em .45em;border-radius:.6em;font-size:.85em;background:#e3e6eb}
 .status.complete{background:#d3f2dc}.status.failed{background:#f8d4d4}
 .status.aborted,.status.aborting{background:#f7e5c8}.status.active{background:#d6e6fb}
+.status.sleeping{background:#ece3f7}
 .notice{padding:.5em .8em;background:#fff8d8;border:1px solid #eedc82;margin-bottom:1em}
 .muted{color:#6a7385}.err{color:#a12b2b}
 form.inline{display:inline}button{cursor:pointer;padding:.3em .9em}
@@ -6749,6 +7155,7 @@ auto-refresh</label>
         db = self.stores.index(store)
         where, page, limit = self._filter(request)
         jobs, more = await _list_jobs(store, where, (page - 1) * limit, limit)
+        sleeping = await _sleeping(store, jobs)
         names = [name for (name,) in await store.fetch(_SQL_OPS_QUEUE_NAMES)]
         current = now()
 
@@ -6769,7 +7176,8 @@ auto-refresh</label>
             rows.append(
                 f'<tr><td>{_e(job.get_queue().name)}</td><td><a href="{_e(url)}">{_e(job.key)}</a>'
                 f"</td><td>{_e(job.function)}</td>"
-                f"<td>{_status_html(job.status)}</td>"
+                f"<td>{_status_html(job.status)}"
+                f"{_SLEEPING_HTML if (job.get_queue().name, job.key) in sleeping else ''}</td>"
                 f'<td class="n">{_e(job.attempts)}</td>'
                 f"<td>{_e(_fmt_ago(job.queued, current))}</td>"
                 f'<td class="n">{_e(_fmt_span(job.duration("process")))}</td>'
@@ -6838,9 +7246,15 @@ auto-refresh</label>
         pipeline = await _pipeline(job)
         if len(pipeline) > 1:
             sections.append(f"<h2>Pipeline</h2>{self._pipeline_svg(request, db, job, pipeline)}")
+        timeline = await _timeline(self._store(request), job)
+        if timeline:
+            sections.insert(0, _timeline_html(timeline))
+        sleeping = job.status == Status.QUEUED and any(
+            step["outcome"] == "sleeping" for step in timeline
+        )
         progress = max(0.0, min(float(job.progress or 0), 1.0))
         body = f"""{f'<p class="notice">{_e(notice)}</p>' if notice else ""}
-<h2>Job {_e(job.key)} {_status_html(job.status, "status")}</h2>
+<h2>Job {_e(job.key)} {_status_html(job.status, "status")}{_SLEEPING_HTML if sleeping else ""}</h2>
 <p>{"".join(actions)}</p>
 <p>Progress <progress max="1" value="{progress:.4f}"></progress> {progress * 100:.0f}%</p>
 <div class="facts">{tables}</div>{"".join(sections)}"""
@@ -6933,13 +7347,19 @@ auto-refresh</label>
 
     async def _api_jobs(self, request: _WebRequest, nonce: str) -> _WebResponse:
         where, page, limit = self._filter(request)
-        jobs, more = await _list_jobs(self._store(request), where, (page - 1) * limit, limit)
-        return _json_response(
-            {"jobs": [_job_json(job) for job in jobs], "page": page, "limit": limit, "more": more}
-        )
+        store = self._store(request)
+        jobs, more = await _list_jobs(store, where, (page - 1) * limit, limit)
+        sleeping = await _sleeping(store, jobs)
+        listed = [
+            {**_job_json(job), "sleeping": (job.get_queue().name, job.key) in sleeping}
+            for job in jobs
+        ]
+        return _json_response({"jobs": listed, "page": page, "limit": limit, "more": more})
 
     async def _api_job(self, request: _WebRequest, nonce: str) -> _WebResponse:
-        return _json_response(_job_json(await self._job(request, request.query)))
+        job = await self._job(request, request.query)
+        timeline = await _timeline(self._store(request), job)
+        return _json_response({**_job_json(job), "steps": timeline})
 
 
 class _WebError(Exception):
@@ -6952,6 +7372,29 @@ def _status_html(status: Status, id: str = "") -> str:
     """A status as a coloured badge."""
     id_attribute = f' id="{_e(id)}"' if id else ""
     return f'<span class="status {_e(status.value)}"{id_attribute}>{_e(status.value)}</span>'
+
+
+#: The marker of a queued job that sleeps (see saqlite.sleep), beside its status.
+_SLEEPING_HTML = ' <span class="status sleeping">sleeping</span>'
+
+
+def _timeline_html(timeline: list[dict[str, t.Any]]) -> str:
+    """A job's steps and sleeps (see _timeline) as the job's page shows them."""
+    rows = []
+    for step in timeline:
+        outcome = step["outcome"]
+        if outcome == "sleeping":
+            outcome += f" until {_fmt_time(step['until'])}"
+        rows.append(
+            f"<tr><td>{_e(step['name'])}</td><td>{_e(_fmt_time(step['started']))}</td>"
+            f'<td class="n">{_e(_fmt_span(step["duration_ms"]))}</td>'
+            f'<td class="outcome {_e(step["outcome"])}">{_e(outcome)}</td>'
+            f'<td class="err">{_e(_cut(_error_line(step["error"]), 90))}</td></tr>'
+        )
+    return (
+        '<h2>Steps</h2><table id="steps"><tr><th>Step</th><th>Started</th>'
+        f'<th class="n">Took</th><th>Outcome</th><th>Error</th></tr>{"".join(rows)}</table>'
+    )
 
 
 def _capped(text: str) -> str:

@@ -38,6 +38,7 @@ import bench_huey
 import bench_queue
 import bench_raw
 import bench_redis
+import bench_steps
 from bench_common import Failure, ensure_project_on_path
 from bench_jobs import calibrate_burn
 from bench_queue import Backend
@@ -75,6 +76,7 @@ class Plan:
     memory_runs: int = 1
     raw_unbatched_n: int = 5000
     raw_batched_n: int = 20000
+    steps_k: int = 2000
     peers: bool = True
     raw: bool = True
 
@@ -95,6 +97,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
             procs_cpu_n=50,
             durable_n=200,
             memory_n=500,
+            steps_k=20,
             peers=False,
             raw=False,
         )
@@ -111,6 +114,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
             memory_n=20000,
             raw_unbatched_n=2000,
             raw_batched_n=10000,
+            steps_k=500,
         )
     return Plan(runs=args.runs or 3)
 
@@ -236,6 +240,18 @@ def memory_suite(col: Collector, b: Backend, plan: Plan) -> None:
     measure(col, b, once, metrics, plan.memory_runs)
 
 
+def steps_suite(col: Collector, b: Backend, plan: Plan) -> None:
+    """saqlite's durable steps against plain calls (bench_steps.py)."""
+    wl = f"step vs call c1 K={plan.steps_k}"
+    metrics = {
+        "plain_us": (wl, "call us", False),
+        "step_us": (wl, "step us", False),
+        "replay_us": (wl, "replay us", False),
+        "overhead_us": (wl, "overhead us", False),
+    }
+    measure(col, b, partial_run(bench_steps.run_steps, b, plan.steps_k), metrics, plan.runs)
+
+
 def queue_suite(col: Collector, b: Backend, plan: Plan, iters: int) -> None:
     """Every SAQ-API workload on one backend."""
     throughput_suite(col, b, plan, plan.noop_sizes)
@@ -291,8 +307,10 @@ def saqlite_suite(col: Collector, plan: Plan, tmp: str, iters: int) -> None:
         return
     normal = Backend("saqlite", "sqlite-normal", tmp)
     queue_suite(col, normal, plan, iters)
+    steps_suite(col, normal, plan)
     durable = Backend("saqlite", "sqlite-full", tmp, dict(SAQLITE_DURABLE_KWARGS))
     throughput_suite(col, durable, plan, [plan.durable_n])
+    steps_suite(col, durable, plan)
 
 
 def saq_suite(col: Collector, plan: Plan, tmp: str, iters: int) -> None:
@@ -370,7 +388,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "benchmark-results.json; '' for none; none by default with --smoke)",
     )
     parser.add_argument("--md", default="", help="also write the markdown report here")
-    parser.add_argument("--only", default="", help="comma list of: raw,saqlite,saq,huey,pipeline")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma list of: raw,saqlite,steps,pipeline,saq,huey (steps: in saqlite)",
+    )
     return parser.parse_args(argv)
 
 
@@ -386,6 +408,10 @@ def run_all(plan: Plan, only: list[str]) -> tuple[Collector, dict[str, str], int
             raw_suite(col, plan, tmp)
         if want("saqlite"):
             saqlite_suite(col, plan, tmp, iters)
+        elif want("steps"):
+            steps_suite(col, Backend("saqlite", "sqlite-normal", tmp), plan)
+            durable = Backend("saqlite", "sqlite-full", tmp, dict(SAQLITE_DURABLE_KWARGS))
+            steps_suite(col, durable, plan)
         if want("pipeline"):
             pipeline_suite(col, plan, tmp)
         if plan.peers and want("saq"):
