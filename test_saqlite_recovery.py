@@ -510,4 +510,4 @@ def test_a_version_1_file_opens_with_its_jobs_intact(tmp_path: Path) -> None:
         ).fetchone()[0]
         deaths = conn.execute("SELECT deaths FROM saqlite_jobs WHERE key = 'c'").fetchone()[0]
     conn.close()
-    assert (int(version), deaths, saqlite.SCHEMA_VERSION) == (2, 0, 2)
+    assert (int(version), deaths, saqlite.SCHEMA_VERSION) == (3, 0, 3)
