@@ -339,8 +339,10 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
     if str(mode).lower() != "wal":
         raise StorageError(path, f"{path} cannot use WAL journal mode (got {mode!r})")
     # Pages freed by deletes go back to the OS in the sweep (incremental_vacuum). It
-    # applies at once to a new file; an older one is rebuilt once below.
-    conn.execute(_SQL_SET_INCREMENTAL_VACUUM)
+    # applies at once to a new file; an older one is rebuilt once below. (Set only
+    # when not yet: setting it writes, and a full disk must not stop the file opening.)
+    if conn.execute(_SQL_AUTO_VACUUM).fetchone()[0] != _INCREMENTAL:
+        conn.execute(_SQL_SET_INCREMENTAL_VACUUM)
     with _transaction(conn):
         conn.execute(_SQL_CREATE_META)
         row = conn.execute(_SQL_SCHEMA_VERSION).fetchone()
