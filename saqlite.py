@@ -155,6 +155,13 @@ _OUTAGE_MAX_PAUSE_S = 2.0
 _OUTAGE_LOG_S = 30.0
 #: Rows per multi-row statement; keeps under SQLite's bound-parameter limit.
 _ROWS_PER_STATEMENT = 500
+#: Work on many rows (deleting expired jobs, a purge) goes in write transactions of at
+#: most this many rows, or pages given back to the OS, each a few ms long...
+_SLICE_ROWS = 500
+_SLICE_PAGES = 256
+#: ... with this pause between them, longer than a lock waiter's (_MAX_BUSY_PAUSE_S),
+#: so that other writers get the lock in between.
+_SLICE_PAUSE_S = 0.005
 #: Largest duration a job option takes, in seconds (about 317 years): far enough,
 #: and now + it stays a valid date and fits SQLite's 64-bit integers in ms.
 _MAX_SECONDS = 1e10
@@ -257,7 +264,68 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # with the pid, it tells a worker from a later process given the same pid.
         "ALTER TABLE saqlite_workers ADD COLUMN start_token TEXT",
     ),
-    (  # version 4 (issue 12: dependencies; the lead renumbers it on merge)
+    (  # version 3: costs that stay flat as the file grows
+        # Jobs per queue and status, kept by triggers in the transaction of every
+        # change (whoever writes: saqlite, the sqlite3 shell), so counts never scan.
+        # Running jobs (active, aborting) are not kept: they are few, counted through
+        # saqlite_jobs_ready, and a claim and a finish then fire one statement each.
+        # (Status lists written out: a migration stays as it shipped.)
+        """
+        CREATE TABLE saqlite_counts (
+            queue  TEXT    NOT NULL,
+            status TEXT    NOT NULL,
+            n      INTEGER NOT NULL,
+            PRIMARY KEY (queue, status)
+        ) WITHOUT ROWID
+        """,
+        """
+        INSERT INTO saqlite_counts (queue, status, n)
+        SELECT queue, status, COUNT(*) FROM saqlite_jobs
+        WHERE status NOT IN ('active', 'aborting') GROUP BY queue, status
+        """,
+        """
+        CREATE TRIGGER saqlite_jobs_count_insert AFTER INSERT ON saqlite_jobs
+        WHEN new.status NOT IN ('active', 'aborting') BEGIN
+            INSERT INTO saqlite_counts (queue, status, n) VALUES (new.queue, new.status, 1)
+            ON CONFLICT (queue, status) DO UPDATE SET n = n + 1;
+        END
+        """,
+        """
+        CREATE TRIGGER saqlite_jobs_count_delete AFTER DELETE ON saqlite_jobs
+        WHEN old.status NOT IN ('active', 'aborting') BEGIN
+            UPDATE saqlite_counts SET n = n - 1 WHERE queue = old.queue AND status = old.status;
+        END
+        """,
+        """
+        CREATE TRIGGER saqlite_jobs_count_leave AFTER UPDATE OF queue, status ON saqlite_jobs
+        WHEN (old.status IS NOT new.status OR old.queue IS NOT new.queue)
+            AND old.status NOT IN ('active', 'aborting') BEGIN
+            UPDATE saqlite_counts SET n = n - 1 WHERE queue = old.queue AND status = old.status;
+        END
+        """,
+        """
+        CREATE TRIGGER saqlite_jobs_count_enter AFTER UPDATE OF queue, status ON saqlite_jobs
+        WHEN (old.status IS NOT new.status OR old.queue IS NOT new.queue)
+            AND new.status NOT IN ('active', 'aborting') BEGIN
+            INSERT INTO saqlite_counts (queue, status, n) VALUES (new.queue, new.status, 1)
+            ON CONFLICT (queue, status) DO UPDATE SET n = n + 1;
+        END
+        """,
+        # Waiting jobs by due time: the next one due, and how many are scheduled later,
+        # without reading every waiting job.
+        """
+        CREATE INDEX saqlite_jobs_waiting ON saqlite_jobs (queue, status, run_at)
+        WHERE status = 'queued'
+        """,
+        # Listings, newest first; those of failed and aborted jobs (few, among many
+        # complete ones) apart, without a cost to a successful job.
+        "CREATE INDEX saqlite_jobs_newest ON saqlite_jobs (queued)",
+        """
+        CREATE INDEX saqlite_jobs_unsuccessful ON saqlite_jobs (status, queued)
+        WHERE status IN ('failed', 'aborted')
+        """,
+    ),
+    (  # version 4: dependencies between jobs (see Job.depends_on)
         # (A migration records what was applied: it spells statuses out, where code
         # uses the status groups.)
         # 1 once a job names this one in its depends_on: only such a job's end is followed.
@@ -387,7 +455,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         END
         """,
     ),
-    (  # version 5 (issue 12 part 2; 3 and 4 come from other branches: renumber on merge)
+    (  # version 5: durable steps and sleeps (see step() and sleep())
         # The record of a job's durable steps and sleeps (see step() and sleep()).
         """
         CREATE TABLE saqlite_steps (
@@ -426,10 +494,20 @@ _SQL_SET_SCHEMA_VERSION = (
 )
 
 
+_SQL_AUTO_VACUUM = "PRAGMA auto_vacuum"
+_SQL_SET_INCREMENTAL_VACUUM = "PRAGMA auto_vacuum = INCREMENTAL"
+_INCREMENTAL = 2  # what PRAGMA auto_vacuum reads for INCREMENTAL
+
+
 def _migrate(conn: sqlite3.Connection, path: str) -> None:
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if str(mode).lower() != "wal":
         raise StorageError(path, f"{path} cannot use WAL journal mode (got {mode!r})")
+    # Pages freed by deletes go back to the OS in the sweep (incremental_vacuum). It
+    # applies at once to a new file; an older one is rebuilt once below. (Set only
+    # when not yet: setting it writes, and a full disk must not stop the file opening.)
+    if conn.execute(_SQL_AUTO_VACUUM).fetchone()[0] != _INCREMENTAL:
+        conn.execute(_SQL_SET_INCREMENTAL_VACUUM)
     with _transaction(conn):
         conn.execute(_SQL_CREATE_META)
         row = conn.execute(_SQL_SCHEMA_VERSION).fetchone()
@@ -445,6 +523,12 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
                 conn.execute(statement)
         if version < SCHEMA_VERSION:
             conn.execute(_SQL_SET_SCHEMA_VERSION, (SCHEMA_VERSION,))
+    if conn.execute(_SQL_AUTO_VACUUM).fetchone()[0] != _INCREMENTAL:
+        # Once, for a file made by saqlite < 3: VACUUM rewrites it (holding the write
+        # lock for as long as that takes) so that auto_vacuum applies. (Tested on every
+        # open, not by version: a VACUUM that failed is tried again.)
+        logger.info("Rebuilding %s once so that its space can be given back", path)
+        conn.execute("VACUUM")
 
 
 # =============================================================================
@@ -624,7 +708,8 @@ _RUNNING_STATUSES = (Status.ACTIVE, Status.ABORTING)
 _FINISHED_STATUSES = (Status.COMPLETE, Status.FAILED, Status.ABORTED)
 ACTIVE_STATUSES = frozenset({Status.NEW, Status.QUEUED, Status.ACTIVE})
 TERMINAL_STATUSES = frozenset(_FINISHED_STATUSES)
-UNSUCCESSFUL_TERMINAL_STATUSES = frozenset({Status.FAILED, Status.ABORTED})
+_UNSUCCESSFUL_STATUSES = (Status.FAILED, Status.ABORTED)
+UNSUCCESSFUL_TERMINAL_STATUSES = frozenset(_UNSUCCESSFUL_STATUSES)
 
 
 def _sql_list(statuses: tuple[Status, ...]) -> str:
@@ -635,6 +720,7 @@ def _sql_list(statuses: tuple[Status, ...]) -> str:
 
 _RUNNING_SQL = _sql_list(_RUNNING_STATUSES)
 _FINISHED_SQL = _sql_list(_FINISHED_STATUSES)
+_UNSUCCESSFUL_SQL = _sql_list(_UNSUCCESSFUL_STATUSES)
 
 
 def now() -> int:
@@ -1261,8 +1347,10 @@ class Queue:
         """The jobs with these keys, in the order asked (None where missing)."""
         return await self._drive(_jobs_steps(self, list(job_keys)))
 
+    # NOT INDEXED: in rowid order, each batch starts where the last one stopped (by an
+    # index, each would find and sort every job of those statuses).
     _SQL_ITER_JOBS = f"""
-    SELECT rowid, {_LOAD_COLUMNS} FROM saqlite_jobs
+    SELECT rowid, {_LOAD_COLUMNS} FROM saqlite_jobs NOT INDEXED
     WHERE queue = ? AND rowid > ? AND status IN ({{statuses}})
     ORDER BY rowid LIMIT ?
     """
@@ -1658,22 +1746,13 @@ class Queue:
     WHERE queue = ? AND status IN {_RUNNING_SQL}
     """
 
-    # A job others depend on is kept, whatever its ttl, until they have all run.
-    _SQL_DELETE_EXPIRED_JOBS = f"""
-    DELETE FROM saqlite_jobs WHERE expire_at <= {_SQL_NOW} AND NOT (dependents AND EXISTS (
-        SELECT 1 FROM saqlite_dependencies AS edge JOIN saqlite_jobs AS dependent
-          ON dependent.queue = edge.queue AND dependent.key = edge.key
-        WHERE edge.queue = saqlite_jobs.queue AND edge.depends_on = saqlite_jobs.key
-          AND dependent.status NOT IN {_FINISHED_SQL}))
-    RETURNING key
-    """
-
     _SQL_DELETE_WORKERS = "DELETE FROM saqlite_workers WHERE id IN ({ids})"
-
-    _SQL_CHECKPOINT = "PRAGMA wal_checkpoint(TRUNCATE)"
 
     async def sweep(self, lock: int = 60, abort: float = 5.0) -> list[str]:
         """Delete expired jobs and workers, and recover stuck jobs.
+
+        Expired jobs go a slice at a time (short write transactions that let other
+        writers in), then their space is given back to the OS and the -wal file emptied.
 
         A job is stuck when it is past its timeout or heartbeat, or when the worker
         running it has died: its process is gone (or the pid now belongs to another
@@ -1697,9 +1776,9 @@ class Queue:
         await self.connect()
         if not await self._take_lock(f"sweep:{self.name}", lock):
             return []
-        expired = await self._fetch(self._SQL_DELETE_EXPIRED_JOBS)
+        expired = await self._delete_expired()
         if expired:
-            logger.info("Deleted %d expired job(s)", len(expired))
+            logger.info("Deleted %d expired job(s)", expired)
         # Running jobs first, then workers: a worker registers before it claims, so
         # every worker of these jobs is in the list read after them.
         rows = await self._fetch(self._SQL_RUNNING_JOBS, (self.name,))
@@ -1709,9 +1788,7 @@ class Queue:
         if dead:
             await self._fetch(self._SQL_DELETE_WORKERS.format(ids=_placeholders(len(dead))), dead)
         await self._wakeup.forget_dead()
-        # Keep the -wal file from growing: copy it into the database and empty it (a
-        # no-op while a reader still needs it; the next sweep tries again).
-        await self._fetch(self._SQL_CHECKPOINT)
+        await self._give_back_space()
         orphans: list[tuple[Job, int]] = []
         stuck: list[Job] = []
         for row in rows:
@@ -1727,6 +1804,60 @@ class Queue:
         swept = [job.id for job, deaths in orphans if await self._recover_orphan(job, deaths)]
         swept += [job.id for job in stuck if await self._recover(job)]
         return swept
+
+    # Expired jobs of every queue, a slice of :limit at a time. A job others depend on
+    # is kept, whatever its ttl, until they have all run.
+    _SQL_DELETE_EXPIRED_JOBS = f"""
+    DELETE FROM saqlite_jobs WHERE rowid IN (
+        SELECT expired.rowid FROM saqlite_jobs AS expired
+        WHERE expired.expire_at <= {_SQL_NOW} AND NOT (expired.dependents AND EXISTS (
+            SELECT 1 FROM saqlite_dependencies AS edge JOIN saqlite_jobs AS dependent
+              ON dependent.queue = edge.queue AND dependent.key = edge.key
+            WHERE edge.queue = expired.queue AND edge.depends_on = expired.key
+              AND dependent.status NOT IN {_FINISHED_SQL}))
+        LIMIT :limit)
+    RETURNING 1
+    """
+
+    async def _delete_expired(self) -> int:
+        """Delete the expired jobs of every queue in short slices (see _SLICE_ROWS);
+        how many."""
+        deleted = 0
+        while True:
+            rows = await self._fetch(self._SQL_DELETE_EXPIRED_JOBS, {"limit": _SLICE_ROWS})
+            deleted += len(rows)
+            if len(rows) < _SLICE_ROWS:
+                return deleted
+            await self._between_slices()
+
+    _SQL_FREE_PAGES = "PRAGMA freelist_count"
+    _SQL_GIVE_BACK_PAGES = f"PRAGMA incremental_vacuum({_SLICE_PAGES})"
+    # A checkpoint that lets writers on (it copies what it can), then one that empties
+    # the -wal file: it holds writers up only while it copies what came in between.
+    _SQL_CHECKPOINT_PASSIVE = "PRAGMA wal_checkpoint(PASSIVE)"
+    _SQL_CHECKPOINT = "PRAGMA wal_checkpoint(TRUNCATE)"
+
+    async def _give_back_space(self) -> None:
+        """Give the file's free pages back to the OS, a slice at a time, then copy the
+        -wal file into the database and empty it (a no-op while a reader still needs
+        it; the next call tries again)."""
+        free = (await self._fetch(self._SQL_FREE_PAGES))[0][0]
+        while free:
+            await self._fetch(self._SQL_GIVE_BACK_PAGES, script=True)
+            left = (await self._fetch(self._SQL_FREE_PAGES))[0][0]
+            if left >= free:  # not given back (auto_vacuum off): left for reuse
+                break
+            free = left
+            await self._between_slices()
+        await self._fetch(self._SQL_CHECKPOINT_PASSIVE)
+        await self._fetch(self._SQL_CHECKPOINT)
+
+    async def _between_slices(self) -> None:
+        """Copy the slice just written out of the -wal file, so that the writer whose
+        commit finds it long (another process's enqueue) is not the one made to copy it
+        (SQLite's automatic checkpoint); then pause, so that other writers get the lock."""
+        await self._fetch(self._SQL_CHECKPOINT_PASSIVE)
+        await asyncio.sleep(_SLICE_PAUSE_S)
 
     async def _wait_until_not_running(self, keys: list[str], timeout: float) -> None:
         def stopped(statuses: dict[str, Status]) -> bool:
@@ -1887,11 +2018,13 @@ class Queue:
 
     # -- statements on the file: one, a sequence, a transaction, batched writes -
 
-    async def _fetch(self, sql: str, params: t.Any = ()) -> list[t.Any]:
+    async def _fetch(self, sql: str, params: t.Any = (), *, script: bool = False) -> list[t.Any]:
         """Run one statement (its own transaction) and return its rows.
 
         A busy file is tried again after short random pauses, so that processes take
-        turns, until ``lock_timeout``.
+        turns, until ``lock_timeout``. A ``script`` (no parameters, no rows) is run to
+        its end: a statement without result columns is otherwise stepped only once
+        (PRAGMA incremental_vacuum would free one page).
         """
         conn = self._conn
         if conn is None:
@@ -1905,7 +2038,11 @@ class Queue:
                 await asyncio.wait([t.cast("asyncio.Future[None]", self._unowned)])
                 continue
             try:
-                rows = list(await conn.execute_fetchall(sql, params))
+                if script:
+                    await conn.executescript(sql)
+                    rows = []
+                else:
+                    rows = list(await conn.execute_fetchall(sql, params))
             except sqlite3.Error as exc:
                 await asyncio.sleep(wait.pause(exc))
                 continue
@@ -2018,11 +2155,12 @@ class Queue:
         # is running, and only the first of its group in one claim.
         # Only priorities from :low to :high are claimed; times are SQLite's (see _SQL_NOW).
         # (+priority: grouped jobs are found through their own index, not among all queued.)
+        # INDEXED BY: saqlite_jobs_waiting would find every due job, then sort them all.
         test = " AND priority BETWEEN :low AND :high" if in_range else ""
         grouped_test = " AND +priority BETWEEN :low AND :high" if in_range else ""
         return f"""
         WITH ungrouped AS (
-            SELECT rowid AS id, priority, run_at FROM saqlite_jobs
+            SELECT rowid AS id, priority, run_at FROM saqlite_jobs INDEXED BY saqlite_jobs_ready
             WHERE queue = :queue AND status = 'queued'{test}
               AND run_at <= {_SQL_NOW} AND group_key IS NULL
             ORDER BY priority, run_at, rowid LIMIT :limit
@@ -2030,7 +2168,7 @@ class Queue:
             SELECT id, priority, run_at FROM (
                 SELECT rowid AS id, priority, run_at, ROW_NUMBER() OVER (
                     PARTITION BY group_key ORDER BY priority, run_at, rowid) AS n
-                FROM saqlite_jobs
+                FROM saqlite_jobs INDEXED BY saqlite_jobs_group
                 WHERE queue = :queue AND status = 'queued'{grouped_test}
                   AND run_at <= {_SQL_NOW} AND group_key IS NOT NULL
                   AND group_key NOT IN (
@@ -2124,7 +2262,7 @@ class Queue:
     # group: the end of the group's running job wakes the claimers).
     # In seconds from now, by SQLite's clock.
     _SQL_NEXT_RUN_AT = f"""
-    SELECT MIN(run_at) - {_SQL_NOW} FROM saqlite_jobs
+    SELECT MIN(run_at) - {_SQL_NOW} FROM saqlite_jobs INDEXED BY saqlite_jobs_waiting
     WHERE queue = ? AND status = 'queued' AND run_at > {_SQL_NOW}
     """
 
@@ -4029,20 +4167,36 @@ def _statuses_steps(queue: Queue, keys: list[str]) -> _Steps[dict[str, Status]]:
 
 
 # As in SAQ, an ABORTING job is neither active nor incomplete: it is on its way out.
+# Waiting jobs from saqlite_counts, active ones through saqlite_jobs_ready; and the
+# waiting ones due later and due now, each counted (through saqlite_jobs_waiting) up
+# to :probe. One side under :probe gives the other; else _counts_steps probes again,
+# further: the cost is that of the fewer, never of the whole file.
+_SQL_WAITING = """
+SELECT COUNT(*) FROM (
+    SELECT 1 FROM saqlite_jobs INDEXED BY saqlite_jobs_waiting
+    WHERE queue = :queue AND status = 'queued' AND run_at {} LIMIT :probe)
+"""
 _SQL_COUNTS = f"""
 SELECT
-    COALESCE(SUM(status = 'queued' AND run_at <= {_SQL_NOW}), 0),
-    COALESCE(SUM(status = 'queued' AND run_at > {_SQL_NOW}), 0),
-    COALESCE(SUM(status = 'active'), 0)
-FROM saqlite_jobs WHERE queue = :queue AND status IN ('queued', 'active')
+    (SELECT COALESCE(SUM(n), 0) FROM saqlite_counts WHERE queue = :queue AND status = 'queued'),
+    (SELECT COUNT(*) FROM saqlite_jobs WHERE queue = :queue AND status = 'active'),
+    ({_SQL_WAITING.format(f"> {_SQL_NOW}")}),
+    ({_SQL_WAITING.format(f"<= {_SQL_NOW}")})
 """
+_COUNT_PROBE = 1000
 
 
-def _counts_steps(queue: Queue) -> _Steps[tuple[int, int, int]]:
-    """How many jobs are queued and due, scheduled for later, and active."""
-    rows = yield _SQL_COUNTS, {"queue": queue.name}
-    queued, scheduled, active = rows[0]
-    return int(queued), int(scheduled), int(active)
+def _counts_steps(name: str) -> _Steps[tuple[int, int, int]]:
+    """How many jobs of a queue are queued and due, scheduled for later, and active."""
+    probe = _COUNT_PROBE
+    while True:
+        rows = yield _SQL_COUNTS, {"queue": name, "probe": probe}
+        waiting, active, scheduled, due = rows[0]
+        if scheduled < probe:
+            return int(waiting - scheduled), int(scheduled), int(active)
+        if due < probe:
+            return int(due), int(waiting - due), int(active)
+        probe *= 8
 
 
 def _count_steps(queue: Queue, kind: str) -> _Steps[int]:
@@ -4050,7 +4204,7 @@ def _count_steps(queue: Queue, kind: str) -> _Steps[int]:
         raise ValueError(
             f"Can't count unknown type {kind!r}: use 'queued', 'active' or 'incomplete'"
         )
-    queued, scheduled, active = yield from _counts_steps(queue)
+    queued, scheduled, active = yield from _counts_steps(queue.name)
     return {"queued": queued, "active": active, "incomplete": queued + scheduled + active}[kind]
 
 
@@ -4089,7 +4243,7 @@ ORDER BY priority, run_at, rowid LIMIT ? OFFSET ?
 
 
 def _info_steps(queue: Queue, jobs: bool, offset: int, limit: int) -> _Steps[QueueInfo]:
-    queued, scheduled, active = yield from _counts_steps(queue)
+    queued, scheduled, active = yield from _counts_steps(queue.name)
     workers = yield from _workers_steps(queue)
     job_dicts: list[dict[str, t.Any]] = []
     if jobs:  # unfinished jobs, as in SAQ: the running ones, then those waiting
@@ -5111,8 +5265,11 @@ if __name__ == "__main__":
 #
 # Besides the public API, the tooling uses these internals, and only these:
 #   Queue._fetch (one statement), Queue._retry (a guarded retry), Queue._codec
-#   (dump, load, a job from _LOAD_COLUMNS); _LOAD_COLUMNS, the status groups
-#   (_RUNNING_STATUSES, _FINISHED_STATUSES, _RUNNING_SQL), _alive, _seconds,
+#   (dump, load, a job from _LOAD_COLUMNS); Queue._drive with _counts_steps (the
+#   counts of info()); Queue._between_slices and Queue._give_back_space, with
+#   _SLICE_ROWS (work on many rows); _LOAD_COLUMNS, the status groups
+#   (_RUNNING_STATUSES, _FINISHED_STATUSES, _UNSUCCESSFUL_STATUSES, _RUNNING_SQL,
+#   _UNSUCCESSFUL_SQL), _alive, _seconds,
 #   _BLOCKED_S (the run_at of a job waiting on dependencies);
 #   the command line's _OpsError, _load_settings, _configure_logging, _OPS_COMMANDS,
 #   _SETTINGS_HELP, _VERBOSE_HELP, and _EXTRAS, which it fills with a _CommandLineExtras.
@@ -5170,9 +5327,19 @@ _MAX_PAGE = 10**9
 _OPS_OPEN_TIMEOUT_S = 5.0
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
+# Job counts by queue and status: those saqlite_counts keeps, and the running jobs
+# (few) through saqlite_jobs_ready, for every queue that ever had a job.
+_SQL_OPS_COUNTS = f"""
+SELECT queue, status, n FROM saqlite_counts WHERE n > 0
+UNION ALL
+SELECT queues.queue, jobs.status, COUNT(*)
+FROM (SELECT DISTINCT queue FROM saqlite_counts) AS queues
+JOIN saqlite_jobs AS jobs ON jobs.queue = queues.queue AND jobs.status IN {_RUNNING_SQL}
+GROUP BY queues.queue, jobs.status
+"""
 # Queue names in a file: those with jobs, and those with registered workers.
 _SQL_OPS_QUEUE_NAMES = (
-    "SELECT queue FROM saqlite_jobs UNION SELECT queue FROM saqlite_workers ORDER BY 1"
+    f"SELECT queue FROM ({_SQL_OPS_COUNTS}) UNION SELECT queue FROM saqlite_workers ORDER BY 1"
 )
 #: Characters of a job's data, result or error a listing reads; a job with more is
 #: listed from its columns (kwargs and result left out), an error is cut in the middle.
@@ -5210,6 +5377,10 @@ class _JobFilter:
         }
         return " AND ".join(conditions) or "1", params
 
+    def counts(self, queue: str, status: str) -> bool:
+        """Whether jobs of this queue and status match (the function aside)."""
+        return self.queue in (None, queue) and (not self.statuses or status in self.statuses)
+
 
 class _Store:
     """One saqlite file, with a Queue per queue name in it, opened when first used.
@@ -5238,10 +5409,14 @@ class _Store:
             self._queues[name] = queue
         return queue
 
+    @property
+    def reader(self) -> Queue:
+        """The queue whose connection runs statements on the whole file."""
+        return self.queue(next(iter(self._templates), "default"))
+
     async def fetch(self, sql: str, params: t.Any = ()) -> list[t.Any]:
         """Run one statement on the file (see ``Queue._fetch``)."""
-        reader = next(iter(self._templates), "default")
-        return await self.queue(reader)._fetch(sql, params)
+        return await self.reader._fetch(sql, params)
 
     async def close(self) -> None:
         """Close every queue opened here."""
@@ -5333,16 +5508,6 @@ def _open_store(target: str) -> _Store:
 # -- reading and changing jobs --------------------------------------------------
 
 
-_SQL_OPS_COUNTS = f"""
-SELECT queue,
-    COALESCE(SUM(status = 'queued' AND run_at <= :now), 0),
-    COALESCE(SUM(status = 'queued' AND run_at > :now), 0),
-    COALESCE(SUM(status IN {_RUNNING_SQL}), 0),
-    COALESCE(SUM(status = 'complete'), 0),
-    COALESCE(SUM(status = 'failed'), 0),
-    COALESCE(SUM(status = 'aborted'), 0)
-FROM saqlite_jobs GROUP BY queue
-"""
 _SQL_OPS_WORKERS = (
     "SELECT id, queue, host, pid, beat, expire_at, info FROM saqlite_workers ORDER BY queue, id"
 )
@@ -5352,7 +5517,9 @@ async def _overview(store: _Store, queue: t.Optional[str] = None) -> dict[str, t
     """Per queue: job counts by status and live workers; and the live workers."""
     current = time.time()
     names = [name for (name,) in await store.fetch(_SQL_OPS_QUEUE_NAMES)]
-    counts = {row[0]: row[1:] for row in await store.fetch(_SQL_OPS_COUNTS, {"now": current})}
+    counts: dict[str, dict[str, int]] = {}
+    for name, status, n in await store.fetch(_SQL_OPS_COUNTS):
+        counts.setdefault(name, {})[status] = n
     workers = []
     for worker_id, name, host, pid, beat, expire_at, info in await store.fetch(_SQL_OPS_WORKERS):
         if not _alive(host, pid, None, expire_at <= current) or queue not in (None, name):
@@ -5373,9 +5540,15 @@ async def _overview(store: _Store, queue: t.Optional[str] = None) -> dict[str, t
     for name in names:
         if queue not in (None, name):
             continue
-        row = counts.get(name, (0,) * 6)
-        kinds = ("queued", "scheduled", "active", "complete", "failed", "aborted")
-        entry: dict[str, t.Any] = {"name": name, **{k: int(v) for k, v in zip(kinds, row)}}
+        found = counts.get(name, {})
+        due, scheduled, _ = await store.reader._drive(_counts_steps(name)) if found else (0, 0, 0)
+        entry: dict[str, t.Any] = {
+            "name": name,
+            "queued": due,
+            "scheduled": scheduled,
+            "active": sum(found.get(status, 0) for status in _RUNNING_STATUSES),
+            **{status: found.get(status, 0) for status in _FINISHED},
+        }
         entry["workers"] = sum(worker["queue"] == name for worker in workers)
         queues.append(entry)
     return {"path": store.path, "queues": queues, "workers": workers}
@@ -5390,34 +5563,83 @@ SELECT queue, key,
         ELSE substr(error, 1, :cap / 2) || char(10) || '...' || char(10) || substr(error, -:cap / 2)
     END,
     progress, CASE WHEN ifnull(length(result), 0) <= :cap THEN result END,
-    function, queued, priority, CAST(run_at AS INTEGER), group_key, length(data), length(result)
-FROM saqlite_jobs WHERE {where}
+    function, queued, priority, CAST(run_at AS INTEGER), group_key, length(data), length(result),
+    rowid
+FROM saqlite_jobs INDEXED BY {index} WHERE {where}
 ORDER BY queued DESC, rowid DESC LIMIT :limit OFFSET :offset
 """
+# A listing that has few jobs to list (by _SQL_OPS_COUNTS) finds them by queue and
+# status and sorts them; else it walks saqlite_jobs_newest (or, for failed and aborted
+# jobs, saqlite_jobs_unsuccessful) from the newest.
+_LIST_SORT_MAX = 10000
+_SQL_OPS_WHERE_FEW = (
+    "queue IN (SELECT value FROM json_each(:queues))"
+    " AND status IN (SELECT value FROM json_each(:listed))"
+)
+# A listing's next page: the jobs after the last one shown (keyset: no OFFSET to skip).
+_SQL_OPS_WHERE_AFTER = "queued <= :queued AND (queued < :queued OR rowid < :rowid)"
 
 
 async def _list_jobs(
-    store: _Store, where: _JobFilter, offset: int = 0, limit: int = 20
-) -> tuple[list[Job], bool]:
-    """Jobs matching a filter, newest first; and whether more follow."""
+    store: _Store,
+    where: _JobFilter,
+    offset: int = 0,
+    limit: int = 20,
+    after: t.Optional[str] = None,
+) -> tuple[list[Job], t.Optional[str]]:
+    """Jobs matching a filter, newest first, from ``offset`` or after the job the
+    cursor ``after`` names; and the cursor of the next page (None at the end).
+
+    Raises:
+        _OpsError: ``after`` is not a cursor a listing gave.
+    """
     condition, params = where.where()
-    sql = _SQL_OPS_LIST_JOBS.format(where=condition)
+    counts = [row for row in await store.fetch(_SQL_OPS_COUNTS) if where.counts(*row[:2])]
+    index = "saqlite_jobs_newest"
+    if where.statuses and set(where.statuses) <= {s.value for s in _UNSUCCESSFUL_STATUSES}:
+        index = "saqlite_jobs_unsuccessful"  # its WHERE; and one status: in index order
+        condition += f" AND status IN {_UNSUCCESSFUL_SQL}"
+        if len(set(where.statuses)) == 1:
+            condition += " AND status = :only"
+            params["only"] = where.statuses[0]
+    if sum(n for _, _, n in counts) <= _LIST_SORT_MAX:
+        index = "saqlite_jobs_ready"
+        condition += " AND " + _SQL_OPS_WHERE_FEW
+        params["queues"] = json.dumps(sorted({name for name, _, _ in counts}))
+        params["listed"] = json.dumps(sorted({status for _, status, _ in counts}))
+    if after is not None:
+        try:
+            queued, rowid = (int(part) for part in after.split(":"))
+        except ValueError:
+            raise _OpsError(
+                f"{after!r} is not a listing's cursor: give the 'next' value of a listing"
+            ) from None
+        condition += " AND " + _SQL_OPS_WHERE_AFTER
+        params.update(queued=queued, rowid=rowid)
+    sql = _SQL_OPS_LIST_JOBS.format(where=condition, index=index)
     params = {**params, "limit": limit + 1, "offset": offset, "cap": _LIST_VALUE_CAP}
     rows = await store.fetch(sql, params)
-    return [_listed_job(store, row) for row in rows[:limit]], len(rows) > limit
+    jobs = [_listed_job(store, row[:-1]) for row in rows[:limit]]
+    last = rows[limit - 1] if len(rows) > limit else None
+    return jobs, None if last is None else f"{last[13]}:{last[-1]}"
 
 
 _SQL_OPS_COUNT_JOBS = "SELECT COUNT(*) FROM saqlite_jobs WHERE {where}"
 
 
 async def _count_jobs(store: _Store, where: _JobFilter) -> int:
+    if where.function is None:  # from the counts, without reading the jobs
+        rows = await store.fetch(_SQL_OPS_COUNTS)
+        return sum(n for name, status, n in rows if where.counts(name, status))
     condition, params = where.where()
     rows = await store.fetch(_SQL_OPS_COUNT_JOBS.format(where=condition), params)
     return int(rows[0][0])
 
 
+# NOT INDEXED: by rowid, each batch from where the last one stopped (by an index,
+# each would find and sort every match).
 _SQL_OPS_SELECT_JOBS = f"""
-SELECT rowid, queue, key, {_LOAD_COLUMNS} FROM saqlite_jobs
+SELECT rowid, queue, key, {_LOAD_COLUMNS} FROM saqlite_jobs NOT INDEXED
 WHERE {{where}} AND rowid > :after ORDER BY rowid LIMIT :limit
 """
 
@@ -5486,10 +5708,17 @@ async def _abort_job(job: Job, error: str) -> bool:
     return job.status in (Status.ABORTED, Status.ABORTING)
 
 
+# A purge reads the rows to delete (no lock held while it searches), then deletes
+# them by rowid if they still match: each write touches at most :limit rows.
+# (NOT INDEXED: by rowid, from where the last slice stopped, as _SQL_OPS_SELECT_JOBS.)
+_SQL_OPS_PURGEABLE = """
+SELECT rowid FROM saqlite_jobs NOT INDEXED WHERE {where} AND completed < :before AND rowid > :after
+ORDER BY rowid LIMIT :limit
+"""
 _SQL_OPS_PURGE = """
-DELETE FROM saqlite_jobs WHERE rowid IN (
-    SELECT rowid FROM saqlite_jobs WHERE {where} AND completed < :before LIMIT :limit
-) RETURNING key
+DELETE FROM saqlite_jobs NOT INDEXED
+WHERE rowid IN (SELECT value FROM json_each(:rowids)) AND {where} AND completed < :before
+RETURNING 1
 """
 
 
@@ -5498,20 +5727,25 @@ async def _purge(
 ) -> int:
     """Delete finished jobs (of a filter) completed before a time; how many."""
     condition, params = where.where()
-    params = {**params, "before": before_ms, "limit": _OPS_BATCH}
+    params = {**params, "before": before_ms, "limit": _SLICE_ROWS}
     total = int((await store.fetch(_SQL_OPS_COUNT_OLD_JOBS.format(where=condition), params))[0][0])
     if progress is not None:
         progress.total = total
     deleted = 0
-    sql = _SQL_OPS_PURGE.format(where=condition)
-    while deleted < total:
-        rows = await store.fetch(sql, params)
-        if not rows:
-            break
-        deleted += len(rows)
-        if progress is not None:
-            progress.update(deleted)
-    return deleted
+    find = _SQL_OPS_PURGEABLE.format(where=condition)
+    delete = _SQL_OPS_PURGE.format(where=condition)
+    after = 0
+    while True:
+        rowids = [rowid for (rowid,) in await store.fetch(find, {**params, "after": after})]
+        if rowids:
+            deleted += len(await store.fetch(delete, {**params, "rowids": json.dumps(rowids)}))
+            if progress is not None:
+                progress.update(deleted)
+        if len(rowids) < _SLICE_ROWS:
+            await store.reader._give_back_space()
+            return deleted
+        after = rowids[-1]
+        await store.reader._between_slices()
 
 
 # -- text output -------------------------------------------------------------
@@ -5663,7 +5897,13 @@ def _format_overview(overview: dict[str, t.Any]) -> str:
 
 
 def _format_jobs(
-    jobs: Sequence[Job], page: int, limit: int, more: bool, sleeping: set[tuple[str, str]]
+    jobs: Sequence[Job],
+    page: int,
+    limit: int,
+    cursor: t.Optional[str],
+    sleeping: set[tuple[str, str]],
+    *,
+    after: bool = False,
 ) -> str:
     if not jobs:
         return "no jobs match" if page == 1 else f"no jobs on page {page}"
@@ -5681,9 +5921,10 @@ def _format_jobs(
         for job in jobs
     ]  # fmt: skip
     first = (page - 1) * limit + 1
-    footer = f"page {page}: jobs {first}-{first + len(jobs) - 1}"
-    if more:
-        footer += f"; more with --page {page + 1}"
+    footer = f"{len(jobs)} jobs" if after else f"page {page}: jobs {first}-{first + len(jobs) - 1}"
+    if cursor is not None:
+        more = f"--after {cursor}" if after else f"--page {page + 1} (or --after {cursor})"
+        footer += f"; more with {more}"
     return _table(headers, rows, right=[4]) + "\n" + footer
 
 
@@ -5868,19 +6109,33 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
     if not 1 <= args.page <= _MAX_PAGE:
         raise _OpsError(f"--page {args.page} is out of range: give 1 to {_MAX_PAGE}")
     where = _JobFilter(args.queue, _statuses(args.status, _STATUS_NAMES, ()), args.function)
+    if args.after is not None and args.page != 1:
+        raise _OpsError("--after continues a listing where it stopped: drop --page")
 
     async def action(store: _Store) -> int:
         offset = (args.page - 1) * args.limit
-        jobs, more = await _list_jobs(store, where, offset, args.limit)
+        jobs, cursor = await _list_jobs(store, where, offset, args.limit, args.after)
         sleeping = await _sleeping(store, jobs)
         if args.json:
             listed = [
                 {**_job_json(job), "sleeping": (job.get_queue().name, job.key) in sleeping}
                 for job in jobs
             ]
-            _print_json({"jobs": listed, "page": args.page, "limit": args.limit, "more": more})
+            _print_json(
+                {
+                    "jobs": listed,
+                    "page": args.page,
+                    "limit": args.limit,
+                    "more": cursor is not None,
+                    "next": cursor,
+                }
+            )
         else:
-            print(_format_jobs(jobs, args.page, args.limit, more, sleeping))
+            print(
+                _format_jobs(
+                    jobs, args.page, args.limit, cursor, sleeping, after=args.after is not None
+                )
+            )
         return 0
 
     return _run_on_store(args.file, action)
@@ -6646,6 +6901,11 @@ def _ops_parser() -> argparse.ArgumentParser:
     filters(sub, _STATUS_NAMES)
     sub.add_argument("--limit", type=int, default=20, help="jobs per page (default 20)")
     sub.add_argument("--page", type=int, default=1, help="page number, from 1")
+    sub.add_argument(
+        "--after",
+        metavar="CURSOR",
+        help="the page after the one that printed this cursor (quick at any depth)",
+    )
     sub = command("job", "One job in full.", _cmd_job)
     sub.add_argument("key", help="the job's key (or its id, saqlite:job:QUEUE:KEY)")
     sub.add_argument("--queue", help="the job's queue, when the key is in several")
@@ -7154,7 +7414,8 @@ auto-refresh</label>
         store = self._store(request)
         db = self.stores.index(store)
         where, page, limit = self._filter(request)
-        jobs, more = await _list_jobs(store, where, (page - 1) * limit, limit)
+        jobs, cursor = await _list_jobs(store, where, (page - 1) * limit, limit)
+        more = cursor is not None
         sleeping = await _sleeping(store, jobs)
         names = [name for (name,) in await store.fetch(_SQL_OPS_QUEUE_NAMES)]
         current = now()
@@ -7348,13 +7609,26 @@ auto-refresh</label>
     async def _api_jobs(self, request: _WebRequest, nonce: str) -> _WebResponse:
         where, page, limit = self._filter(request)
         store = self._store(request)
-        jobs, more = await _list_jobs(store, where, (page - 1) * limit, limit)
+        try:
+            jobs, cursor = await _list_jobs(
+                store, where, (page - 1) * limit, limit, request.query.get("after")
+            )
+        except _OpsError as exc:
+            raise _WebError(400, f"Bad filter: {exc}") from None
         sleeping = await _sleeping(store, jobs)
         listed = [
             {**_job_json(job), "sleeping": (job.get_queue().name, job.key) in sleeping}
             for job in jobs
         ]
-        return _json_response({"jobs": listed, "page": page, "limit": limit, "more": more})
+        return _json_response(
+            {
+                "jobs": listed,
+                "page": page,
+                "limit": limit,
+                "more": cursor is not None,
+                "next": cursor,
+            }
+        )
 
     async def _api_job(self, request: _WebRequest, nonce: str) -> _WebResponse:
         job = await self._job(request, request.query)

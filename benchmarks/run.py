@@ -7,6 +7,8 @@ Run from the repository root (or anywhere; paths are resolved from this file):
     python benchmarks/run.py --runs 5 --json out.json --md out.md
     python benchmarks/run.py --smoke         # saqlite only, tiny N, a few seconds; for CI
     python benchmarks/run.py --only pipeline # a fan-out/fan-in graph of 10,000 jobs
+    python benchmarks/run.py --scale         # files of 10k, 1M and 10M jobs (see bench_scale.py)
+    python benchmarks/run.py --scale --scale-sizes 10000,1000000
 
 It prints a markdown table (median of the runs, min-max, ratio to SAQ-on-Redis and to the
 batched aiosqlite raw loop of the same run, and the targets met or not) and writes JSON.
@@ -38,6 +40,7 @@ import bench_huey
 import bench_queue
 import bench_raw
 import bench_redis
+import bench_scale
 import bench_steps
 from bench_common import Failure, ensure_project_on_path
 from bench_jobs import calibrate_burn
@@ -380,6 +383,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="smaller N, 1 run unless --runs")
     mode.add_argument("--smoke", action="store_true", help="saqlite only, tiny N; for CI")
+    mode.add_argument(
+        "--scale", action="store_true", help="how costs grow with the file (bench_scale.py)"
+    )
+    parser.add_argument(
+        "--scale-sizes",
+        default="10000,1000000,10000000",
+        help="--scale: comma list of file sizes in jobs (default 10000,1000000,10000000)",
+    )
     parser.add_argument("--runs", type=int, default=0, help="repetitions per figure (default 3)")
     parser.add_argument(
         "--json",
@@ -446,10 +457,35 @@ def report(col: Collector, plan: Plan, info: dict[str, str]) -> tuple[str, list[
     return "\n".join(head + body), targets
 
 
+def scale_main(args: argparse.Namespace) -> int:
+    """``--scale``: fill files of each size, print the figures side by side."""
+    sizes = [int(size) for size in args.scale_sizes.split(",") if size]
+    only = [s for s in args.only.split(",") if s]
+    info = versions()
+    with tempfile.TemporaryDirectory(prefix="saqlite-scale-") as tmp:
+        table, results = bench_scale.run_scale(sizes, tmp, saq=not only or "saq" in only)
+    text = "\n".join([
+        f"# saqlite at scale, {info['date']}", "",
+        ", ".join(f"{k} {v}" for k, v in info.items() if k != "date"), "",
+        bench_scale.__doc__.split("\n\n")[1].replace("\n", " "), "", table,
+    ])  # fmt: skip
+    print(text)
+    json_path = args.json if args.json is not None else "benchmark-scale.json"
+    if json_path:
+        with open(json_path, "w") as fh:
+            json.dump({"meta": info, "sizes": sizes, "results": results}, fh, indent=2)
+    if args.md:
+        with open(args.md, "w") as fh:
+            fh.write(text + "\n")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     ensure_project_on_path()  # saqlite.py sits one level up
     logging.getLogger("saq").setLevel(logging.ERROR)  # its shutdown warnings are noise here
+    if args.scale:
+        return scale_main(args)
     plan = make_plan(args)
     only = [s for s in args.only.split(",") if s]
     col, info, iters = run_all(plan, only)
