@@ -524,11 +524,40 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
         if version < SCHEMA_VERSION:
             conn.execute(_SQL_SET_SCHEMA_VERSION, (SCHEMA_VERSION,))
     if conn.execute(_SQL_AUTO_VACUUM).fetchone()[0] != _INCREMENTAL:
-        # Once, for a file made by saqlite < 3: VACUUM rewrites it (holding the write
-        # lock for as long as that takes) so that auto_vacuum applies. (Tested on every
-        # open, not by version: a VACUUM that failed is tried again.)
-        logger.info("Rebuilding %s once so that its space can be given back", path)
+        _rebuild_on_open(conn, path)
+
+
+#: An older file is rebuilt as it opens only up to this size: VACUUM holds the write
+#: lock while it rewrites the file (about a second for this much on a laptop's disk).
+_REBUILD_ON_OPEN_MAX_BYTES = 64 * 1024 * 1024
+
+
+def _rebuild_on_open(conn: sqlite3.Connection, path: str) -> None:
+    """Rebuild a file made before schema 3 (auto_vacuum off) with VACUUM, so that its
+    free space can go back to the OS; at once when it is small. A larger one works as it
+    is (its free pages are reused) until ``saqlite vacuum FILE`` rebuilds it; a rebuild
+    that can't run now (another writer, a full disk: it needs room for a copy) is tried
+    again at the next open. (Checked at each open, not by schema version, for that.)"""
+    size = os.path.getsize(path)
+    if size > _REBUILD_ON_OPEN_MAX_BYTES:
+        logger.warning(
+            "%s was made by an older saqlite: its free space is reused but not given back "
+            "to the OS until it is rebuilt once; run `saqlite vacuum %s` when a pause of "
+            "about a second per %d MiB suits its writers",
+            path,
+            path,
+            _REBUILD_ON_OPEN_MAX_BYTES // 2**20,
+        )
+        return
+    try:
         conn.execute("VACUUM")
+    except sqlite3.Error as exc:
+        logger.warning(
+            "Could not rebuild %s so that its space can be given back (%s): it works as "
+            "it is, and saqlite tries again when it next opens it",
+            path,
+            exc,
+        )
 
 
 # =============================================================================
@@ -3477,7 +3506,9 @@ _SETTINGS_HELP = "module.attribute naming a dict of Worker arguments, or a modul
 _VERBOSE_HELP = "log DEBUG too (default INFO); -vv adds aiosqlite's line per statement"
 #: The operator tooling's commands (after the marker), named here so that a copy of
 #: this file cut at the marker says what it lacks rather than take one for settings.
-_OPS_COMMANDS = ("info", "jobs", "job", "retry", "abort", "purge", "burst", "web", "export")
+_OPS_COMMANDS = (
+    "info", "jobs", "job", "retry", "abort", "purge", "vacuum", "burst", "web", "export",
+)  # fmt: skip
 
 
 def _import_settings(name: str) -> dict[str, t.Any]:
@@ -5288,6 +5319,7 @@ commands on a saqlite file (a path or sqlite:/// URL; no settings needed):
   saqlite retry FILE KEY...      put failed or aborted jobs back in the queue (or --all)
   saqlite abort FILE KEY...      abort waiting or running jobs (or --all)
   saqlite purge FILE --older-than 7d   delete finished jobs older than an age
+  saqlite vacuum FILE           rebuild a file from before saqlite's schema 3 so it can shrink
   saqlite web FILE [--port 8080] serve the monitoring page
   saqlite burst module.settings  run the jobs there are; exit 1 if any failed or is pending
   saqlite export FILE URL        move waiting and scheduled jobs into SAQ (redis://, postgres://)
@@ -6391,6 +6423,45 @@ def _cmd_change(args: argparse.Namespace) -> int:
     return _run_on_store(args.file, action)
 
 
+def _cmd_vacuum(args: argparse.Namespace) -> int:
+    """Rebuild the file with VACUUM, so that a file made before schema 3 (auto_vacuum
+    off) gives its free space back from now on; it shrinks at once too."""
+    path = _open_store(args.file).path
+
+    async def opened(store: _Store) -> int:
+        await store.fetch("SELECT 1")  # opens the file: checks and migrates it
+        return 0
+
+    _run_on_store(path, opened)
+    before = _file_size(path)
+    conn = sqlite3.connect(path, isolation_level=None, timeout=args.timeout)
+    try:
+        conn.execute(_SQL_SET_INCREMENTAL_VACUUM)
+        conn.execute("VACUUM")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.Error as exc:
+        raise _OpsError(
+            f"Could not rebuild {path}: {exc} (VACUUM needs the write lock for the whole "
+            "rewrite and free disk room for a copy of the file)",
+            code=1,
+        ) from exc
+    finally:
+        conn.close()
+    after = _file_size(path)
+    if args.json:
+        _print_json({"file": path, "bytes_before": before, "bytes_after": after})
+    else:
+        mib = 2**20
+        print(f"rebuilt {path}: {before / mib:.1f} MiB before, {after / mib:.1f} MiB now")
+    return 0
+
+
+def _file_size(path: str) -> int:
+    """The database and its -wal file, in bytes."""
+    wal = f"{path}-wal"
+    return os.path.getsize(path) + (os.path.getsize(wal) if os.path.exists(wal) else 0)
+
+
 def _cmd_purge(args: argparse.Namespace) -> int:
     age = _parse_age(args.older_than)
     where = _JobFilter(args.queue, _statuses(args.status, _FINISHED, _FINISHED), args.function)
@@ -6926,6 +6997,14 @@ def _ops_parser() -> argparse.ArgumentParser:
     filters(sub, _FINISHED)
     sub.add_argument("--dry-run", action="store_true", help="only count them")
     sub.add_argument("-q", "--quiet", action="store_true", help="no progress")
+    sub = command("vacuum", "Rebuild a file so that it shrinks and gives space back.", _cmd_vacuum)
+    sub.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait for other writers (default 30)",
+    )
     sub = command("burst", "Run the jobs there are with a settings dict's worker (CI).", _cmd_burst)
     sub.description = _BURST_HELP
     sub.formatter_class = argparse.RawDescriptionHelpFormatter

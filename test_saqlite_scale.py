@@ -22,9 +22,10 @@ import pytest
 
 import saqlite
 from saqlite import Job, Queue
-from test_saqlite import async_test, make_queue, running, wait_for, worker_for
+from test_saqlite import async_test, make_queue, running, small_disk, wait_for, worker_for
 
 HERE = Path(__file__).resolve().parent
+__all__ = ["small_disk"]  # a fixture used here by name
 CLI = "import sys, saqlite; sys.exit(saqlite.main(sys.argv[1:]))"
 #: Commits of saqlite.py whose files have schema version 1 and 2.
 OLD_VERSIONS = {1: "70f890b", 2: "04eef91"}
@@ -374,3 +375,74 @@ def test_an_older_file_gets_counts_and_gives_space_back(tmp_path: Path, version:
     assert "deleted 3000 complete/failed/aborted jobs" in result.stdout
     assert os.path.getsize(path) < filled / 4, (filled, os.path.getsize(path))
     assert counted(path) == actual(path) == {("default", "failed"): 1}  # failed just now
+
+
+def _file_without_auto_vacuum(path: Path, jobs: int, kept: int, pad: int) -> None:
+    """A file at this schema whose auto_vacuum is off, as one made before schema 3
+    is: ``jobs`` enqueued, all but ``kept`` deleted, and ``pad`` more bytes of free
+    pages (what a rebuild gives back)."""
+    with saqlite.SyncQueue(path) as client:
+        client.enqueue_many([Job("f", kwargs={"pad": "x" * 500}) for _ in range(jobs)])
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("DELETE FROM saqlite_jobs WHERE rowid > ?", (kept,))
+        conn.execute("PRAGMA auto_vacuum = NONE")
+        conn.execute("VACUUM")  # auto_vacuum changes only through a rebuild
+        conn.execute("INSERT INTO saqlite_meta VALUES ('pad', randomblob(?))", (pad,))
+        conn.execute("DELETE FROM saqlite_meta WHERE name = 'pad'")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+    finally:
+        conn.close()
+
+
+def _auto_vacuum(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("PRAGMA auto_vacuum").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_a_large_older_file_opens_as_it_is_and_saqlite_vacuum_rebuilds_it(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "big.db"
+    _file_without_auto_vacuum(path, 100, kept=10, pad=2_000_000)
+    monkeypatch.setattr(saqlite, "_REBUILD_ON_OPEN_MAX_BYTES", 1000)  # "large"
+    with caplog.at_level("WARNING", logger="saqlite"), saqlite.SyncQueue(path) as client:
+        assert client.count("queued") == 10  # it works as it is
+    assert f"run `saqlite vacuum {path}` when a pause" in caplog.text
+    assert _auto_vacuum(path) == 0  # not rebuilt on open
+
+    size = os.path.getsize(path)
+    assert saqlite.main(["vacuum", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["bytes_before"] >= size and report["bytes_after"] < size / 2, (size, report)
+    assert _auto_vacuum(path) == 2  # INCREMENTAL: space is given back from now on
+    with saqlite.SyncQueue(path) as client:
+        assert client.count("queued") == 10
+
+
+def test_a_rebuild_that_cannot_run_never_stops_the_file_opening(
+    tmp_path: Path, small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    made = tmp_path / "old.db"
+    _file_without_auto_vacuum(made, 40, kept=40, pad=0)
+    path = small_disk / "old.db"
+    path.write_bytes(made.read_bytes())
+    filler = small_disk / "filler"
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    filler.write_bytes(b"x" * max(0, free - 64 * 1024))  # room to open, not to rebuild
+    with caplog.at_level("WARNING", logger="saqlite"), saqlite.SyncQueue(path) as client:
+        assert client.count("queued") == 40
+    assert f"Could not rebuild {path} so that its space can be given back" in caplog.text
+    assert "saqlite tries again when it next opens it" in caplog.text
+    assert _auto_vacuum(path) == 0
+    filler.unlink()
+    with saqlite.SyncQueue(path) as client:  # small: rebuilt as it opens, once it can
+        assert client.count("queued") == 40
+    assert _auto_vacuum(path) == 2
