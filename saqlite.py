@@ -2244,6 +2244,17 @@ class Queue:
             await self._wakeup.notify("jobs")
         return [job for _, _, job in claimed]
 
+    # The jobs a worker holds (its running jobs: few, found through the ready index).
+    _SQL_HELD_JOBS = f"""
+    SELECT {_LOAD_COLUMNS} FROM saqlite_jobs
+    WHERE queue = :queue AND status IN {_RUNNING_SQL} AND worker_id = :worker_id
+    """
+
+    async def _held_by(self, worker_id: str) -> list[Job]:
+        """The running jobs claimed by ``worker_id``, as stored."""
+        rows = await self._fetch(self._SQL_HELD_JOBS, {"queue": self.name, "worker_id": worker_id})
+        return [self._codec.job(row) for row in rows]
+
     # A claimed job that cannot be loaded (see Queue._claim) fails on its own.
     _SQL_FAIL_UNLOADABLE = """
     UPDATE saqlite_jobs
@@ -2521,6 +2532,7 @@ class Worker:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        await self._put_back_unstarted()
         if self._job_tasks and self.shutdown_grace_period_s:
             await asyncio.wait(set(self._job_tasks), timeout=self.shutdown_grace_period_s)
         for running in list(self._running.values()):
@@ -2550,6 +2562,21 @@ class Worker:
                 self._tasks = [asyncio.create_task(self._linger(lingering))]
             else:
                 await self._leave()
+
+    async def _put_back_unstarted(self) -> None:
+        """Put back the jobs this worker claimed but never started: a stop that came
+        while a claim's rows were on their way (the statement had committed) cut the
+        claim short. Without this they would wait, active, for a sweep."""
+        if self.queue._conn is None:
+            return
+        try:
+            held = await self.queue._held_by(self.id)
+        except StorageError as exc:
+            logger.warning("Worker %s could not look for unstarted jobs: %s", self.id, exc)
+            return
+        for job in held:
+            if job.key not in self._running:
+                await self._store(job, "stop", None)
 
     async def _linger(self, jobs: set[asyncio.Task[t.Any]]) -> None:
         """Keep this worker registered while jobs whose threads outlived stop() run
@@ -4840,6 +4867,9 @@ class _Announcer:
         if self._socket is None:
             self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             self._socket.setblocking(False)
+            # Closed with the announcer too: a queue used again after it was closed,
+            # or never closed, must not leave the socket to the GC (a ResourceWarning).
+            weakref.finalize(self, self._socket.close)
         message = f"{kind}\0{name}".encode()
         for port in ports:
             with contextlib.suppress(OSError):  # a full buffer or a closed port: a hint lost

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import os
@@ -30,6 +31,7 @@ from test_saqlite import (
     async_test,
     has_status,
     make_queue,
+    noop,
     running,
     sleeps_until_cancelled,
     small_disk,
@@ -144,6 +146,25 @@ async def test_a_run_whose_job_was_taken_over_is_cancelled_at_its_next_update(
         assert (current.status, current.attempts, current.progress) == (Status.ACTIVE, 2, 0)
         assert current.worker_id is None  # still the second claim's
         assert after_update == ["ran on"]
+
+
+@async_test
+async def test_a_claim_cut_short_by_a_stop_is_put_back(tmp_path: Path) -> None:
+    queue = make_queue(tmp_path / "jobs.db")
+    worker = worker_for(queue, [("f", noop)], timers=NO_SWEEP)
+    job = await queue.enqueue("f", key="late", scheduled=2e9)  # not due: the worker waits
+    assert job is not None
+    async with running(worker):
+        # A claim whose statement committed as the stop came: the rows never reached
+        # the worker, so it never started the job.
+        with contextlib.closing(sqlite3.connect(queue.path)) as conn, conn:
+            conn.execute(
+                "UPDATE saqlite_jobs SET status = 'active', worker_id = ?, attempts = 1,"
+                " started = 1 WHERE key = 'late'",
+                (worker.id,),
+            )
+    stored_job = await stored(queue, "late")
+    assert (stored_job.status, stored_job.error) == (Status.QUEUED, "cancelled")
 
 
 SETTINGS = """
