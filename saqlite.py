@@ -532,6 +532,12 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
 _REBUILD_ON_OPEN_MAX_BYTES = 64 * 1024 * 1024
 
 
+def _rebuild(conn: sqlite3.Connection) -> None:
+    """Rewrite the file with VACUUM, its auto_vacuum INCREMENTAL from then on."""
+    conn.execute(_SQL_SET_INCREMENTAL_VACUUM)
+    conn.execute("VACUUM")
+
+
 def _rebuild_on_open(conn: sqlite3.Connection, path: str) -> None:
     """Rebuild a file made before schema 3 (auto_vacuum off) with VACUUM, so that its
     free space can go back to the OS; at once when it is small. A larger one works as it
@@ -550,7 +556,7 @@ def _rebuild_on_open(conn: sqlite3.Connection, path: str) -> None:
         )
         return
     try:
-        conn.execute("VACUUM")
+        _rebuild(conn)
     except sqlite3.Error as exc:
         logger.warning(
             "Could not rebuild %s so that its space can be given back (%s): it works as "
@@ -5330,8 +5336,8 @@ if __name__ == "__main__":
 #   counts of info()); Queue._between_slices and Queue._give_back_space, with
 #   _SLICE_ROWS (work on many rows); _LOAD_COLUMNS, the status groups
 #   (_RUNNING_STATUSES, _FINISHED_STATUSES, _UNSUCCESSFUL_STATUSES, _RUNNING_SQL,
-#   _UNSUCCESSFUL_SQL), _alive, _seconds,
-#   _BLOCKED_S (the run_at of a job waiting on dependencies);
+#   _UNSUCCESSFUL_SQL), _alive, _seconds, _BLOCKED_S (the run_at of a job waiting
+#   on dependencies), _rebuild (saqlite vacuum);
 #   the command line's _OpsError, _load_settings, _configure_logging, _OPS_COMMANDS,
 #   _SETTINGS_HELP, _VERBOSE_HELP, and _EXTRAS, which it fills with a _CommandLineExtras.
 # #############################################################################
@@ -6466,8 +6472,7 @@ def _cmd_vacuum(args: argparse.Namespace) -> int:
     before = _file_size(path)
     conn = sqlite3.connect(path, isolation_level=None, timeout=args.timeout)
     try:
-        conn.execute(_SQL_SET_INCREMENTAL_VACUUM)
-        conn.execute("VACUUM")
+        _rebuild(conn)
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     except sqlite3.Error as exc:
         raise _OpsError(
