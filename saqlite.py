@@ -160,7 +160,7 @@ _ROWS_PER_STATEMENT = 500
 #: Work on many rows (deleting expired jobs, a purge) goes in write transactions of at
 #: most this many rows, or pages given back to the OS, each a few ms long...
 _SLICE_ROWS = 500
-_SLICE_PAGES = 256
+_SLICE_PAGES = 64
 #: ... with this pause between them, longer than a lock waiter's (_MAX_BUSY_PAUSE_S),
 #: so that other writers get the lock in between.
 _SLICE_PAUSE_S = 0.005
