@@ -496,7 +496,7 @@ async def test_enqueue_stream_reads_an_async_iterable_and_skips_keys_already_wai
     await queue.enqueue("noop", key="k3")
 
     async def jobs() -> t.AsyncIterator[str]:
-        for i in range(2500):
+        for _ in range(2500):
             yield "noop"
 
     assert await queue.enqueue_stream(jobs(), retries=2) == 2500
