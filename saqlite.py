@@ -59,6 +59,7 @@ import html
 import http
 import importlib
 import inspect
+import itertools
 import json
 import logging
 import math
@@ -94,6 +95,7 @@ __all__ = [
     "DEFAULT_PATH",
     "DEFAULT_SWEPT_JOB_ERROR",
     "DumpType",
+    "EnqueueStreamError",
     "Function",
     "InvalidUrlError",
     "Job",
@@ -158,10 +160,12 @@ _ROWS_PER_STATEMENT = 500
 #: Work on many rows (deleting expired jobs, a purge) goes in write transactions of at
 #: most this many rows, or pages given back to the OS, each a few ms long...
 _SLICE_ROWS = 500
-_SLICE_PAGES = 256
+_SLICE_PAGES = 64
 #: ... with this pause between them, longer than a lock waiter's (_MAX_BUSY_PAUSE_S),
 #: so that other writers get the lock in between.
 _SLICE_PAUSE_S = 0.005
+#: Jobs per transaction of ``enqueue_stream``: a few ms of writing, and the most it holds.
+_STREAM_SLICE = 1000
 #: Largest duration a job option takes, in seconds (about 317 years): far enough,
 #: and now + it stays a valid date and fits SQLite's 64-bit integers in ms.
 _MAX_SECONDS = 1e10
@@ -598,6 +602,27 @@ class StorageError(RuntimeError):
         self.path = path
 
 
+class EnqueueStreamError(Exception):
+    """``enqueue_stream`` stopped at a job it could not store; the jobs before that
+    job's slice are stored, the rest are not.
+
+    Attributes:
+        stored: how many jobs were stored before it (as the call would have returned).
+        done: how many items were read and dealt with (stored, or their key already
+            waiting or running) before it: go on with the items from there.
+    """
+
+    def __init__(self, stored: int, done: int, where: str, cause: BaseException) -> None:
+        super().__init__(
+            f"enqueue_stream stopped at {where}: {type(cause).__name__}: {cause}. "
+            f"{stored} job(s) were stored before it (items 0 to {done - 1} dealt with; "
+            f"none from item {done} on). Fix the item and run again from item {done}, "
+            "or with the same keys (jobs still waiting are not stored twice)"
+        )
+        self.stored = stored
+        self.done = done
+
+
 class InvalidUrlError(ValueError):
     """``Queue.from_url`` or ``SyncQueue.from_url`` was given a URL it cannot open."""
 
@@ -619,7 +644,14 @@ class _OpsError(Exception):
 # =============================================================================
 
 if t.TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+    from collections.abc import (
+        AsyncIterable,
+        AsyncIterator,
+        Awaitable,
+        Callable,
+        Iterable,
+        Sequence,
+    )
 
     from typing_extensions import TypeAlias, Unpack
 
@@ -1367,6 +1399,39 @@ class Queue:
             await self._before_enqueue(job)
         inserted = await self._insert_all(prepared)
         return [job if ok else None for job, ok in zip(prepared, inserted)]
+
+    async def enqueue_stream(
+        self,
+        jobs: t.Union[Iterable[t.Union[Job, str]], AsyncIterable[t.Union[Job, str]]],
+        **kwargs: t.Any,
+    ) -> int:
+        """saqlite only: store jobs read lazily from any iterable, sync or async, in
+        short transactions of up to 1,000, holding no more than one slice in memory,
+        for a number of jobs too big for ``enqueue_many``.
+
+        Args:
+            jobs: Jobs, or function names (then ``kwargs`` apply to each, as in enqueue).
+
+        Returns:
+            How many jobs were stored; a job whose key is already waiting or running is
+            not stored and not counted (as enqueue_many gives None for it).
+
+        Raises:
+            EnqueueStreamError: a job could not be stored (its ``__cause__`` says why:
+                ValueError, TypeError as enqueue). The slices before it are stored; it
+                says how many, and from which item to go on.
+        """
+        stored = done = 0
+        async for chunk in _stream_slices(jobs):
+            prepared = _prepare_stream_slice(self._codec, chunk, kwargs, stored, done)
+            try:
+                for job in prepared:
+                    await self._before_enqueue(job)
+                stored += sum(await self._insert_all(prepared))
+            except Exception as exc:
+                raise EnqueueStreamError(stored, done, _slice_items(done, chunk), exc) from exc
+            done += len(chunk)
+        return stored
 
     async def _before_enqueue(self, job: Job) -> None:
         for callback in list(self._before_enqueues.values()):
@@ -3363,6 +3428,20 @@ class SyncQueue:
         inserted = self._insert_all(prepared)
         return [job if ok else None for job, ok in zip(prepared, inserted)]
 
+    def enqueue_stream(self, jobs: Iterable[t.Union[Job, str, Function]], **kwargs: t.Any) -> int:
+        """saqlite only: store jobs read lazily, in short transactions of up to 1,000:
+        as ``Queue.enqueue_stream``; how many were stored."""
+        stored = done = 0
+        iterator = iter(jobs)
+        while chunk := list(itertools.islice(iterator, _STREAM_SLICE)):
+            prepared = _prepare_stream_slice(self._codec, chunk, kwargs, stored, done)
+            try:
+                stored += sum(self._insert_all(prepared))
+            except Exception as exc:
+                raise EnqueueStreamError(stored, done, _slice_items(done, chunk), exc) from exc
+            done += len(chunk)
+        return stored
+
     def job(self, job_key: str) -> t.Optional[Job]:
         """The job with this key, or None."""
         return self.jobs([job_key])[0]
@@ -4570,6 +4649,44 @@ def _placeholders(count: int) -> str:
 def _row_placeholders(rows: int, columns: int) -> str:
     row = f"({_placeholders(columns)})"
     return ", ".join([row] * rows)
+
+
+def _prepare_stream_slice(
+    codec: _Codec, chunk: list[t.Any], kwargs: dict[str, t.Any], stored: int, done: int
+) -> list[Job]:
+    """The jobs of one slice of ``enqueue_stream`` (its first item is item ``done``),
+    checked; EnqueueStreamError naming the first bad one."""
+    prepared: list[Job] = []
+    for item in chunk:
+        try:
+            prepared.append(codec.prepare(item, dict(kwargs)))
+        except Exception as exc:
+            where = f"item {done + len(prepared)} ({item!r:.80})"
+            raise EnqueueStreamError(stored, done, where, exc) from exc
+    return prepared
+
+
+def _slice_items(done: int, chunk: list[t.Any]) -> str:
+    return f"the slice of items {done} to {done + len(chunk) - 1}"
+
+
+async def _stream_slices(
+    items: t.Union[Iterable[_T], AsyncIterable[_T]], size: int = _STREAM_SLICE
+) -> AsyncIterator[list[_T]]:
+    """Lists of up to ``size`` items read lazily from a sync or async iterable."""
+    if not hasattr(items, "__aiter__"):
+        iterator = iter(items)
+        while chunk := list(itertools.islice(iterator, size)):
+            yield chunk
+        return
+    chunk = []
+    async for item in t.cast("AsyncIterable[_T]", items):
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _chunks(items: t.Sequence[_T], size: int) -> t.Iterator[t.Sequence[_T]]:

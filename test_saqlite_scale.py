@@ -446,3 +446,89 @@ def test_a_rebuild_that_cannot_run_never_stops_the_file_opening(
     with saqlite.SyncQueue(path) as client:  # small: rebuilt as it opens, once it can
         assert client.count("queued") == 40
     assert _auto_vacuum(path) == 2
+
+
+# A real process enqueues a few jobs from a generator, then many more: the peak of what
+# Python holds (tracemalloc) must not grow with how many (enqueue_many holds them all).
+STREAM_MEMORY = """
+import asyncio, json, sys, tracemalloc
+import saqlite
+
+def jobs(start, n):
+    for i in range(start, start + n):
+        yield saqlite.Job("noop", key=f"k{i}", kwargs={"i": i, "pad": "x" * 200})
+
+async def main(path, few, many):
+    queue = saqlite.Queue(path)
+    tracemalloc.start()
+    peaks = []
+    for start, n in ((0, few), (few, many)):
+        tracemalloc.reset_peak()
+        stored = await queue.enqueue_stream(jobs(start, n), timeout=30)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        assert stored == n, (stored, n)
+    print(json.dumps({"peaks": peaks, "incomplete": await queue.count("incomplete")}))
+    await queue.disconnect()
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+"""
+
+
+def test_enqueue_stream_holds_one_slice_however_many_jobs(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    few, many = 2_000, 20_000
+    out = subprocess.run(
+        [sys.executable, "-c", STREAM_MEMORY, str(tmp_path / "q.db"), str(few), str(many)],
+        capture_output=True, text=True, timeout=120, env=env, check=True,
+    ).stdout  # fmt: skip
+    result = json.loads(out)
+    assert result["incomplete"] == few + many
+    few_peak, many_peak = result["peaks"]
+    # Ten times the jobs: held all at once, the peak would be ten times (about 2 KB each).
+    assert many_peak < 2 * few_peak, result
+
+
+@async_test
+async def test_enqueue_stream_reads_an_async_iterable_and_skips_keys_already_waiting(
+    tmp_path: Path,
+) -> None:
+    queue = make_queue(tmp_path / "q.db")
+    await queue.enqueue("noop", key="k3")
+
+    async def jobs() -> t.AsyncIterator[str]:
+        for _ in range(2500):
+            yield "noop"
+
+    assert await queue.enqueue_stream(jobs(), retries=2) == 2500
+    keyed = (Job("noop", key=f"k{i}") for i in range(2500))
+    assert await queue.enqueue_stream(keyed) == 2499  # k3 was already waiting
+    assert await queue.count("queued") == 5000
+    assert {job.retries for job in [j async for j in queue.iter_jobs()][1:2501]} == {2}
+
+
+def test_a_bad_item_stops_the_stream_naming_it_and_a_rerun_goes_on(tmp_path: Path) -> None:
+    def jobs(bad: bool) -> t.Iterator[Job]:
+        for i in range(2500):
+            yield Job("noop", key=f"k{i}", timeout=-1 if bad and i == 1500 else 10)
+
+    with saqlite.SyncQueue(tmp_path / "q.db") as queue:
+        with pytest.raises(saqlite.EnqueueStreamError) as raised:
+            queue.enqueue_stream(jobs(bad=True))
+        error = raised.value
+        assert (error.stored, error.done) == (1000, 1000)
+        message = str(error)
+        assert "stopped at item 1500" in message and "key: k1500" in message
+        assert "timeout" in message and "1000 job(s) were stored" in message
+        assert "from item 1000" in message
+        assert queue.count("queued") == 1000  # the slice with the bad item: none of it
+        assert queue.enqueue_stream(jobs(bad=False)) == 1500  # the first 1000 are waiting
+        assert queue.count("queued") == 2500
+
+    async def insert_fails() -> None:
+        queue = make_queue(tmp_path / "q.db")
+        unserialisable = (Job("noop", kwargs={"x": object() if i == 10 else i}) for i in range(20))
+        with pytest.raises(saqlite.EnqueueStreamError, match="the slice of items 0 to 19") as exc:
+            await queue.enqueue_stream(unserialisable)
+        assert exc.value.stored == 0 and "JSON-encodable" in str(exc.value)
+
+    async_test(insert_fails)()

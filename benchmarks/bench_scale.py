@@ -21,7 +21,9 @@ Then, each in a fresh process where it matters:
   process's peak RSS;
 - ``saqlite purge FILE --older-than 0s`` (every finished job, about 97% of the file), with the
   same enqueuing process beside it; and the size of the file (db + wal) filled, after the sweep
-  and after the purge.
+  and after the purge;
+- ``Queue.enqueue_stream`` of N jobs from a generator into a new file (s), and that process's
+  peak RSS (it should not grow with N).
 
 SAQ on Redis gets the same numbers of jobs (the finished ones as job keys with a ttl, the
 waiting and scheduled ones through ``Queue.enqueue``) and the same ``info()`` and ``count()``.
@@ -318,6 +320,23 @@ def measure(path: str) -> dict[str, Any]:
     return result
 
 
+def stream(path: str, n: int) -> dict[str, Any]:
+    """The ``stream`` child: enqueue_stream n jobs from a generator into a new file."""
+    saqlite = importlib.import_module("saqlite")
+
+    async def run() -> int:
+        queue = saqlite.Queue(path, name=QUEUE)
+        jobs = (saqlite.Job("noop", key=f"s{i:010d}") for i in range(n))
+        stored: int = await queue.enqueue_stream(jobs)
+        await queue.disconnect()
+        return stored
+
+    started = time.perf_counter()
+    stored = asyncio.run(run())
+    assert stored == n, (stored, n)
+    return {"stream_s": time.perf_counter() - started, "stream_rss_mib": _peak_rss_mib()}
+
+
 # -- measuring SAQ on Redis -----------------------------------------------------------
 
 
@@ -386,9 +405,12 @@ ROWS: list[tuple[str, str, Any]] = [
     ("... its p99 enqueue, ms", "sweep_probe.p99_ms", fmt_num),
     ("`saqlite purge --older-than 0s` (~97% of the file), s", "purge_s", fmt_num),
     ("another process's worst enqueue during the purge, ms", "purge_probe.max_ms", fmt_num),
+    ("... its p99 enqueue, ms", "purge_probe.p99_ms", fmt_num),
     ("file (db + wal) filled", "bytes_filled", _mib),
     ("file after the sweep", "bytes_swept", _mib),
     ("file after the purge", "bytes_purged", _mib),
+    ("`enqueue_stream` of N jobs from a generator (new file), s", "stream_s", fmt_num),
+    ("... that process's peak RSS, MiB", "stream_rss_mib", fmt_num),
     ("SAQ on Redis: `queue.info()`, ms", "saq.info_ms", fmt_num),
     ("SAQ on Redis: `queue.count('incomplete')`, ms", "saq.count_ms", fmt_num),
 ]
@@ -428,9 +450,12 @@ def run_scale(sizes: list[int], tmp: str, saq: bool = True) -> tuple[str, dict[i
         results[n] = _child("fill", path, str(n))
         print(f"[scale] measuring {n:,} jobs", file=sys.stderr, flush=True)
         results[n].update(_child("measure", path))
-        for suffix in ("", "-wal", "-shm"):
-            if os.path.exists(path + suffix):
-                os.remove(path + suffix)
+        print(f"[scale] enqueue_stream of {n:,} jobs", file=sys.stderr, flush=True)
+        results[n].update(_child("stream", path + ".stream", str(n)))
+        for name in (path, path + ".stream"):
+            for suffix in ("", "-wal", "-shm"):
+                if os.path.exists(name + suffix):
+                    os.remove(name + suffix)
         if not reason:
             with bench_redis.redis_server("redis-mem", tmp) as url:
                 print(f"[scale] SAQ on Redis, {n:,} jobs", file=sys.stderr, flush=True)
@@ -448,6 +473,8 @@ def main(argv: list[str]) -> None:
         print(json.dumps(measure(path)))
     elif command == "probe":
         probe(path)
+    elif command == "stream":
+        print(json.dumps(stream(path, int(argv[2]))))
 
 
 if __name__ == "__main__":
