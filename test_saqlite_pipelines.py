@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import pytest
 import saqlite
 from saqlite import Context, Job, Queue, Status, SyncQueue
 from test_saqlite import NO_SWEEP, async_test, make_queue, running, stored, wait_for, worker_for
+from test_saqlite_processes import stop_processes
 from test_saqlite_saq import (
     _export,
     _file_rows,
@@ -385,14 +385,7 @@ def workers(folder: Path) -> t.Iterator[list[subprocess.Popen[bytes]]]:
     try:
         yield processes
     finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(processes)
 
 
 def test_a_fan_in_of_1000_jobs_runs_once_in_two_worker_processes(

@@ -40,6 +40,7 @@ from test_saqlite import (
     wait_for,
     worker_for,
 )
+from test_saqlite_processes import stop_processes
 from test_saqlite_saq import _import_saq, redis  # noqa: F401 (a fixture)
 
 if t.TYPE_CHECKING:
@@ -444,15 +445,7 @@ def worker_processes() -> Iterator[list[subprocess.Popen[bytes]]]:
     try:
         yield processes
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(processes)
 
 
 @async_test
