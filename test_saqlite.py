@@ -2237,7 +2237,12 @@ async def test_meta_changed_in_place_by_a_job_is_kept_with_its_result(queue: Que
 
 
 @async_test
-async def test_a_scheduled_job_starts_when_due_not_a_polling_period_later(queue: Queue) -> None:
+async def test_a_scheduled_job_starts_when_due_not_a_polling_period_later(
+    queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No forced claim for two minutes: only the wait for the next due job can start it
+    # (typically ~1 ms after it falls due; no tight bound, so a busy machine passes).
+    monkeypatch.setattr(saqlite, "_FORCED_CLAIM_S", 120.0)
     starts: list[float] = []
 
     async def stamp(ctx: Context) -> None:
@@ -2248,8 +2253,8 @@ async def test_a_scheduled_job_starts_when_due_not_a_polling_period_later(queue:
         due = int(time.time()) + 2
         job = await queue.enqueue("stamp", scheduled=due)
         assert job is not None
-        await job.refresh(until_complete=10)
-    assert due <= starts[0] < due + 0.5, starts[0] - due  # generous; typically ~1 ms
+        await job.refresh(until_complete=60)
+    assert due <= starts[0] < due + 60, starts[0] - due
 
 
 def test_a_vendored_copy_under_another_name_runs_jobs(tmp_path: Path) -> None:
@@ -2376,6 +2381,6 @@ async def test_an_abort_from_another_queue_object_or_process_stops_the_job_at_on
                 assert await aborted.wait() == 0
             await job.refresh(until_complete=10)
             assert (job.status, job.error) == (Status.ABORTED, "enough"), aborter
-            assert time.monotonic() - started < 5, aborter  # not the 600 s timer
+            assert time.monotonic() - started < 60, aborter  # not the 600 s timer
             assert cancelled.is_set()
             cancelled.clear()
