@@ -3327,15 +3327,21 @@ class SyncQueue:
     the usual fields and ids.
 
     Args:
-        path, name, dump, load: as for ``Queue``.
+        path: the file, as for ``Queue``; or an async ``Queue``, whose file, name,
+            dump, load and options this client shares (give nothing else then).
+        name, dump, load: as for ``Queue`` (name: ``"default"`` when not given).
         options: the rest of ``Queue``'s keyword options: ``synchronous``,
             ``lock_timeout``, ``priorities``.
+
+    Raises:
+        TypeError: for ``swept_error_message`` (only a worker's sweep uses it), or
+            for other arguments beside a ``Queue``.
     """
 
     def __init__(
         self,
-        path: t.Union[str, os.PathLike[str]] = DEFAULT_PATH,
-        name: str = "default",
+        path: t.Union[str, os.PathLike[str], Queue] = DEFAULT_PATH,
+        name: t.Optional[str] = None,
         dump: t.Optional[DumpType] = None,
         load: t.Optional[LoadType] = None,
         **options: Unpack[_QueueOptions],
@@ -3345,7 +3351,15 @@ class SyncQueue:
                 "SyncQueue takes no swept_error_message: only a worker's sweep uses it; "
                 "give it to the Queue of the Worker"
             )
-        self.queue = Queue(path, name, dump, load, **options)
+        if isinstance(path, Queue):
+            if name is not None or dump is not None or load is not None or options:
+                raise TypeError(
+                    "SyncQueue(queue) takes nothing else: the queue's file, name, dump, "
+                    "load and options are the client's"
+                )
+            self.queue = path
+        else:
+            self.queue = Queue(path, "default" if name is None else name, dump, load, **options)
         self._codec = self.queue._codec  # one codec: jobs are the twin's
         self._conn: t.Optional[sqlite3.Connection] = None
         # One statement (or transaction) at a time on the connection. Lock order: this

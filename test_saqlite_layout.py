@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 import saqlite
+from test_saqlite import async_test
 
 HERE = Path(__file__).resolve().parent
 MARKER = "# OPERATOR TOOLING:"
@@ -223,3 +224,24 @@ def test_sync_queue_takes_queue_arguments_positionally_and_by_name(tmp_path: Pat
         saqlite.SyncQueue(path, swept_error_message="gone")  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="synchronus"):
         saqlite.SyncQueue(path, synchronus="FULL")  # type: ignore[call-arg]
+
+
+@async_test
+async def test_a_sync_client_of_an_async_queue_shares_its_file_name_and_codec(
+    tmp_path: Path,
+) -> None:
+    def dump(value: dict[str, object]) -> str:
+        return "x" + json.dumps(value)
+
+    def load(text: t.Union[str, bytes]) -> t.Any:
+        return json.loads(text[1:])
+
+    queue = saqlite.Queue(tmp_path / "jobs.db", "mail", dump, load, lock_timeout=2.0)
+    with saqlite.SyncQueue(queue) as client:
+        assert (client.queue, client.name, client.path) == (queue, "mail", queue.path)
+        client.enqueue("send", key="k", to="a@b")
+    job = await queue.job("k")  # written through the shared dump, read by the Queue
+    assert job is not None and job.kwargs == {"to": "a@b"}
+    await queue.disconnect()
+    with pytest.raises(TypeError, match=r"SyncQueue\(queue\) takes nothing else"):
+        saqlite.SyncQueue(queue, "other")
