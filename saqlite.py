@@ -4324,36 +4324,52 @@ def _statuses_steps(queue: Queue, keys: list[str]) -> _Steps[dict[str, Status]]:
 
 
 # As in SAQ, an ABORTING job is neither active nor incomplete: it is on its way out.
-# Waiting jobs from saqlite_counts, active ones through saqlite_jobs_ready; and the
-# waiting ones due later and due now, each counted (through saqlite_jobs_waiting) up
-# to :probe. One side under :probe gives the other; else _counts_steps probes again,
-# further: the cost is that of the fewer, never of the whole file.
+# Waiting jobs come from saqlite_counts, active ones through saqlite_jobs_ready. Only
+# the split of the waiting ones into due now and due later needs counting (through
+# saqlite_jobs_waiting), each side up to a limit (-1: no limit, 0: not counted).
 _SQL_WAITING = """
 SELECT COUNT(*) FROM (
     SELECT 1 FROM saqlite_jobs INDEXED BY saqlite_jobs_waiting
-    WHERE queue = :queue AND status = 'queued' AND run_at {} LIMIT :probe)
+    WHERE queue = :queue AND status = 'queued' AND run_at {} LIMIT :{})
 """
 _SQL_COUNTS = f"""
 SELECT
     (SELECT COALESCE(SUM(n), 0) FROM saqlite_counts WHERE queue = :queue AND status = 'queued'),
     (SELECT COUNT(*) FROM saqlite_jobs WHERE queue = :queue AND status = 'active'),
-    ({_SQL_WAITING.format(f"> {_SQL_NOW}")}),
-    ({_SQL_WAITING.format(f"<= {_SQL_NOW}")})
+    ({_SQL_WAITING.format(f"> {_SQL_NOW}", "later")}),
+    ({_SQL_WAITING.format(f"<= {_SQL_NOW}", "due")})
 """
 _COUNT_PROBE = 1000
 
 
-def _counts_steps(name: str) -> _Steps[tuple[int, int, int]]:
-    """How many jobs of a queue are queued and due, scheduled for later, and active."""
-    probe = _COUNT_PROBE
+def _counts_steps(name: str, split: bool = True) -> _Steps[tuple[int, int, int]]:
+    """How many jobs of a queue are queued and due, scheduled for later, and active
+    (with ``split=False``: waiting, 0, and active, without telling due from later).
+
+    The split counts about the fewer of the two sides, never the whole queue: both
+    up to a probe growing eightfold while it is small beside the waiting jobs, then
+    one side up to half of them (if it has more, the other side has fewer)."""
+    probe = _COUNT_PROBE if split else 0
     while True:
-        rows = yield _SQL_COUNTS, {"queue": name, "probe": probe}
-        waiting, active, scheduled, due = rows[0]
-        if scheduled < probe:
-            return int(waiting - scheduled), int(scheduled), int(active)
+        rows = yield _SQL_COUNTS, {"queue": name, "later": probe, "due": probe}
+        waiting, active, later, due = (int(n) for n in rows[0])
+        if not split:
+            return waiting, 0, active
+        if later < probe:
+            return waiting - later, later, active
         if due < probe:
-            return int(due), int(waiting - due), int(active)
+            return due, waiting - due, active
+        if probe * 8 > waiting // 8:
+            break
         probe *= 8
+    half = waiting // 2 + 1
+    rows = yield _SQL_COUNTS, {"queue": name, "later": half, "due": 0}
+    waiting, active, later, _ = (int(n) for n in rows[0])
+    if later < half:
+        return waiting - later, later, active
+    rows = yield _SQL_COUNTS, {"queue": name, "later": 0, "due": -1}
+    waiting, active, _, due = (int(n) for n in rows[0])
+    return due, waiting - due, active
 
 
 def _count_steps(queue: Queue, kind: str) -> _Steps[int]:
@@ -4361,7 +4377,7 @@ def _count_steps(queue: Queue, kind: str) -> _Steps[int]:
         raise ValueError(
             f"Can't count unknown type {kind!r}: use 'queued', 'active' or 'incomplete'"
         )
-    queued, scheduled, active = yield from _counts_steps(queue.name)
+    queued, scheduled, active = yield from _counts_steps(queue.name, split=kind == "queued")
     return {"queued": queued, "active": active, "incomplete": queued + scheduled + active}[kind]
 
 

@@ -158,6 +158,25 @@ async def test_info_splits_many_scheduled_jobs_from_the_due_ones(tmp_path: Path)
     assert (await queue.count("queued"), await queue.count("incomplete")) == (3, 1503)
 
 
+# Each way the split of due from later jobs can end: one side under the first probe,
+# under a later one, or both sides past it (one side counted up to half, then the
+# other), with the probe made small so that a few thousand jobs reach every branch.
+@pytest.mark.parametrize(
+    "due, later", [(3, 150), (150, 3), (30, 2000), (2000, 30), (120, 130), (130, 120), (900, 2000)]
+)
+@async_test
+async def test_info_splits_due_from_later_jobs_exactly_whichever_side_is_bigger(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, due: int, later: int
+) -> None:
+    monkeypatch.setattr(saqlite, "_COUNT_PROBE", 10)
+    queue = make_queue(tmp_path / "split.db")
+    await queue.enqueue_many([Job("ok", scheduled=int(time.time()) + 3600) for _ in range(later)])
+    await queue.enqueue_many([Job("ok") for _ in range(due)])
+    info = await queue.info()
+    assert (info["queued"], info["scheduled"], info["active"]) == (due, later, 0)
+    assert (await queue.count("queued"), await queue.count("incomplete")) == (due, due + later)
+
+
 def test_terminal_info_counts_every_status(tmp_path: Path) -> None:
     path = tmp_path / "info.db"
 
