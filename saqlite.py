@@ -157,9 +157,12 @@ _OUTAGE_MAX_PAUSE_S = 2.0
 _OUTAGE_LOG_S = 30.0
 #: Rows per multi-row statement; keeps under SQLite's bound-parameter limit.
 _ROWS_PER_STATEMENT = 500
-#: Work on many rows (deleting expired jobs, a purge) goes in write transactions of at
-#: most this many rows, or pages given back to the OS, each a few ms long...
+#: Work on many rows (deleting expired jobs, a purge) goes in write transactions of
+#: about this long, each of as many rows as took that long lately (see _SliceSize),
+#: or of so many pages given back to the OS...
+_SLICE_TARGET_S = 0.005
 _SLICE_ROWS = 500
+_SLICE_MIN_ROWS = 10
 _SLICE_PAGES = 64
 #: ... with this pause between them, longer than a lock waiter's (_MAX_BUSY_PAUSE_S),
 #: so that other writers get the lock in between.
@@ -486,6 +489,9 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         WHEN OLD.queued IS NOT NEW.queued
         BEGIN DELETE FROM saqlite_steps WHERE queue = OLD.queue AND key = OLD.key; END
         """,
+    ),
+    (  # version 6: listings of one function's jobs, newest first, without a scan
+        "CREATE INDEX saqlite_jobs_function ON saqlite_jobs (function, queued)",
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -1920,13 +1926,15 @@ class Queue:
     """
 
     async def _delete_expired(self) -> int:
-        """Delete the expired jobs of every queue in short slices (see _SLICE_ROWS);
+        """Delete the expired jobs of every queue in short slices (see _SliceSize);
         how many."""
-        deleted = 0
+        deleted, size = 0, _SliceSize()
         while True:
-            rows = await self._fetch(self._SQL_DELETE_EXPIRED_JOBS, {"limit": _SLICE_ROWS})
+            limit, started = size.rows, time.perf_counter()
+            rows = await self._fetch(self._SQL_DELETE_EXPIRED_JOBS, {"limit": limit})
+            size.took(len(rows), time.perf_counter() - started)
             deleted += len(rows)
-            if len(rows) < _SLICE_ROWS:
+            if len(rows) < limit:
                 return deleted
             await self._between_slices()
 
@@ -4547,6 +4555,25 @@ _MAX_DEATHS = 3
 _ALL_PRIORITIES = (-(2**63), 2**63 - 1)
 
 
+class _SliceSize:
+    """How many rows the next slice of a long piece of work takes: as many as keep
+    its write near _SLICE_TARGET_S, so that it stays short however large the file
+    grows (a row costs more to delete in a bigger file) and however busy the machine.
+    """
+
+    def __init__(self) -> None:
+        self.rows = _SLICE_ROWS // 4
+
+    def took(self, rows: int, seconds: float) -> None:
+        """Learn from a slice of ``rows`` rows that took ``seconds``."""
+        if rows < self.rows:  # the last slice, short of rows: it tells nothing
+            return
+        if seconds > _SLICE_TARGET_S:
+            self.rows = max(_SLICE_MIN_ROWS, int(self.rows * _SLICE_TARGET_S / seconds))
+        elif seconds < _SLICE_TARGET_S / 2:
+            self.rows = min(_SLICE_ROWS, self.rows * 2)
+
+
 def _check_priorities(priorities: t.Optional[tuple[int, int]]) -> tuple[int, int]:
     """The range of priorities a queue claims; ValueError naming the problem."""
     if priorities is None:
@@ -5481,7 +5508,7 @@ if __name__ == "__main__":
 #   Queue._fetch (one statement), Queue._retry (a guarded retry), Queue._codec
 #   (dump, load, a job from _LOAD_COLUMNS); Queue._drive with _counts_steps (the
 #   counts of info()); Queue._between_slices and Queue._give_back_space, with
-#   _SLICE_ROWS (work on many rows); _LOAD_COLUMNS, the status groups
+#   _SliceSize (work on many rows); _LOAD_COLUMNS, the status groups
 #   (_RUNNING_STATUSES, _FINISHED_STATUSES, _UNSUCCESSFUL_STATUSES, _RUNNING_SQL,
 #   _UNSUCCESSFUL_SQL), _alive, _seconds, _BLOCKED_S (the run_at of a job waiting
 #   on dependencies), _rebuild (saqlite vacuum);
@@ -5784,8 +5811,9 @@ FROM saqlite_jobs INDEXED BY {index} WHERE {where}
 ORDER BY queued DESC, rowid DESC LIMIT :limit OFFSET :offset
 """
 # A listing that has few jobs to list (by _SQL_OPS_COUNTS) finds them by queue and
-# status and sorts them; else it walks saqlite_jobs_newest (or, for failed and aborted
-# jobs, saqlite_jobs_unsuccessful) from the newest.
+# status and sorts them; else it walks, from the newest, saqlite_jobs_unsuccessful for
+# failed and aborted jobs, saqlite_jobs_function for one function's, or else
+# saqlite_jobs_newest.
 _LIST_SORT_MAX = 10000
 _SQL_OPS_WHERE_FEW = (
     "queue IN (SELECT value FROM json_each(:queues))"
@@ -5817,6 +5845,8 @@ async def _list_jobs(
         if len(set(where.statuses)) == 1:
             condition += " AND status = :only"
             params["only"] = where.statuses[0]
+    elif where.function is not None:
+        index = "saqlite_jobs_function"
     if sum(n for _, _, n in counts) <= _LIST_SORT_MAX:
         index = "saqlite_jobs_ready"
         condition += " AND " + _SQL_OPS_WHERE_FEW
@@ -5942,21 +5972,25 @@ async def _purge(
 ) -> int:
     """Delete finished jobs (of a filter) completed before a time; how many."""
     condition, params = where.where()
-    params = {**params, "before": before_ms, "limit": _SLICE_ROWS}
+    params = {**params, "before": before_ms}
     total = int((await store.fetch(_SQL_OPS_COUNT_OLD_JOBS.format(where=condition), params))[0][0])
     if progress is not None:
         progress.total = total
     deleted = 0
     find = _SQL_OPS_PURGEABLE.format(where=condition)
     delete = _SQL_OPS_PURGE.format(where=condition)
-    after = 0
+    after, size = 0, _SliceSize()
     while True:
-        rowids = [rowid for (rowid,) in await store.fetch(find, {**params, "after": after})]
+        limit = size.rows
+        found = await store.fetch(find, {**params, "after": after, "limit": limit})
+        rowids = [rowid for (rowid,) in found]
         if rowids:
+            started = time.perf_counter()
             deleted += len(await store.fetch(delete, {**params, "rowids": json.dumps(rowids)}))
+            size.took(len(rowids), time.perf_counter() - started)
             if progress is not None:
                 progress.update(deleted)
-        if len(rowids) < _SLICE_ROWS:
+        if len(rowids) < limit:
             await store.reader._give_back_space()
             return deleted
         after = rowids[-1]

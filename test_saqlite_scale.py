@@ -315,7 +315,7 @@ def test_a_listing_is_the_same_whichever_way_it_finds_the_jobs(
             conn.execute("UPDATE saqlite_jobs SET status = 'aborted' WHERE key = 'k06'")
         conn.close()
         for i in range(12, 16):
-            await queue.enqueue("ok", key=f"k{i:02d}")
+            await queue.enqueue("rare" if i % 2 else "ok", key=f"k{i:02d}")
             await asyncio.sleep(0.002)
         await queue.disconnect()
         await other.disconnect()
@@ -335,6 +335,10 @@ def test_a_listing_is_the_same_whichever_way_it_finds_the_jobs(
     assert keys("--status", "failed") == ["k05"]
     assert keys("--status", "failed,aborted") == ["k06", "k05"]
     assert keys("--status", "aborted", "--queue", "other") == []
+    assert keys("--function", "rare") == ["k15", "k13"]
+    assert keys("--function", "ok", "--queue", "default", "--status", "queued") == ["k14", "k12"]
+    assert keys("--function", "ok", "--status", "failed,aborted") == ["k06", "k05"]
+    assert keys("--function", "ok", "--queue", "other", "--limit", "2") == ["k08", "k04"]
 
 
 # -- older files ----------------------------------------------------------------------------
