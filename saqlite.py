@@ -5471,8 +5471,8 @@ if __name__ == "__main__":
 #   _SLICE_ROWS (work on many rows); _LOAD_COLUMNS, the status groups
 #   (_RUNNING_STATUSES, _FINISHED_STATUSES, _UNSUCCESSFUL_STATUSES, _RUNNING_SQL,
 #   _UNSUCCESSFUL_SQL), _alive, _seconds, _BLOCKED_S (the run_at of a job waiting
-#   on dependencies), _rebuild (saqlite vacuum); Queue._wakeup (want, generation and
-#   wait: the page's live events);
+#   on dependencies), _rebuild (saqlite vacuum); Queue._wakeup, a _Wakeup (want,
+#   generation and wait: the page's live events);
 #   the command line's _OpsError, _load_settings, _configure_logging, _OPS_COMMANDS,
 #   _SETTINGS_HELP, _VERBOSE_HELP, and _EXTRAS, which it fills with a _CommandLineExtras.
 # #############################################################################
@@ -7407,8 +7407,11 @@ _WEB_JS = """
   });
   document.addEventListener("visibilitychange", function () { soon(); });
   if (window.EventSource) {
-    new EventSource(EVENTS_URL).addEventListener("change", function () { soon(); });
-    document.documentElement.setAttribute("data-live", "events");
+    var events = new EventSource(EVENTS_URL);
+    events.addEventListener("change", function () { soon(); });
+    events.addEventListener("open", function () {
+      document.documentElement.setAttribute("data-live", "events");
+    });
   } else {
     setInterval(refresh, REFRESH_MS);
     document.documentElement.setAttribute("data-live", "poll");
@@ -8253,7 +8256,7 @@ placeholder="key, function, kwargs, error"></label>
         scope = f"of queue {where.queue}" if where.queue else "of every queue"
         if where.function:
             scope += f" with function {where.function}"
-        statuses = " or ".join(where.statuses)
+        statuses = " or ".join(", ".join(where.statuses).rsplit(", ", 1))
         question = (
             f"{action.capitalize()} {count:,} {statuses} job{'s' if count != 1 else ''} {scope}?"
         )
@@ -8443,18 +8446,14 @@ left as they are.</p>{form}"""
         """An event each time the wake-ups tell of new or changed jobs (at most one per
         _WEB_EVENT_GAP_S), and when the counts change without one (a lost datagram, a
         new queue): those are looked at every ``refresh_s``."""
-        yield b"retry: 2000\n\n"
+        marks = await self._marks()
         counts = await self._counts()
+        yield b"retry: 2000\n\n"
         quiet_since = time.monotonic()
         while True:
-            waits = []
-            for store in self.stores:
-                for (name,) in await store.fetch(_SQL_OPS_QUEUE_NAMES):
-                    wakeup = store.queue(name)._wakeup
-                    for kind in ("jobs", "changes"):
-                        await wakeup.want(kind)
-                        waits.append(wakeup.wait(kind, wakeup.generation(kind), self.refresh_s))
+            waits = [wakeup.wait(kind, seen, self.refresh_s) for wakeup, kind, seen in marks]
             news = any(await _first_of(waits, self.refresh_s))
+            marks = await self._marks()  # news from now on, of queues new since too
             fresh = await self._counts()
             if news or fresh != counts:
                 counts = fresh
@@ -8464,6 +8463,18 @@ left as they are.</p>{form}"""
             elif time.monotonic() - quiet_since > _WEB_KEEPALIVE_S:
                 quiet_since = time.monotonic()
                 yield b": still here\n\n"
+
+    async def _marks(self) -> list[tuple[_Wakeup, str, int]]:
+        """The wake-ups of every queue of the files, for new and changed jobs, each with
+        its news so far."""
+        marks = []
+        for store in self.stores:
+            for (name,) in await store.fetch(_SQL_OPS_QUEUE_NAMES):
+                wakeup = store.queue(name)._wakeup
+                for kind in ("jobs", "changes"):
+                    await wakeup.want(kind)
+                    marks.append((wakeup, kind, wakeup.generation(kind)))
+        return marks
 
     async def _counts(self) -> list[list[t.Any]]:
         return [await store.fetch(_SQL_OPS_COUNTS) for store in self.stores]
@@ -8855,6 +8866,8 @@ class _PageHandler(http.server.BaseHTTPRequestHandler):
                     self.wfile.write(message.get("body", b""))
                     self.wfile.flush()
             future.result()
+        except concurrent.futures.CancelledError:
+            pass  # the page is stopping
         except (ConnectionError, OSError):  # the client went away: end its request
             future.cancel()
             with contextlib.suppress(RuntimeError):  # the loop has ended
