@@ -140,11 +140,11 @@ def test_an_app_error_after_the_headers_closes_the_connection_cleanly(
 
 
 def test_requests_over_the_body_cap_or_malformed_get_an_answer(web: Server) -> None:
-    address = urllib.parse.urlsplit(web.url)
-    with socket.create_connection((address.hostname, address.port), timeout=WAIT_S) as sock:
+    address = ("127.0.0.1", t.cast(int, urllib.parse.urlsplit(web.url).port))
+    with socket.create_connection(address, timeout=WAIT_S) as sock:
         sock.sendall(b"POST /retry HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 9999999\r\n\r\n")
         assert sock.recv(100).startswith(b"HTTP/1.1 413")
-    with socket.create_connection((address.hostname, address.port), timeout=WAIT_S) as sock:
+    with socket.create_connection(address, timeout=WAIT_S) as sock:
         sock.sendall(b"GET / what HTTP/1.1\r\n\r\n")
         assert sock.recv(100).startswith(b"HTTP/1.1 400")
 
@@ -490,8 +490,8 @@ def test_live_updates_work_behind_an_asgi_mount(db: Path) -> None:
             await gone.wait()
             return {"type": "http.disconnect"}
 
-        async def send(message: dict[str, t.Any]) -> None:
-            messages.append(message)
+        async def send(message: t.MutableMapping[str, t.Any]) -> None:
+            messages.append(dict(message))
             if b"retry:" in message.get("body", b""):
                 started.set()
             if b"event: change" in message.get("body", b""):
