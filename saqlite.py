@@ -203,6 +203,52 @@ _LOAD_COLUMNS = (
 _SQL_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 _SQL_NOW_MS = f"CAST({_SQL_NOW} * 1000 AS INTEGER)"
 
+# The figures of finished jobs (saqlite_stats, schema 7): the upper bounds, in seconds,
+# of the histogram buckets of wait and run time (Prometheus' `le`; beyond the last:
+# +Inf). Fixed by the schema: a column each; changing them needs a migration.
+_STATS_BOUNDS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0,
+)  # fmt: skip
+#: Minutes of figures kept apart (then folded into totals): a day and an hour, so that
+#: a day's chart of whole hours has all its minutes.
+_STATS_KEPT_MINUTES = 25 * 60
+_STATS_SUMS = ("complete", "failed", "aborted", "ran", "wait_s", "run_s")
+_STATS_BUCKETS = tuple(
+    f"{kind}_le_{i}" for kind in ("wait", "run") for i in range(len(_STATS_BOUNDS))
+)
+_STATS_COLUMNS = (*_STATS_SUMS, *_STATS_BUCKETS)
+_STATS_COLUMN_DEFINITIONS = ", ".join(
+    f"{c} {'REAL' if c.endswith('_s') else 'INTEGER'} NOT NULL" for c in _STATS_COLUMNS
+)
+
+
+def _stats_upsert(job: str, status: str, completed: str, source: str) -> str:
+    """The statement that counts ended jobs in saqlite_stats: the rows of ``source``
+    (a FROM clause, without FROM), with the job's columns under the name ``job`` and
+    its new ``status`` and ``completed`` (epoch ms) given as expressions. A job that
+    ran (``started`` set) adds its wait, from when it was due (``run_at``: enqueued,
+    scheduled, retried or let through by its dependencies) to the start of its last
+    attempt, and its run, from that start to its end."""
+    ended = (
+        f"SELECT {job}.queue AS queue, {job}.function AS function, {status} AS status,"
+        f" CAST(COALESCE(NULLIF({completed}, 0), {_SQL_NOW_MS}) / 60000 AS INTEGER) AS minute,"
+        f" {job}.started > 0 AS ran, MAX({job}.started / 1000.0 - {job}.run_at, 0) AS wait,"
+        f" MAX({completed} - {job}.started, 0) / 1000.0 AS run FROM {source}"
+    )
+    buckets = [f"ran AND {kind} <= {bound}" for kind in ("wait", "run") for bound in _STATS_BOUNDS]
+    values = [
+        "status = 'complete'", "status = 'failed'", "status = 'aborted'", "ran",
+        "ran * wait", "ran * run", *buckets,
+    ]  # fmt: skip
+    return (
+        f"INSERT INTO saqlite_stats (queue, function, minute, {', '.join(_STATS_COLUMNS)})"
+        f" SELECT queue, function, minute, {', '.join(values)} FROM ({ended}) WHERE true"
+        " ON CONFLICT (queue, function, minute) DO UPDATE SET "
+        + ", ".join(f"{c} = {c} + excluded.{c}" for c in _STATS_COLUMNS)
+    )
+
+
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (  # version 1
         """
@@ -488,6 +534,38 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         CREATE TRIGGER saqlite_steps_of_replaced_job AFTER UPDATE OF queued ON saqlite_jobs
         WHEN OLD.queued IS NOT NEW.queued
         BEGIN DELETE FROM saqlite_steps WHERE queue = OLD.queue AND key = OLD.key; END
+        """,
+    ),
+    (),  # version 6: the flow branch's (pause, rate and concurrency limits)
+    (  # version 7: the figures of finished jobs (saqlite stats, /metrics, the page)
+        # Per queue, function and minute of their end (epoch minute; 0: the sum of the
+        # minutes the sweep folded in once they were a day old, see Queue.sweep): the
+        # jobs that ended, by status; of those that ran, their wait and run time, summed
+        # and in histogram buckets (cumulative counts: <= each of _STATS_BOUNDS).
+        # Counted whoever ends a job, in the transaction of that end, so the figures
+        # hold jobs deleted since (ttl) and never go down; reading them costs the
+        # rows of a day, whatever the number of jobs. (Counting starts at this version.)
+        f"""
+        CREATE TABLE saqlite_stats (
+            queue    TEXT    NOT NULL,
+            function TEXT    NOT NULL,
+            minute   INTEGER NOT NULL,
+            {_STATS_COLUMN_DEFINITIONS},
+            PRIMARY KEY (queue, function, minute)
+        ) WITHOUT ROWID
+        """,
+        # The minutes of all queues over a window, and the oldest, to fold.
+        "CREATE INDEX saqlite_stats_minute ON saqlite_stats (minute)",
+        # A job ends (a worker's finish, an abort, the sweep, a dependency's failure,
+        # an edit in the sqlite3 shell). A job deleted as it ends (ttl -1) is counted
+        # by the statement that deletes it (see _write_steps).
+        f"""
+        CREATE TRIGGER saqlite_stats_ended AFTER UPDATE OF status ON saqlite_jobs
+        WHEN NEW.status IN ('complete', 'failed', 'aborted')
+            AND OLD.status NOT IN ('complete', 'failed', 'aborted')
+        BEGIN
+            {_stats_upsert("NEW", "NEW.status", "NEW.completed", "(SELECT 1) AS one")};
+        END
         """,
     ),
 )
@@ -1882,6 +1960,7 @@ class Queue:
         expired = await self._delete_expired()
         if expired:
             logger.info("Deleted %d expired job(s)", expired)
+        await self._fold_stats()
         # Running jobs first, then workers: a worker registers before it claims, so
         # every worker of these jobs is in the list read after them.
         rows = await self._fetch(self._SQL_RUNNING_JOBS, (self.name,))
@@ -1931,6 +2010,39 @@ class Queue:
             deleted += len(rows)
             if len(rows) < _SLICE_ROWS:
                 return deleted
+            await self._between_slices()
+
+    # The figures of the minutes older than _STATS_KEPT_MINUTES, a slice of :limit rows
+    # at a time (oldest first, through saqlite_stats_minute), added to their queue and
+    # function's minute 0, then deleted: in one transaction, so nothing counts twice.
+    _SQL_OLD_STATS = f"""
+    SELECT queue, function, minute FROM saqlite_stats
+    WHERE minute BETWEEN 1 AND CAST({_SQL_NOW} / 60 AS INTEGER) - :kept
+    ORDER BY minute LIMIT :limit
+    """
+    _SQL_FOLD_STATS = f"""
+    INSERT INTO saqlite_stats (queue, function, minute, {", ".join(_STATS_COLUMNS)})
+    SELECT queue, function, 0, {", ".join(f"SUM({c})" for c in _STATS_COLUMNS)}
+    FROM saqlite_stats WHERE (queue, function, minute) IN ({_SQL_OLD_STATS})
+    GROUP BY queue, function
+    ON CONFLICT (queue, function, minute) DO UPDATE SET
+    {", ".join(f"{c} = {c} + excluded.{c}" for c in _STATS_COLUMNS)}
+    """
+    _SQL_DROP_OLD_STATS = f"""
+    DELETE FROM saqlite_stats WHERE (queue, function, minute) IN ({_SQL_OLD_STATS})
+    RETURNING 1
+    """
+
+    async def _fold_stats(self) -> None:
+        """Fold the per-minute figures of jobs that ended over a day ago into their
+        totals (minute 0), in short transactions (see _SLICE_ROWS)."""
+        params = {"kept": _STATS_KEPT_MINUTES, "limit": _SLICE_ROWS}
+
+        def fold() -> _Steps[int]:
+            yield self._SQL_FOLD_STATS, params
+            return len((yield self._SQL_DROP_OLD_STATS, params))
+
+        while await self._atomic(fold()) == _SLICE_ROWS:
             await self._between_slices()
 
     _SQL_FREE_PAGES = "PRAGMA freelist_count"
@@ -4083,7 +4195,7 @@ def _write_item(
     the fields a finish changes (see Queue._finish)."""
     guard = expected.values(queue.name, job.key)
     if job.ttl == -1 and job.status in TERMINAL_STATUSES:
-        return "delete", guard
+        return "delete", (*guard, job.status.value, job.completed)
     if finish_only:
         finished = (job.status.value, job.completed, job.error, job.progress)
         return "finish", (*guard, *finished, queue._codec.encode_result(job), _expire_at(job))
@@ -4096,7 +4208,7 @@ def _set_item(queue: Queue, job: Job, given: frozenset[str]) -> tuple[str, tuple
     lease = job._lease
     guard = (None, None) if lease is None else (lease.worker_id, lease.attempts)
     if job.ttl == -1 and job.status in TERMINAL_STATUSES:
-        return "remove", (*guard, queue.name, job.key)
+        return "remove", (*guard, queue.name, job.key, job.status.value, job.completed)
     row = list(queue._codec.row(job))
     for index in _KEPT_COLUMN_INDEXES:
         if _JOB_COLUMNS[index] not in given:
@@ -4162,7 +4274,8 @@ _SQL_FINISH_JOBS = (
     + ", ".join(f"{c} = v.{c}" for c in _FINISH_COLUMNS)
     + f" FROM v WHERE {_GUARD} RETURNING saqlite_jobs.key, saqlite_jobs.dependents"
 )
-_DELETE_COLUMNS = ("queue", "key", *_GUARD_COLUMNS)
+# (A deleted job's new status and end, for its figures: see _SQL_COUNT_DELETED.)
+_DELETE_COLUMNS = ("queue", "key", *_GUARD_COLUMNS, "status", "completed")
 _SQL_DELETE_JOBS = (
     _rows_named(_DELETE_COLUMNS) + "DELETE FROM saqlite_jobs WHERE rowid IN ("
     f" SELECT saqlite_jobs.rowid FROM saqlite_jobs JOIN v ON {_GUARD}"
@@ -4196,7 +4309,7 @@ _SQL_SET_JOBS = (
     )
     + f" FROM v WHERE {_LEASE_GUARD} RETURNING saqlite_jobs.key, saqlite_jobs.dependents"
 )
-_REMOVE_COLUMNS = (*_LEASE_COLUMNS, "queue", "key")
+_REMOVE_COLUMNS = (*_LEASE_COLUMNS, "queue", "key", "status", "completed")
 _SQL_REMOVE_JOBS = (
     _rows_named(_REMOVE_COLUMNS) + "DELETE FROM saqlite_jobs WHERE rowid IN ("
     f" SELECT saqlite_jobs.rowid FROM saqlite_jobs JOIN v ON {_LEASE_GUARD}"
@@ -4218,6 +4331,23 @@ _SQL_WRITE_STEPS = (
     + ", ".join(f"{c} = excluded.{c}" for c in _STEP_COLUMNS[3:])
     + " RETURNING key, 0"  # as every write: the key, and whether others wait on it
 )
+
+# A job deleted as it ends (ttl -1) is counted in saqlite_stats by a statement just
+# before the one that deletes it (no trigger can tell how a deleted job ended); were
+# the job changed by another writer in between, it would be counted without its delete.
+_SQL_COUNT_DELETED = {
+    kind: _rows_named(columns)
+    + _stats_upsert(
+        "saqlite_jobs",
+        "v.status",
+        "v.completed",
+        f"v JOIN saqlite_jobs ON {guard} AND saqlite_jobs.status NOT IN {_FINISHED_SQL}",
+    )
+    for kind, columns, guard in (
+        ("delete", _DELETE_COLUMNS, _GUARD),
+        ("remove", _REMOVE_COLUMNS, _LEASE_GUARD),
+    )
+}
 
 #: Each kind of write: its statement, and the columns of its rows.
 _WRITES = {
@@ -4268,6 +4398,9 @@ def _write_steps(
                 return sql.format(rows=_row_placeholders(len(chunk), width)), params
 
             kind_failed: dict[int, Exception] = {}
+            if kind in _SQL_COUNT_DELETED:
+                count = functools.partial(statement, sql=_SQL_COUNT_DELETED[kind])
+                yield from _isolated(count, indexes, 0, len(indexes), {})
             found = yield from _isolated(statement, indexes, 0, len(indexes), kind_failed)
             for key, dependents in found:
                 written.add(key)
@@ -5471,8 +5604,9 @@ if __name__ == "__main__":
 #   _SLICE_ROWS (work on many rows); _LOAD_COLUMNS, the status groups
 #   (_RUNNING_STATUSES, _FINISHED_STATUSES, _UNSUCCESSFUL_STATUSES, _RUNNING_SQL,
 #   _UNSUCCESSFUL_SQL), _alive, _seconds, _BLOCKED_S (the run_at of a job waiting
-#   on dependencies), _rebuild (saqlite vacuum); Queue._wakeup, a _Wakeup (want,
-#   generation and wait: the page's live events);
+#   on dependencies), _rebuild (saqlite vacuum); _STATS_BOUNDS and _STATS_COLUMNS
+#   (the columns of saqlite_stats, the figures of finished jobs); Queue._wakeup, a
+#   _Wakeup (want, generation and wait: the page's live events);
 #   the command line's _OpsError, _load_settings, _configure_logging, _OPS_COMMANDS,
 #   _SETTINGS_HELP, _VERBOSE_HELP, and _EXTRAS, which it fills with a _CommandLineExtras.
 # #############################################################################
@@ -5755,6 +5889,146 @@ async def _overview(store: _Store, queue: t.Optional[str] = None) -> dict[str, t
         entry["workers"] = sum(worker["queue"] == name for worker in workers)
         queues.append(entry)
     return {"path": store.path, "queues": queues, "workers": workers}
+
+
+# -- figures of finished jobs (saqlite_stats) ----------------------------------------
+# They come from saqlite_stats (see schema 7): per queue, function and minute, so that
+# reading a window costs its minutes, never the jobs (and holds those deleted since).
+
+
+class _Figures(t.NamedTuple):
+    """The sums of one queue and function's figures over a window (see _figures)."""
+
+    queue: str
+    function: str
+    complete: int
+    failed: int
+    aborted: int
+    ran: int  # jobs that ran (started), the observations of wait and run time
+    wait_s: float  # the sum of their waits, in seconds
+    run_s: float  # and of their runs
+    wait_le: tuple[int, ...]  # how many waited at most each of _STATS_BOUNDS
+    run_le: tuple[int, ...]  # how many ran at most each of _STATS_BOUNDS
+
+
+class _FunctionStats(t.TypedDict):
+    """One function's figures over a window, as ``saqlite stats`` and the page show them.
+
+    ``runs`` are the jobs that ended (complete, failed or aborted: an aborted job may
+    never have run) and ``failure_rate`` the share of them that did not complete
+    (failed + aborted). Wait is from when a job was due (enqueued, its scheduled time,
+    its retry's, or when its dependencies let it through) to the start of its last
+    attempt; run is from that start to its end. The percentiles, in seconds, are read
+    from histogram buckets as Prometheus' histogram_quantile reads them (linear within
+    a bucket; beyond the last bound, that bound); None when none of them ran.
+    """
+
+    queue: str
+    function: str
+    runs: int
+    complete: int
+    failed: int
+    aborted: int
+    failure_rate: float
+    wait_p50: t.Optional[float]
+    wait_p95: t.Optional[float]
+    run_p50: t.Optional[float]
+    run_p95: t.Optional[float]
+
+
+class _Bucket(t.TypedDict):
+    """The jobs that ended in one time bucket of a chart (see _throughput)."""
+
+    start: float  # epoch seconds
+    complete: int
+    failed: int
+    aborted: int
+
+
+_SQL_OPS_FIGURES = f"""
+SELECT queue, function, {", ".join(f"SUM({c})" for c in _STATS_COLUMNS)} FROM saqlite_stats
+WHERE minute >= :since AND (:queue IS NULL OR queue = :queue)
+GROUP BY queue, function ORDER BY queue, function
+"""
+_SQL_OPS_THROUGHPUT = """
+SELECT minute / :per, SUM(complete), SUM(failed), SUM(aborted) FROM saqlite_stats
+WHERE minute >= :since AND (:queue IS NULL OR queue = :queue)
+GROUP BY minute / :per
+"""
+#: A window that reaches further back than the minutes kept reads every figure.
+_STATS_ALL = math.inf
+
+
+async def _figures(
+    store: _Store, queue: t.Optional[str] = None, since_s: float = _STATS_ALL
+) -> list[_Figures]:
+    """Each queue's (or one queue's) figures per function over the last ``since_s``
+    seconds (whole minutes, the current one included); all since counting began
+    (schema 7) when ``since_s`` is _STATS_ALL."""
+    since = 0 if since_s == _STATS_ALL else int((time.time() - since_s) // 60)
+    rows = await store.fetch(_SQL_OPS_FIGURES, {"since": since, "queue": queue})
+    size = len(_STATS_BOUNDS)
+    return [
+        _Figures._make((*row[:8], tuple(row[8 : 8 + size]), tuple(row[8 + size :]))) for row in rows
+    ]
+
+
+def _quantile(q: float, cumulative: t.Sequence[int], count: int) -> t.Optional[float]:
+    """The ``q`` quantile of ``count`` observations in buckets of _STATS_BOUNDS (as
+    histogram_quantile: linear within its bucket; beyond the last bound, that bound)."""
+    if not count:
+        return None
+    rank = q * count
+    lower, below = 0.0, 0
+    for bound, n in zip(_STATS_BOUNDS, cumulative):
+        if n >= rank and n > below:
+            return lower + (bound - lower) * (rank - below) / (n - below)
+        lower, below = bound, n
+    return _STATS_BOUNDS[-1]
+
+
+def _function_stats(figures: _Figures) -> _FunctionStats:
+    """What ``saqlite stats`` and the page show of one function's figures."""
+    runs = figures.complete + figures.failed + figures.aborted
+    return {
+        "queue": figures.queue,
+        "function": figures.function,
+        "runs": runs,
+        "complete": figures.complete,
+        "failed": figures.failed,
+        "aborted": figures.aborted,
+        "failure_rate": (figures.failed + figures.aborted) / runs if runs else 0.0,
+        "wait_p50": _quantile(0.5, figures.wait_le, figures.ran),
+        "wait_p95": _quantile(0.95, figures.wait_le, figures.ran),
+        "run_p50": _quantile(0.5, figures.run_le, figures.ran),
+        "run_p95": _quantile(0.95, figures.run_le, figures.ran),
+    }
+
+
+async def _stats(
+    store: _Store, queue: t.Optional[str] = None, since_s: float = 3600.0
+) -> list[_FunctionStats]:
+    """Per queue and function, the figures of the jobs that ended in the last
+    ``since_s`` seconds (at most a day: see _STATS_KEPT_MINUTES; or _STATS_ALL)."""
+    return [_function_stats(figures) for figures in await _figures(store, queue, since_s)]
+
+
+async def _throughput(
+    store: _Store, queue: t.Optional[str] = None, buckets: int = 60, bucket_s: int = 60
+) -> list[_Bucket]:
+    """The jobs that ended per bucket of ``bucket_s`` seconds (a whole number of
+    minutes), oldest first, the last one the current (partial) bucket: by default
+    the last hour by minute; ``buckets=24, bucket_s=3600``: the last day by hour."""
+    per = max(bucket_s // 60, 1)
+    last = int(time.time() // 60) // per
+    params = {"per": per, "since": (last - buckets + 1) * per, "queue": queue}
+    found = {row[0]: row[1:] for row in await store.fetch(_SQL_OPS_THROUGHPUT, params)}
+    chart: list[_Bucket] = []
+    for index in range(last - buckets + 1, last + 1):
+        complete, failed, aborted = found.get(index, (0, 0, 0))
+        start = index * per * 60.0
+        chart.append({"start": start, "complete": complete, "failed": failed, "aborted": aborted})
+    return chart
 
 
 # _LOAD_COLUMNS within the cap (else NULL), then the columns to list a bigger job by.
@@ -7351,8 +7625,10 @@ svg.pipeline text{font-size:12px}
 svg.chart{width:100%;height:auto;background:#fff;border:1px solid #e3e6eb}
 svg.chart text{font-size:11px;fill:#6a7385}svg.chart line{stroke:#c9ced8}
 svg.chart rect.complete{fill:#4caf6d}svg.chart rect.failed{fill:#d9534f}
+svg.chart rect.aborted{fill:#e0a040}
 figcaption{font-size:.9em;margin:.2em 0}.key{display:inline-block;width:.8em;height:.8em}
 .key.complete{background:#4caf6d}.key.failed{background:#d9534f}
+.key.aborted{background:#e0a040}
 @media (max-width:600px){
 main{padding:.8em .6em}header{padding:.5em .6em}header label{margin-left:0}
 th,td{padding:.3em .4em}table.facts{flex-basis:100%}table.facts th{width:6em}
@@ -7506,43 +7782,6 @@ async def _bulk_action(store: _Store, where: _JobFilter, action: str) -> int:
     return done
 
 
-# Jobs that ended per time bucket, read from those queued since the chart's start
-# (and a day before it), so as not to read the whole file.
-_SQL_WEB_THROUGHPUT = """
-SELECT CAST(completed / 1000 / :bucket AS INTEGER), status, COUNT(*)
-FROM saqlite_jobs INDEXED BY saqlite_jobs_newest
-WHERE queued >= :queued_since AND completed >= :since AND status IN ('complete', 'failed')
-    AND (:queue IS NULL OR queue = :queue)
-GROUP BY 1, 2
-"""
-
-
-async def _throughput(
-    store: _Store, queue: t.Optional[str] = None, buckets: int = 60, bucket_s: int = 60
-) -> list[dict[str, float]]:
-    """The jobs that ended per bucket of ``bucket_s`` seconds, oldest first, the
-    last one the current bucket."""
-    last = int(time.time() // bucket_s)
-    since_ms = (last - buckets + 1) * bucket_s * 1000
-    params = {
-        "bucket": bucket_s,
-        "since": since_ms,
-        "queued_since": since_ms - 86_400_000,
-        "queue": queue,
-    }
-    found: dict[tuple[int, str], int] = {}
-    for index, status, n in await store.fetch(_SQL_WEB_THROUGHPUT, params):
-        found[index, status] = n
-    return [
-        {
-            "start": float(index * bucket_s),
-            "complete": found.get((index, "complete"), 0),
-            "failed": found.get((index, "failed"), 0),
-        }
-        for index in range(last - buckets + 1, last + 1)
-    ]
-
-
 # Waiting jobs due later, soonest first (saqlite_jobs_waiting: queue, status, run_at).
 _SQL_WEB_SCHEDULED = f"""
 SELECT {_SQL_OPS_LIST_COLUMNS}, run_at FROM saqlite_jobs INDEXED BY saqlite_jobs_waiting
@@ -7567,11 +7806,12 @@ async def _first_of(waits: Sequence[Awaitable[bool]], timeout: float) -> list[bo
     return [task.result() for task in done if not task.cancelled()]
 
 
-def _chart_svg(buckets: Sequence[t.Mapping[str, float]], id: str, bucket_s: float) -> str:
-    """Jobs ended per time bucket as stacked bars (complete, failed), with axes."""
+def _chart_svg(buckets: Sequence[_Bucket], id: str, bucket_s: float) -> str:
+    """Jobs ended per time bucket as stacked bars (complete, failed, aborted), with axes."""
     width, height, left, bottom, top = 600, 170, 44, 22, 8
     plot_w, plot_h = width - left - 8, height - bottom - top
-    peak = max([b["complete"] + b["failed"] for b in buckets] + [1])
+    ended = [b["complete"] + b["failed"] + b["aborted"] for b in buckets]
+    peak = max([*ended, 1])
     step = plot_w / max(len(buckets), 1)
     parts = [
         f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}"/>',
@@ -7582,7 +7822,7 @@ def _chart_svg(buckets: Sequence[t.Mapping[str, float]], id: str, bucket_s: floa
     for i, bucket in enumerate(buckets):
         x = left + i * step + step * 0.1
         y = float(top + plot_h)
-        for kind in ("complete", "failed"):
+        for kind in ("complete", "failed", "aborted"):
             n = bucket[kind]
             if n:
                 h = plot_h * n / peak
@@ -7597,7 +7837,7 @@ def _chart_svg(buckets: Sequence[t.Mapping[str, float]], id: str, bucket_s: floa
         x = left + i * step + step / 2
         label = time.strftime(clock, time.localtime(buckets[i]["start"]))
         parts.append(f'<text x="{x:.1f}" y="{height - 6}" text-anchor="middle">{label}</text>')
-    total = sum(b["complete"] + b["failed"] for b in buckets)
+    total = sum(ended)
     return (
         f'<svg class="chart" id="{_e(id)}" viewBox="0 0 {width} {height}" role="img" '
         f'aria-label="{int(total):,} jobs ended, per {_fmt_span(bucket_s * 1000)}">'
@@ -7957,7 +8197,9 @@ class _WebApp:
                 "hour": await _throughput(store, buckets=12, bucket_s=300),
                 "day": await _throughput(store, buckets=24, bucket_s=3600),
             }
-            parts.append(self._overview_html(request, db, overview, activity))
+            since = 86400.0 if request.query.get("stats") == "day" else 3600.0
+            functions = await _stats(store, since_s=since)
+            parts.append(self._overview_html(request, db, overview, activity, functions))
         return self._render(request, nonce, "Overview", "".join(parts))
 
     def _overview_html(
@@ -7965,9 +8207,15 @@ class _WebApp:
         request: _WebRequest,
         db: int,
         overview: dict[str, t.Any],
-        activity: dict[str, list[t.Any]],
+        activity: dict[str, list[_Bucket]],
+        functions: list[_FunctionStats],
     ) -> str:
         current = now()
+        day = request.query.get("stats") == "day"
+        other = self._url(request, "/", stats=None if day else "day")
+        window = "last day" if day else "last hour"
+        window_link = f'<a href="{_e(other)}">{"last hour" if day else "last day"}</a>'
+
         kinds = (
             ("queued", "queued"),
             ("scheduled", "queued"),
@@ -8032,12 +8280,38 @@ class _WebApp:
 <th class="n">Failed</th><th class="n">Aborted</th><th class="n">Workers</th></tr>
 {"".join(rows)}</table></div>
 <h2>Throughput</h2><p class="muted"><span class="key complete"></span> complete
-<span class="key failed"></span> failed</p><div class="charts">{charts}</div>
+<span class="key failed"></span> failed <span class="key aborted"></span> aborted</p>
+<div class="charts">{charts}</div>
+<h2>Functions <span class="muted">{_e(window)} &middot; {window_link}</span></h2>
+{self._functions_html(functions, request, db)}
 <h2>Workers</h2>
 <div class="scroll"><table id="workers" class="workers"><tr><th>Worker</th><th>Queue</th>
 <th>Host:pid</th><th>Last beat</th><th class="n">Uptime</th><th class="n">Complete</th>
 <th class="n">Failed</th><th class="n">Retried</th><th class="n">Aborted</th><th>Metadata</th></tr>
 {"".join(workers)}</table></div>"""
+
+    def _functions_html(
+        self, functions: list[_FunctionStats], request: _WebRequest, db: int
+    ) -> str:
+        """Per queue and function: runs, failure rate, wait and run time p50/p95."""
+        rows = []
+        for f in functions:
+            url = self._url(request, "/jobs", db=db, queue=f["queue"], function=f["function"])
+            times = "".join(
+                f'<td class="n">{_e(_fmt_span(None if v is None else v * 1000))}</td>'
+                for v in (f["wait_p50"], f["wait_p95"], f["run_p50"], f["run_p95"])
+            )
+            rows.append(
+                f'<tr><td>{_e(f["queue"])}</td><td><a href="{_e(url)}">{_e(f["function"])}</a>'
+                f'</td><td class="n">{f["runs"]:,}</td>'
+                f'<td class="n">{f["failure_rate"] * 100:.1f}%</td>{times}</tr>'
+            )
+        if not rows:
+            rows.append('<tr><td colspan="8" class="muted">No job ended in this window.</td></tr>')
+        return f"""<div class="scroll"><table id="functions"><tr><th>Queue</th><th>Function</th>
+<th class="n">Runs</th><th class="n">Failed</th><th class="n">Wait p50</th>
+<th class="n">Wait p95</th><th class="n">Run p50</th><th class="n">Run p95</th></tr>
+{"".join(rows)}</table></div>"""
 
     def _options(self, values: Iterable[str], chosen: t.Optional[str], everything: str) -> str:
         items = [f'<option value="">{_e(everything)}</option>'] if everything else []

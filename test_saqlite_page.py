@@ -511,3 +511,17 @@ def test_live_updates_work_behind_an_asgi_mount(db: Path) -> None:
     assert messages[0]["status"] == 200
     bodies = b"".join(m.get("body", b"") for m in messages[1:])
     assert b"event: change\ndata: {}\n\n" in bodies
+
+
+def test_overview_shows_totals_function_figures_and_charts(web: Server) -> None:
+    page = web.request("/")[2]
+    total = page[page.index('<tr class="total">') :].split("</tr>")[0]
+    cells = [cell.split(">")[-1] for cell in total.split("</td>")[:-1]]
+    assert cells == ["Total", "2", "1", "0", "3", "1", "0", "1"]
+    functions = page[page.index('<table id="functions">') :].split("</table>")[0]
+    rows = {row.split("</a>")[0].split(">")[-1]: row for row in functions.split("<tr>")[2:]}
+    assert '<td class="n">3</td><td class="n">0.0%</td>' in rows["ok"]
+    assert '<td class="n">1</td><td class="n">100.0%</td>' in rows["boom"]
+    assert page.count('<svg class="chart"') == 2
+    assert 'aria-label="4 jobs ended, per 5m 00s"' in page  # the last hour's
+    assert "last day" in web.request("/?stats=day")[2]
