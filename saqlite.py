@@ -40,7 +40,7 @@ Sections, in reading order (search for the banners):
     Then one marker line; after it only the operator tooling, which nothing above
     uses (cut the file there to vendor the core alone):
         Operator tooling: terminal commands   ``saqlite info|jobs|retry|...``, export
-        Operator tooling: the web page        the ASGI page and its small HTTP server
+        Operator tooling: the web page        the ASGI page, served by ThreadingHTTPServer
 """
 
 from __future__ import annotations
@@ -7485,7 +7485,13 @@ def _ops_parser() -> argparse.ArgumentParser:
     sub.add_argument("files", nargs="*", metavar="FILE", help="more files to show")
     sub.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     sub.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 = any free)")
-    sub.add_argument("--refresh", type=float, default=3.0, help="seconds between refreshes")
+    sub.add_argument(
+        "--refresh",
+        type=float,
+        default=3.0,
+        help="seconds between looks for changes the wake-ups missed (default 3; the poll "
+        "of a browser without EventSource)",
+    )
     sub.add_argument("--allowed-host", action="append", metavar="NAME", help=_ALLOWED_HOST_HELP)
     sub = command(
         "export",
@@ -8274,6 +8280,7 @@ class _WebApp:
                 ("day", 3600, "Last day, per hour"),
             )
         )
+        # Flow control (paused queues, limits) goes between the queues and throughput.
         return f"""<h2>Queues</h2>{self._file_html(db)}
 <div class="scroll"><table id="queues" class="queues"><tr><th>Queue</th><th class="n">Queued</th>
 <th class="n">Scheduled</th><th class="n">Active</th><th class="n">Complete</th>
