@@ -7658,10 +7658,10 @@ svg.chart text{fill:#8b93a3}svg.chart line{stroke:#333a46}
 
 # Live updates: the server's event stream (GET /events) says when jobs changed; the
 # page then fetches itself and swaps <main> in place (debounced; not while a field
-# has focus or the tab is hidden). Without EventSource it polls every few seconds.
+# has focus or the tab is hidden; at most once a second). Without EventSource it polls.
 _WEB_JS = """
 (function () {
-  var box = document.getElementById("live"), timer = null;
+  var box = document.getElementById("live"), timer = null, last = 0;
   var saved = sessionStorage.getItem("saqlite-live");
   if (saved !== null) box.checked = saved === "1";
   function refresh() {
@@ -7671,6 +7671,7 @@ _WEB_JS = """
       soon(1000);
       return;
     }
+    last = Date.now();
     fetch(location.href, {cache: "no-store", credentials: "same-origin"})
       .then(function (r) { return r.ok ? r.text() : null; })
       .then(function (text) {
@@ -7680,8 +7681,9 @@ _WEB_JS = """
       })
       .catch(function () {});
   }
-  function soon(ms) {
-    if (timer === null) timer = setTimeout(function () { timer = null; refresh(); }, ms || 300);
+  function soon(ms) {  // debounced, and at most one refresh a second
+    var wait = Math.max(ms || 300, last + 1000 - Date.now());
+    if (timer === null) timer = setTimeout(function () { timer = null; refresh(); }, wait);
   }
   box.addEventListener("change", function () {
     sessionStorage.setItem("saqlite-live", box.checked ? "1" : "0");
@@ -8436,7 +8438,11 @@ placeholder="key, function, kwargs, error"></label>
 <button type="submit">Filter</button></form>
 <p id="count"><strong>{counted}</strong> in this filter{f" &middot; {searched}" if searched else ""}
 </p>
-<div class="bulk">{bulk}</div>
+<div class="bulk">{bulk}</div>{
+            '<p class="muted">Bulk actions work on the filter, not on the search.</p>'
+            if text
+            else ""
+        }
 {self._jobs_rows(request, db, jobs, await _sleeping(store, jobs))}
 <div class="paging">{"".join(paging)}</div>"""
         return self._render(request, nonce, "Jobs", body)
