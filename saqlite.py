@@ -8727,7 +8727,8 @@ left as they are.</p>{form}"""
 
     async def _events(self, request: _WebRequest, nonce: str) -> _WebResponse:
         """Server-sent events: ``change`` whenever jobs of the files change."""
-        return _WebResponse(200, b"", "text/event-stream", stream=self._news())
+        unbuffered = [("x-accel-buffering", "no")]  # a proxy (nginx) passes each event on
+        return _WebResponse(200, b"", "text/event-stream", unbuffered, self._news())
 
     async def _news(self) -> t.AsyncGenerator[bytes, None]:
         """An event each time the wake-ups tell of new or changed jobs (at most one per
