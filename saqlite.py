@@ -7693,8 +7693,9 @@ _WEB_JS = """
   if (window.EventSource) {
     var events = new EventSource(EVENTS_URL);
     events.addEventListener("change", function () { soon(); });
-    events.addEventListener("open", function () {
+    events.addEventListener("open", function () {  // what changed before it opened
       document.documentElement.setAttribute("data-live", "events");
+      soon();
     });
   } else {
     setInterval(refresh, REFRESH_MS);
@@ -8727,15 +8728,19 @@ left as they are.</p>{form}"""
 
     async def _events(self, request: _WebRequest, nonce: str) -> _WebResponse:
         """Server-sent events: ``change`` whenever jobs of the files change."""
+        # What there is before the headers go: the browser, told the stream is open,
+        # fetches the page once, and misses nothing from then on.
+        marks, counts = await self._marks(), await self._counts()
         unbuffered = [("x-accel-buffering", "no")]  # a proxy (nginx) passes each event on
-        return _WebResponse(200, b"", "text/event-stream", unbuffered, self._news())
+        stream = self._news(marks, counts)
+        return _WebResponse(200, b"", "text/event-stream", unbuffered, stream)
 
-    async def _news(self) -> t.AsyncGenerator[bytes, None]:
-        """An event each time the wake-ups tell of new or changed jobs (at most one per
-        _WEB_EVENT_GAP_S), and when the counts change without one (a lost datagram, a
-        new queue): those are looked at every ``refresh_s``."""
-        marks = await self._marks()
-        counts = await self._counts()
+    async def _news(
+        self, marks: list[tuple[_Wakeup, str, int]], counts: list[list[t.Any]]
+    ) -> t.AsyncGenerator[bytes, None]:
+        """An event each time the wake-ups tell of new or changed jobs since ``marks``
+        (at most one per _WEB_EVENT_GAP_S), and when the counts change without one (a
+        lost datagram, a new queue): those are looked at every ``refresh_s``."""
         yield b"retry: 2000\n\n"
         quiet_since = time.monotonic()
         while True:
