@@ -719,9 +719,6 @@ def test_page_in_a_headless_browser(web: Server, db: Path) -> None:
             assert XSS in page.inner_text("pre.kwargs")
             assert page.locator("script").count() == 1
             assert page.inner_text("#status") == "failed"
-            if os.environ.get("SAQLITE_SCREENSHOT"):
-                (HERE / "docs").mkdir(exist_ok=True)
-                page.screenshot(path=str(HERE / "docs" / "web.png"), full_page=True)
 
             page.click("button#retry")
             page.wait_for_selector("p.notice")
