@@ -525,3 +525,22 @@ def test_overview_shows_totals_function_figures_and_charts(web: Server) -> None:
     assert page.count('<svg class="chart"') == 2
     assert 'aria-label="4 jobs ended, per 5m 00s"' in page  # the last hour's
     assert "last day" in web.request("/?stats=day")[2]
+
+
+def test_a_count_by_function_that_would_read_too_many_jobs_is_not_made(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ops, "_LIST_SORT_MAX", 3)  # as if the file held many jobs
+    app = ops.web_app(str(db))
+
+    async def page(query: dict[str, str]) -> str:
+        try:
+            response = await app.handle(ops._WebRequest("GET", "/jobs", "", query, {}, b""))
+            return response.body.decode()
+        finally:
+            await app.close()
+
+    text = run(page({"function": "ok"}))
+    assert "<strong>Over 3 jobs to read to count by function</strong>" in text
+    assert '<span id="page">Page 1</span>' in text
+    assert "<strong>7 jobs</strong>" in run(page({}))  # the counts table still tells
