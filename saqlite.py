@@ -8413,7 +8413,8 @@ class _WebApp:
         if done.startswith("bulk-") and done[5:] in _WEB_BULK:
             verb = _WEB_BULK[done[5:]][0]
             count = request.query.get("n", "0")
-            notice = f'<p class="notice" id="notice">{_e(verb)} {_e(count)} jobs.</p>'
+            jobs_word = "job" if count == "1" else "jobs"
+            notice = f'<p class="notice" id="notice">{_e(verb)} {_e(count)} {jobs_word}.</p>'
         hidden = "".join(
             f'<input type="hidden" name="{name}" value="{_e(value)}">'
             for name, value in params.items()
@@ -8558,7 +8559,7 @@ placeholder="key, function, kwargs, error"></label>
             form = (
                 f'<form method="post" action="{_e(self._url(request, "/bulk"))}">{hidden}'
                 f'{self._csrf_field(request)}<button type="submit" id="confirm">'
-                f"{action.capitalize()} {count:,} jobs</button> "
+                f"{action.capitalize()} {count:,} job{'s' if count != 1 else ''}</button> "
                 f'<a href="{_e(back)}">Cancel</a></form>'
             )
         else:
