@@ -7109,13 +7109,15 @@ def _cmd_web(args: argparse.Namespace) -> int:
         [store.path for store in stores], refresh_s=args.refresh, allowed_hosts=args.allowed_host
     )
 
-    server = _PageServer(app, args.host, args.port)
-    try:
+    server = None
+    try:  # Ctrl-C as soon as the page says it serves is a clean stop too
+        server = _PageServer(app, args.host, args.port)
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
     return 0
 
 
