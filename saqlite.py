@@ -40,7 +40,7 @@ Sections, in reading order (search for the banners):
     Then one marker line; after it only the operator tooling, which nothing above
     uses (cut the file there to vendor the core alone):
         Operator tooling: terminal commands   ``saqlite info|jobs|retry|...``, export
-        Operator tooling: the web page        the ASGI page and its small HTTP server
+        Operator tooling: the web page        the ASGI page, served by ThreadingHTTPServer
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ import functools
 import hmac
 import html
 import http
+import http.server
 import importlib
 import inspect
 import itertools
@@ -68,8 +69,10 @@ import os
 import queue as queue_module
 import random
 import secrets
+import select
 import signal
 import socket
+import socketserver
 import sqlite3
 import sys
 import threading
@@ -202,6 +205,52 @@ _LOAD_COLUMNS = (
 # the process that runs them (works on SQLite >= 3.35, unlike unixepoch('subsec')).
 _SQL_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 _SQL_NOW_MS = f"CAST({_SQL_NOW} * 1000 AS INTEGER)"
+
+# The figures of finished jobs (saqlite_stats, schema 8): the upper bounds, in seconds,
+# of the histogram buckets of wait and run time (Prometheus' `le`; beyond the last:
+# +Inf). Fixed by the schema: a column each; changing them needs a migration.
+_STATS_BOUNDS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0,
+)  # fmt: skip
+#: Minutes of figures kept apart (then folded into totals): a day and an hour, so that
+#: a day's chart of whole hours has all its minutes.
+_STATS_KEPT_MINUTES = 25 * 60
+_STATS_SUMS = ("complete", "failed", "aborted", "ran", "wait_s", "run_s")
+_STATS_BUCKETS = tuple(
+    f"{kind}_le_{i}" for kind in ("wait", "run") for i in range(len(_STATS_BOUNDS))
+)
+_STATS_COLUMNS = (*_STATS_SUMS, *_STATS_BUCKETS)
+_STATS_COLUMN_DEFINITIONS = ", ".join(
+    f"{c} {'REAL' if c.endswith('_s') else 'INTEGER'} NOT NULL" for c in _STATS_COLUMNS
+)
+
+
+def _stats_upsert(job: str, status: str, completed: str, source: str) -> str:
+    """The statement that counts ended jobs in saqlite_stats: the rows of ``source``
+    (a FROM clause, without FROM), with the job's columns under the name ``job`` and
+    its new ``status`` and ``completed`` (epoch ms) given as expressions. A job that
+    ran (``started`` set) adds its wait, from when it was due (``run_at``: enqueued,
+    scheduled, retried or let through by its dependencies) to the start of its last
+    attempt, and its run, from that start to its end."""
+    ended = (
+        f"SELECT {job}.queue AS queue, {job}.function AS function, {status} AS status,"
+        f" CAST(COALESCE(NULLIF({completed}, 0), {_SQL_NOW_MS}) / 60000 AS INTEGER) AS minute,"
+        f" {job}.started > 0 AS ran, MAX({job}.started / 1000.0 - {job}.run_at, 0) AS wait,"
+        f" MAX({completed} - {job}.started, 0) / 1000.0 AS run FROM {source}"
+    )
+    buckets = [f"ran AND {kind} <= {bound}" for kind in ("wait", "run") for bound in _STATS_BOUNDS]
+    values = [
+        "status = 'complete'", "status = 'failed'", "status = 'aborted'", "ran",
+        "ran * wait", "ran * run", *buckets,
+    ]  # fmt: skip
+    return (
+        f"INSERT INTO saqlite_stats (queue, function, minute, {', '.join(_STATS_COLUMNS)})"
+        f" SELECT queue, function, minute, {', '.join(values)} FROM ({ended}) WHERE true"
+        " ON CONFLICT (queue, function, minute) DO UPDATE SET "
+        + ", ".join(f"{c} = {c} + excluded.{c}" for c in _STATS_COLUMNS)
+    )
+
 
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (  # version 1
@@ -492,6 +541,38 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     (  # version 6: listings of one function's jobs, newest first, without a scan
         "CREATE INDEX saqlite_jobs_function ON saqlite_jobs (function, queued)",
+    ),
+    (),  # version 7: the flow branch's (pause, rate and concurrency limits)
+    (  # version 8: the figures of finished jobs (saqlite stats, /metrics, the page)
+        # Per queue, function and minute of their end (epoch minute; 0: the sum of the
+        # minutes the sweep folded in once they were a day old, see Queue.sweep): the
+        # jobs that ended, by status; of those that ran, their wait and run time, summed
+        # and in histogram buckets (cumulative counts: <= each of _STATS_BOUNDS).
+        # Counted whoever ends a job, in the transaction of that end, so the figures
+        # hold jobs deleted since (ttl) and never go down; reading them costs the
+        # rows of a day, whatever the number of jobs. (Counting starts at this version.)
+        f"""
+        CREATE TABLE saqlite_stats (
+            queue    TEXT    NOT NULL,
+            function TEXT    NOT NULL,
+            minute   INTEGER NOT NULL,
+            {_STATS_COLUMN_DEFINITIONS},
+            PRIMARY KEY (queue, function, minute)
+        ) WITHOUT ROWID
+        """,
+        # The minutes of all queues over a window, and the oldest, to fold.
+        "CREATE INDEX saqlite_stats_minute ON saqlite_stats (minute)",
+        # A job ends (a worker's finish, an abort, the sweep, a dependency's failure,
+        # an edit in the sqlite3 shell). A job deleted as it ends (ttl -1) is counted
+        # by the statement that deletes it (see _write_steps).
+        f"""
+        CREATE TRIGGER saqlite_stats_ended AFTER UPDATE OF status ON saqlite_jobs
+        WHEN NEW.status IN ('complete', 'failed', 'aborted')
+            AND OLD.status NOT IN ('complete', 'failed', 'aborted')
+        BEGIN
+            {_stats_upsert("NEW", "NEW.status", "NEW.completed", "(SELECT 1) AS one")};
+        END
+        """,
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -1885,6 +1966,7 @@ class Queue:
         expired = await self._delete_expired()
         if expired:
             logger.info("Deleted %d expired job(s)", expired)
+        await self._fold_stats()
         # Running jobs first, then workers: a worker registers before it claims, so
         # every worker of these jobs is in the list read after them.
         rows = await self._fetch(self._SQL_RUNNING_JOBS, (self.name,))
@@ -1936,6 +2018,39 @@ class Queue:
             deleted += len(rows)
             if len(rows) < limit:
                 return deleted
+            await self._between_slices()
+
+    # The figures of the minutes older than _STATS_KEPT_MINUTES, a slice of :limit rows
+    # at a time (oldest first, through saqlite_stats_minute), added to their queue and
+    # function's minute 0, then deleted: in one transaction, so nothing counts twice.
+    _SQL_OLD_STATS = f"""
+    SELECT queue, function, minute FROM saqlite_stats
+    WHERE minute BETWEEN 1 AND CAST({_SQL_NOW} / 60 AS INTEGER) - :kept
+    ORDER BY minute LIMIT :limit
+    """
+    _SQL_FOLD_STATS = f"""
+    INSERT INTO saqlite_stats (queue, function, minute, {", ".join(_STATS_COLUMNS)})
+    SELECT queue, function, 0, {", ".join(f"SUM({c})" for c in _STATS_COLUMNS)}
+    FROM saqlite_stats WHERE (queue, function, minute) IN ({_SQL_OLD_STATS})
+    GROUP BY queue, function
+    ON CONFLICT (queue, function, minute) DO UPDATE SET
+    {", ".join(f"{c} = {c} + excluded.{c}" for c in _STATS_COLUMNS)}
+    """
+    _SQL_DROP_OLD_STATS = f"""
+    DELETE FROM saqlite_stats WHERE (queue, function, minute) IN ({_SQL_OLD_STATS})
+    RETURNING 1
+    """
+
+    async def _fold_stats(self) -> None:
+        """Fold the per-minute figures of jobs that ended over a day ago into their
+        totals (minute 0), in short transactions (see _SLICE_ROWS)."""
+        params = {"kept": _STATS_KEPT_MINUTES, "limit": _SLICE_ROWS}
+
+        def fold() -> _Steps[int]:
+            yield self._SQL_FOLD_STATS, params
+            return len((yield self._SQL_DROP_OLD_STATS, params))
+
+        while await self._atomic(fold()) == _SLICE_ROWS:
             await self._between_slices()
 
     _SQL_FREE_PAGES = "PRAGMA freelist_count"
@@ -4088,7 +4203,7 @@ def _write_item(
     the fields a finish changes (see Queue._finish)."""
     guard = expected.values(queue.name, job.key)
     if job.ttl == -1 and job.status in TERMINAL_STATUSES:
-        return "delete", guard
+        return "delete", (*guard, job.status.value, job.completed)
     if finish_only:
         finished = (job.status.value, job.completed, job.error, job.progress)
         return "finish", (*guard, *finished, queue._codec.encode_result(job), _expire_at(job))
@@ -4101,7 +4216,7 @@ def _set_item(queue: Queue, job: Job, given: frozenset[str]) -> tuple[str, tuple
     lease = job._lease
     guard = (None, None) if lease is None else (lease.worker_id, lease.attempts)
     if job.ttl == -1 and job.status in TERMINAL_STATUSES:
-        return "remove", (*guard, queue.name, job.key)
+        return "remove", (*guard, queue.name, job.key, job.status.value, job.completed)
     row = list(queue._codec.row(job))
     for index in _KEPT_COLUMN_INDEXES:
         if _JOB_COLUMNS[index] not in given:
@@ -4167,7 +4282,8 @@ _SQL_FINISH_JOBS = (
     + ", ".join(f"{c} = v.{c}" for c in _FINISH_COLUMNS)
     + f" FROM v WHERE {_GUARD} RETURNING saqlite_jobs.key, saqlite_jobs.dependents"
 )
-_DELETE_COLUMNS = ("queue", "key", *_GUARD_COLUMNS)
+# (A deleted job's new status and end, for its figures: see _SQL_COUNT_DELETED.)
+_DELETE_COLUMNS = ("queue", "key", *_GUARD_COLUMNS, "status", "completed")
 _SQL_DELETE_JOBS = (
     _rows_named(_DELETE_COLUMNS) + "DELETE FROM saqlite_jobs WHERE rowid IN ("
     f" SELECT saqlite_jobs.rowid FROM saqlite_jobs JOIN v ON {_GUARD}"
@@ -4201,7 +4317,7 @@ _SQL_SET_JOBS = (
     )
     + f" FROM v WHERE {_LEASE_GUARD} RETURNING saqlite_jobs.key, saqlite_jobs.dependents"
 )
-_REMOVE_COLUMNS = (*_LEASE_COLUMNS, "queue", "key")
+_REMOVE_COLUMNS = (*_LEASE_COLUMNS, "queue", "key", "status", "completed")
 _SQL_REMOVE_JOBS = (
     _rows_named(_REMOVE_COLUMNS) + "DELETE FROM saqlite_jobs WHERE rowid IN ("
     f" SELECT saqlite_jobs.rowid FROM saqlite_jobs JOIN v ON {_LEASE_GUARD}"
@@ -4223,6 +4339,23 @@ _SQL_WRITE_STEPS = (
     + ", ".join(f"{c} = excluded.{c}" for c in _STEP_COLUMNS[3:])
     + " RETURNING key, 0"  # as every write: the key, and whether others wait on it
 )
+
+# A job deleted as it ends (ttl -1) is counted in saqlite_stats by a statement just
+# before the one that deletes it (no trigger can tell how a deleted job ended); were
+# the job changed by another writer in between, it would be counted without its delete.
+_SQL_COUNT_DELETED = {
+    kind: _rows_named(columns)
+    + _stats_upsert(
+        "saqlite_jobs",
+        "v.status",
+        "v.completed",
+        f"v JOIN saqlite_jobs ON {guard} AND saqlite_jobs.status NOT IN {_FINISHED_SQL}",
+    )
+    for kind, columns, guard in (
+        ("delete", _DELETE_COLUMNS, _GUARD),
+        ("remove", _REMOVE_COLUMNS, _LEASE_GUARD),
+    )
+}
 
 #: Each kind of write: its statement, and the columns of its rows.
 _WRITES = {
@@ -4273,6 +4406,9 @@ def _write_steps(
                 return sql.format(rows=_row_placeholders(len(chunk), width)), params
 
             kind_failed: dict[int, Exception] = {}
+            if kind in _SQL_COUNT_DELETED:
+                count = functools.partial(statement, sql=_SQL_COUNT_DELETED[kind])
+                yield from _isolated(count, indexes, 0, len(indexes), {})
             found = yield from _isolated(statement, indexes, 0, len(indexes), kind_failed)
             for key, dependents in found:
                 written.add(key)
@@ -5511,7 +5647,9 @@ if __name__ == "__main__":
 #   _SliceSize (work on many rows); _LOAD_COLUMNS, the status groups
 #   (_RUNNING_STATUSES, _FINISHED_STATUSES, _UNSUCCESSFUL_STATUSES, _RUNNING_SQL,
 #   _UNSUCCESSFUL_SQL), _alive, _seconds, _BLOCKED_S (the run_at of a job waiting
-#   on dependencies), _rebuild (saqlite vacuum);
+#   on dependencies), _rebuild (saqlite vacuum); _STATS_BOUNDS and _STATS_COLUMNS
+#   (the columns of saqlite_stats, the figures of finished jobs); Queue._wakeup, a
+#   _Wakeup (want, generation and wait: the page's live events);
 #   the command line's _OpsError, _load_settings, _configure_logging, _OPS_COMMANDS,
 #   _SETTINGS_HELP, _VERBOSE_HELP, and _EXTRAS, which it fills with a _CommandLineExtras.
 # #############################################################################
@@ -5796,9 +5934,148 @@ async def _overview(store: _Store, queue: t.Optional[str] = None) -> dict[str, t
     return {"path": store.path, "queues": queues, "workers": workers}
 
 
+# -- figures of finished jobs (saqlite_stats) ----------------------------------------
+# They come from saqlite_stats (see schema 8): per queue, function and minute, so that
+# reading a window costs its minutes, never the jobs (and holds those deleted since).
+
+
+class _Figures(t.NamedTuple):
+    """The sums of one queue and function's figures over a window (see _figures)."""
+
+    queue: str
+    function: str
+    complete: int
+    failed: int
+    aborted: int
+    ran: int  # jobs that ran (started), the observations of wait and run time
+    wait_s: float  # the sum of their waits, in seconds
+    run_s: float  # and of their runs
+    wait_le: tuple[int, ...]  # how many waited at most each of _STATS_BOUNDS
+    run_le: tuple[int, ...]  # how many ran at most each of _STATS_BOUNDS
+
+
+class _FunctionStats(t.TypedDict):
+    """One function's figures over a window, as ``saqlite stats`` and the page show them.
+
+    ``runs`` are the jobs that ended (complete, failed or aborted: an aborted job may
+    never have run) and ``failure_rate`` the share of them that did not complete
+    (failed + aborted). Wait is from when a job was due (enqueued, its scheduled time,
+    its retry's, or when its dependencies let it through) to the start of its last
+    attempt; run is from that start to its end. The percentiles, in seconds, are read
+    from histogram buckets as Prometheus' histogram_quantile reads them (linear within
+    a bucket; beyond the last bound, that bound); None when none of them ran.
+    """
+
+    queue: str
+    function: str
+    runs: int
+    complete: int
+    failed: int
+    aborted: int
+    failure_rate: float
+    wait_p50: t.Optional[float]
+    wait_p95: t.Optional[float]
+    run_p50: t.Optional[float]
+    run_p95: t.Optional[float]
+
+
+class _Bucket(t.TypedDict):
+    """The jobs that ended in one time bucket of a chart (see _throughput)."""
+
+    start: float  # epoch seconds
+    complete: int
+    failed: int
+    aborted: int
+
+
+_SQL_OPS_FIGURES = f"""
+SELECT queue, function, {", ".join(f"SUM({c})" for c in _STATS_COLUMNS)} FROM saqlite_stats
+WHERE minute >= :since AND (:queue IS NULL OR queue = :queue)
+GROUP BY queue, function ORDER BY queue, function
+"""
+_SQL_OPS_THROUGHPUT = """
+SELECT minute / :per, SUM(complete), SUM(failed), SUM(aborted) FROM saqlite_stats
+WHERE minute >= :since AND (:queue IS NULL OR queue = :queue)
+GROUP BY minute / :per
+"""
+#: A window that reaches further back than the minutes kept reads every figure.
+_STATS_ALL = math.inf
+
+
+async def _figures(
+    store: _Store, queue: t.Optional[str] = None, since_s: float = _STATS_ALL
+) -> list[_Figures]:
+    """Each queue's (or one queue's) figures per function over the last ``since_s``
+    seconds (whole minutes, the current one included); all since counting began
+    (schema 8) when ``since_s`` is _STATS_ALL."""
+    since = 0 if since_s == _STATS_ALL else int((time.time() - since_s) // 60)
+    rows = await store.fetch(_SQL_OPS_FIGURES, {"since": since, "queue": queue})
+    size = len(_STATS_BOUNDS)
+    return [
+        _Figures._make((*row[:8], tuple(row[8 : 8 + size]), tuple(row[8 + size :]))) for row in rows
+    ]
+
+
+def _quantile(q: float, cumulative: t.Sequence[int], count: int) -> t.Optional[float]:
+    """The ``q`` quantile of ``count`` observations in buckets of _STATS_BOUNDS (as
+    histogram_quantile: linear within its bucket; beyond the last bound, that bound)."""
+    if not count:
+        return None
+    rank = q * count
+    lower, below = 0.0, 0
+    for bound, n in zip(_STATS_BOUNDS, cumulative):
+        if n >= rank and n > below:
+            return lower + (bound - lower) * (rank - below) / (n - below)
+        lower, below = bound, n
+    return _STATS_BOUNDS[-1]
+
+
+def _function_stats(figures: _Figures) -> _FunctionStats:
+    """What ``saqlite stats`` and the page show of one function's figures."""
+    runs = figures.complete + figures.failed + figures.aborted
+    return {
+        "queue": figures.queue,
+        "function": figures.function,
+        "runs": runs,
+        "complete": figures.complete,
+        "failed": figures.failed,
+        "aborted": figures.aborted,
+        "failure_rate": (figures.failed + figures.aborted) / runs if runs else 0.0,
+        "wait_p50": _quantile(0.5, figures.wait_le, figures.ran),
+        "wait_p95": _quantile(0.95, figures.wait_le, figures.ran),
+        "run_p50": _quantile(0.5, figures.run_le, figures.ran),
+        "run_p95": _quantile(0.95, figures.run_le, figures.ran),
+    }
+
+
+async def _stats(
+    store: _Store, queue: t.Optional[str] = None, since_s: float = 3600.0
+) -> list[_FunctionStats]:
+    """Per queue and function, the figures of the jobs that ended in the last
+    ``since_s`` seconds (at most a day: see _STATS_KEPT_MINUTES; or _STATS_ALL)."""
+    return [_function_stats(figures) for figures in await _figures(store, queue, since_s)]
+
+
+async def _throughput(
+    store: _Store, queue: t.Optional[str] = None, buckets: int = 60, bucket_s: int = 60
+) -> list[_Bucket]:
+    """The jobs that ended per bucket of ``bucket_s`` seconds (a whole number of
+    minutes), oldest first, the last one the current (partial) bucket: by default
+    the last hour by minute; ``buckets=24, bucket_s=3600``: the last day by hour."""
+    per = max(bucket_s // 60, 1)
+    last = int(time.time() // 60) // per
+    params = {"per": per, "since": (last - buckets + 1) * per, "queue": queue}
+    found = {row[0]: row[1:] for row in await store.fetch(_SQL_OPS_THROUGHPUT, params)}
+    chart: list[_Bucket] = []
+    for index in range(last - buckets + 1, last + 1):
+        complete, failed, aborted = found.get(index, (0, 0, 0))
+        start = index * per * 60.0
+        chart.append({"start": start, "complete": complete, "failed": failed, "aborted": aborted})
+    return chart
+
+
 # _LOAD_COLUMNS within the cap (else NULL), then the columns to list a bigger job by.
-_SQL_OPS_LIST_JOBS = """
-SELECT queue, key,
+_SQL_OPS_LIST_COLUMNS = """queue, key,
     CASE WHEN length(data) <= :cap AND ifnull(length(result), 0) <= :cap THEN data END,
     status, attempts, worker_id, started, touched, completed,
     CASE WHEN length(error) <= :cap THEN error
@@ -5806,8 +6083,10 @@ SELECT queue, key,
     END,
     progress, CASE WHEN ifnull(length(result), 0) <= :cap THEN result END,
     function, queued, priority, CAST(run_at AS INTEGER), group_key, length(data), length(result),
-    rowid
-FROM saqlite_jobs INDEXED BY {index} WHERE {where}
+    rowid"""
+_SQL_OPS_LIST_JOBS = f"""
+SELECT {_SQL_OPS_LIST_COLUMNS}
+FROM saqlite_jobs INDEXED BY {{index}} WHERE {{where}}
 ORDER BY queued DESC, rowid DESC LIMIT :limit OFFSET :offset
 """
 # A listing that has few jobs to list (by _SQL_OPS_COUNTS) finds them by queue and
@@ -5832,6 +6111,24 @@ async def _list_jobs(
 ) -> tuple[list[Job], t.Optional[str]]:
     """Jobs matching a filter, newest first, from ``offset`` or after the job the
     cursor ``after`` names; and the cursor of the next page (None at the end).
+
+    Raises:
+        _OpsError: ``after`` is not a cursor a listing gave.
+    """
+    index, condition, params = await _listing(store, where, after)
+    sql = _SQL_OPS_LIST_JOBS.format(where=condition, index=index)
+    params = {**params, "limit": limit + 1, "offset": offset, "cap": _LIST_VALUE_CAP}
+    rows = await store.fetch(sql, params)
+    jobs = [_listed_job(store, row[:-1]) for row in rows[:limit]]
+    last = rows[limit - 1] if len(rows) > limit else None
+    return jobs, None if last is None else f"{last[13]}:{last[-1]}"
+
+
+async def _listing(
+    store: _Store, where: _JobFilter, after: t.Optional[str] = None
+) -> tuple[str, str, dict[str, t.Any]]:
+    """How to walk the jobs of a filter newest first: the index, the condition (with
+    the cursor ``after``, if any) and its parameters.
 
     Raises:
         _OpsError: ``after`` is not a cursor a listing gave.
@@ -5861,12 +6158,7 @@ async def _list_jobs(
             ) from None
         condition += " AND " + _SQL_OPS_WHERE_AFTER
         params.update(queued=queued, rowid=rowid)
-    sql = _SQL_OPS_LIST_JOBS.format(where=condition, index=index)
-    params = {**params, "limit": limit + 1, "offset": offset, "cap": _LIST_VALUE_CAP}
-    rows = await store.fetch(sql, params)
-    jobs = [_listed_job(store, row[:-1]) for row in rows[:limit]]
-    last = rows[limit - 1] if len(rows) > limit else None
-    return jobs, None if last is None else f"{last[13]}:{last[-1]}"
+    return index, condition, params
 
 
 _SQL_OPS_COUNT_JOBS = "SELECT COUNT(*) FROM saqlite_jobs WHERE {where}"
@@ -6867,14 +7159,15 @@ def _cmd_web(args: argparse.Namespace) -> int:
         [store.path for store in stores], refresh_s=args.refresh, allowed_hosts=args.allowed_host
     )
 
-    async def run() -> None:
-        try:
-            await _serve_web(app, args.host, args.port)
-        finally:
-            await app.close()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+    server = None
+    try:  # Ctrl-C as soon as the page says it serves is a clean stop too
+        server = _PageServer(app, args.host, args.port)
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if server is not None:
+            server.stop()
     return 0
 
 
@@ -7244,7 +7537,13 @@ def _ops_parser() -> argparse.ArgumentParser:
     sub.add_argument("files", nargs="*", metavar="FILE", help="more files to show")
     sub.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     sub.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 = any free)")
-    sub.add_argument("--refresh", type=float, default=3.0, help="seconds between refreshes")
+    sub.add_argument(
+        "--refresh",
+        type=float,
+        default=3.0,
+        help="seconds between looks for changes the wake-ups missed (default 3; the poll "
+        "of a browser without EventSource)",
+    )
     sub.add_argument("--allowed-host", action="append", metavar="NAME", help=_ALLOWED_HOST_HELP)
     sub = command(
         "export",
@@ -7323,25 +7622,43 @@ _WEB_PAGE_SIZE = 20
 _WEB_VALUE_CAP = 256 * 1024
 _WEB_MAX_BODY = 64 * 1024
 _HTTP_READ_TIMEOUT_S = 30.0
-_HTTP_MAX_HEADERS = 100
 _WEB_NOTICES = {
     "retried": "The job is back in the queue.",
     "aborted": "The job was aborted (a running one stops when its worker sees it).",
     "not-retried": "Only failed or aborted jobs can be retried.",
     "not-aborted": "Only waiting or running jobs can be aborted.",
 }
+#: A bulk action: its verb, the statuses it works on, and what they are called.
+_WEB_BULK = {
+    "retry": ("Retried", _RETRYABLE, "failed or aborted"),
+    "abort": ("Aborted", _ABORTABLE, "waiting or running"),
+    "delete": ("Deleted", _FINISHED, "finished"),
+}
+#: Rows a search reads per page at most (newest first, within the filter).
+_WEB_SEARCH_WINDOW = 2000
+#: Seconds between an event's news and the next one (the browser debounces too).
+_WEB_EVENT_GAP_S = 0.25
+#: Seconds of silence after which an event stream sends a comment (keeps proxies open).
+_WEB_KEEPALIVE_S = 15.0
 
 _WEB_CSS = """
+:root{color-scheme:light dark}
 body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#1d2433;background:#f6f7f9}
-header{display:flex;gap:1.2em;align-items:center;padding:.6em 1.2em;background:#1d2433;color:#fff}
+a{color:#1f56b8}
+header{display:flex;gap:.4em 1.2em;align-items:center;flex-wrap:wrap;padding:.6em 1.2em;
+background:#1d2433;color:#fff}
 header a{color:#fff;text-decoration:none}header .brand{font-weight:700;font-size:1.1em}
 header label{margin-left:auto;font-size:.9em}
 main{padding:1em 1.2em;max-width:1200px}
-h2{font-size:1.15em;margin:1.2em 0 .5em}h2:first-child{margin-top:0}
-table{border-collapse:collapse;background:#fff;width:100%;margin-bottom:1em}
+h2{font-size:1.15em;margin:1.2em 0 .5em;overflow-wrap:anywhere}h2:first-child{margin-top:0}
+h3{font-size:1em;margin:1em 0 .4em}
+.scroll{overflow-x:auto;max-width:100%;margin-bottom:1em}
+table{border-collapse:collapse;background:#fff;width:100%}
 th,td{text-align:left;padding:.35em .6em;border-bottom:1px solid #e3e6eb;vertical-align:top}
 th{background:#eef0f4;font-weight:600}td.n,th.n{text-align:right}
-pre{background:#fff;border:1px solid #e3e6eb;padding:.7em;overflow:auto;white-space:pre-wrap}
+tr.total td{font-weight:600;border-top:2px solid #c9ced8}
+pre{background:#fff;border:1px solid #e3e6eb;padding:.7em;overflow:auto;white-space:pre-wrap;
+overflow-wrap:anywhere}
 pre.error{border-color:#e4a2a2;background:#fff5f5}
 .status{padding:.05em .45em;border-radius:.6em;font-size:.85em;background:#e3e6eb}
 .status.complete{background:#d3f2dc}.status.failed{background:#f8d4d4}
@@ -7351,31 +7668,62 @@ pre.error{border-color:#e4a2a2;background:#fff5f5}
 .muted{color:#6a7385}.err{color:#a12b2b}
 form.inline{display:inline}button{cursor:pointer;padding:.3em .9em}
 form.filters{display:flex;gap:.6em;align-items:end;margin-bottom:.8em;flex-wrap:wrap}
-progress{width:16em}.paging{display:flex;gap:1em}
+form.filters input,form.filters select{max-width:100%}
+.bulk{display:flex;gap:.5em;flex-wrap:wrap;margin:.2em 0 .8em}
+progress{width:16em;max-width:60%}.paging{display:flex;gap:1em;flex-wrap:wrap}
 div.facts{display:flex;gap:1em;flex-wrap:wrap;align-items:flex-start}
-table.facts{width:auto;flex:1;min-width:24em}table.facts th{width:8em}
-svg.pipeline{background:#fff;border:1px solid #e3e6eb;max-width:100%}
+table.facts{width:auto;flex:1 1 20em}table.facts th{width:8em}
+svg.pipeline{background:#fff;border:1px solid #e3e6eb}
 svg.pipeline rect{fill:#e3e6eb;stroke:#9aa3b2}svg.pipeline rect.this{stroke:#222;stroke-width:2}
 svg.pipeline rect.complete{fill:#d3f2dc}svg.pipeline rect.failed{fill:#f8d4d4}
 svg.pipeline rect.aborted,svg.pipeline rect.aborting{fill:#f7e5c8}
 svg.pipeline rect.active{fill:#d6e6fb}svg.pipeline line{stroke:#9aa3b2}
 svg.pipeline text{font-size:12px}
+.charts{display:flex;gap:1em;flex-wrap:wrap}.charts figure{margin:0;flex:1 1 22em;min-width:0}
+svg.chart{width:100%;height:auto;background:#fff;border:1px solid #e3e6eb}
+svg.chart text{font-size:11px;fill:#6a7385}svg.chart line{stroke:#c9ced8}
+svg.chart rect.complete{fill:#4caf6d}svg.chart rect.failed{fill:#d9534f}
+svg.chart rect.aborted{fill:#e0a040}
+figcaption{font-size:.9em;margin:.2em 0}.key{display:inline-block;width:.8em;height:.8em}
+.key.complete{background:#4caf6d}.key.failed{background:#d9534f}
+.key.aborted{background:#e0a040}
+@media (max-width:600px){
+main{padding:.8em .6em}header{padding:.5em .6em}header label{margin-left:0}
+th,td{padding:.3em .4em}table.facts{flex-basis:100%}table.facts th{width:6em}
+}
+@media (prefers-color-scheme:dark){
+body{color:#d8dce4;background:#14171d}a{color:#8ab4ff}header{background:#0b0d11}
+table,pre,svg.pipeline,svg.chart{background:#1d2129}th{background:#262b35}
+th,td,pre,svg.pipeline,svg.chart{border-color:#333a46}
+pre.error{background:#2d1b1d;border-color:#6b3236}
+.status{background:#333a46}.status.complete{background:#1f4d2c}
+.status.failed{background:#5c2326}.status.aborted,.status.aborting{background:#5a4319}
+.status.active{background:#1f3d63}.status.sleeping{background:#3e2f57}
+.notice{background:#3d3717;border-color:#6b5d1e}.muted{color:#8b93a3}.err{color:#ff8c8c}
+svg.pipeline rect{fill:#333a46}svg.pipeline rect.complete{fill:#1f4d2c}
+svg.pipeline rect.failed{fill:#5c2326}svg.pipeline rect.active{fill:#1f3d63}
+svg.pipeline rect.aborted,svg.pipeline rect.aborting{fill:#5a4319}
+svg.pipeline rect.this{stroke:#fff}svg.pipeline text{fill:#d8dce4}
+svg.chart text{fill:#8b93a3}svg.chart line{stroke:#333a46}
+}
 """
 
-# Refreshes <main> in place every few seconds while the page is open and the box
-# is ticked; keeps the URL (so the filters), and waits while a field has focus.
+# Live updates: the server's event stream (GET /events) says when jobs changed; the
+# page then fetches itself and swaps <main> in place (debounced; not while a field
+# has focus or the tab is hidden; at most once a second). Without EventSource it polls.
 _WEB_JS = """
 (function () {
-  var box = document.getElementById("auto-refresh");
-  var saved = sessionStorage.getItem("saqlite-auto-refresh");
+  var box = document.getElementById("live"), timer = null, last = 0;
+  var saved = sessionStorage.getItem("saqlite-live");
   if (saved !== null) box.checked = saved === "1";
-  box.addEventListener("change", function () {
-    sessionStorage.setItem("saqlite-auto-refresh", box.checked ? "1" : "0");
-  });
-  setInterval(function () {
+  function refresh() {
     var main = document.getElementById("main"), active = document.activeElement;
     if (!box.checked || document.hidden) return;
-    if (active && main.contains(active) && /INPUT|SELECT|TEXTAREA/.test(active.tagName)) return;
+    if (active && main.contains(active) && /INPUT|SELECT|TEXTAREA/.test(active.tagName)) {
+      soon(1000);
+      return;
+    }
+    last = Date.now();
     fetch(location.href, {cache: "no-store", credentials: "same-origin"})
       .then(function (r) { return r.ok ? r.text() : null; })
       .then(function (text) {
@@ -7384,7 +7732,27 @@ _WEB_JS = """
         if (fresh) document.getElementById("main").replaceWith(fresh);
       })
       .catch(function () {});
-  }, REFRESH_MS);
+  }
+  function soon(ms) {  // debounced, and at most one refresh a second
+    var wait = Math.max(ms || 300, last + 1000 - Date.now());
+    if (timer === null) timer = setTimeout(function () { timer = null; refresh(); }, wait);
+  }
+  box.addEventListener("change", function () {
+    sessionStorage.setItem("saqlite-live", box.checked ? "1" : "0");
+    soon();
+  });
+  document.addEventListener("visibilitychange", function () { soon(); });
+  if (window.EventSource) {
+    var events = new EventSource(EVENTS_URL);
+    events.addEventListener("change", function () { soon(); });
+    events.addEventListener("open", function () {  // what changed before it opened
+      document.documentElement.setAttribute("data-live", "events");
+      soon();
+    });
+  } else {
+    setInterval(refresh, REFRESH_MS);
+    document.documentElement.setAttribute("data-live", "poll");
+  }
 })();
 """
 
@@ -7392,6 +7760,150 @@ _WEB_JS = """
 def _e(value: object) -> str:
     """A value as HTML text (attribute-safe)."""
     return html.escape(str(value), quote=True)
+
+
+# -- what the page reads, besides the terminal commands' listings ----------------
+
+# A search: the newest :window jobs of the filter, each with whether it holds the text.
+_SQL_WEB_SEARCH = """
+WITH newest AS (
+    SELECT rowid, queued, key, function, data, error FROM saqlite_jobs INDEXED BY {index}
+    WHERE {where} ORDER BY queued DESC, rowid DESC LIMIT :window
+)
+SELECT queued, rowid, instr(lower(key), :text) > 0 OR instr(lower(function), :text) > 0
+    OR instr(lower(CAST(data AS TEXT)), :text) > 0 OR instr(lower(ifnull(error, '')), :text) > 0
+FROM newest ORDER BY queued DESC, rowid DESC
+"""
+_SQL_WEB_JOBS_BY_ROWID = f"""
+SELECT {_SQL_OPS_LIST_COLUMNS} FROM saqlite_jobs
+WHERE rowid IN (SELECT value FROM json_each(:rowids)) ORDER BY queued DESC, rowid DESC
+"""
+
+
+async def _search_jobs(
+    store: _Store, where: _JobFilter, text: str, limit: int, after: t.Optional[str] = None
+) -> tuple[list[Job], t.Optional[str], int]:
+    """The jobs of a filter whose key, function, kwargs or error hold ``text`` (any
+    case), newest first, among the _WEB_SEARCH_WINDOW newest (after the cursor
+    ``after``); the cursor to search on from, and how many jobs were read.
+
+    Raises:
+        _OpsError: ``after`` is not a cursor a listing gave.
+    """
+    index, condition, params = await _listing(store, where, after)
+    params = {**params, "window": _WEB_SEARCH_WINDOW, "text": text.lower()}
+    rows = await store.fetch(_SQL_WEB_SEARCH.format(index=index, where=condition), params)
+    hits = [i for i, row in enumerate(rows) if row[2]]
+    cursor = None
+    read = len(rows)
+    if len(hits) > limit:
+        read = hits[limit - 1] + 1
+        cursor = f"{rows[read - 1][0]}:{rows[read - 1][1]}"
+    elif len(rows) == _WEB_SEARCH_WINDOW:
+        cursor = f"{rows[-1][0]}:{rows[-1][1]}"
+    rowids = json.dumps([rows[i][1] for i in hits[:limit]])
+    found = await store.fetch(_SQL_WEB_JOBS_BY_ROWID, {"rowids": rowids, "cap": _LIST_VALUE_CAP})
+    return [_listed_job(store, row[:-1]) for row in found], cursor, read
+
+
+_SQL_WEB_COUNT = "SELECT COUNT(*) FROM saqlite_jobs INDEXED BY {index} WHERE {where}"
+
+
+async def _count_upto(store: _Store, where: _JobFilter) -> t.Optional[int]:
+    """How many jobs match a filter: from the counts; with a function, by reading
+    the jobs when the rest of the filter leaves few (_LIST_SORT_MAX); else None."""
+    if where.function is None:
+        return await _count_jobs(store, where)
+    index, condition, params = await _listing(store, where)
+    if index != "saqlite_jobs_ready":  # too many to read for a count
+        return None
+    rows = await store.fetch(_SQL_WEB_COUNT.format(index=index, where=condition), params)
+    return int(rows[0][0])
+
+
+async def _bulk_action(store: _Store, where: _JobFilter, action: str) -> int:
+    """Retry, abort or delete the jobs of a filter a slice at a time (other writers
+    get the file between slices); how many changed. A job another ``dump`` wrote is
+    left as it is."""
+    if action == "delete":
+        return await _purge(store, where, int(time.time() * 1000) + 1)
+    change = _retry_job if action == "retry" else _abort_job
+    error = f"{'retried' if action == 'retry' else 'aborted'} from the web page"
+
+    async def change_one(job: Job) -> bool:
+        try:
+            return await change(job, error)
+        except _OpsError:
+            return False
+
+    done = 0
+    async for batch in _matching_jobs(store, where):
+        done += sum(await asyncio.gather(*(change_one(job) for job in batch)))
+        await store.reader._between_slices()
+    return done
+
+
+# Waiting jobs due later, soonest first (saqlite_jobs_waiting: queue, status, run_at).
+_SQL_WEB_SCHEDULED = f"""
+SELECT {_SQL_OPS_LIST_COLUMNS}, run_at FROM saqlite_jobs INDEXED BY saqlite_jobs_waiting
+WHERE queue IN (SELECT value FROM json_each(:queues)) AND status = 'queued' AND run_at > :now
+ORDER BY run_at, rowid LIMIT :limit OFFSET :offset
+"""
+
+
+async def _first_of(waits: Sequence[Awaitable[bool]], timeout: float) -> list[bool]:
+    """The results of the waits that end first (the others are cancelled); none when
+    none ends within ``timeout`` seconds."""
+    if not waits:
+        await asyncio.sleep(timeout)
+        return []
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        done, _ = await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return [task.result() for task in done if not task.cancelled()]
+
+
+def _chart_svg(buckets: Sequence[_Bucket], id: str, bucket_s: float) -> str:
+    """Jobs ended per time bucket as stacked bars (complete, failed, aborted), with axes."""
+    width, height, left, bottom, top = 600, 170, 44, 22, 8
+    plot_w, plot_h = width - left - 8, height - bottom - top
+    ended = [b["complete"] + b["failed"] + b["aborted"] for b in buckets]
+    peak = max([*ended, 1])
+    step = plot_w / max(len(buckets), 1)
+    parts = [
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}"/>',
+        f'<line x1="{left}" y1="{top + plot_h}" x2="{width - 8}" y2="{top + plot_h}"/>',
+        f'<text x="{left - 4}" y="{top + 10}" text-anchor="end">{peak:,}</text>',
+        f'<text x="{left - 4}" y="{top + plot_h}" text-anchor="end">0</text>',
+    ]
+    for i, bucket in enumerate(buckets):
+        x = left + i * step + step * 0.1
+        y = float(top + plot_h)
+        for kind in ("complete", "failed", "aborted"):
+            n = bucket[kind]
+            if n:
+                h = plot_h * n / peak
+                y -= h
+                parts.append(
+                    f'<rect class="{kind}" x="{x:.1f}" y="{y:.1f}" width="{step * 0.8:.1f}" '
+                    f'height="{h:.1f}"><title>{_e(_fmt_time(bucket["start"] * 1000))}: '
+                    f"{int(n):,} {kind}</title></rect>"
+                )
+    clock = "%H:%M"
+    for i in sorted({0, len(buckets) // 2, len(buckets) - 1} if buckets else set()):
+        x = left + i * step + step / 2
+        label = time.strftime(clock, time.localtime(buckets[i]["start"]))
+        parts.append(f'<text x="{x:.1f}" y="{height - 6}" text-anchor="middle">{label}</text>')
+    total = sum(ended)
+    return (
+        f'<svg class="chart" id="{_e(id)}" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="{int(total):,} jobs ended, per {_fmt_span(bucket_s * 1000)}">'
+        f"{''.join(parts)}</svg>"
+    )
 
 
 @dataclasses.dataclass
@@ -7404,6 +7916,7 @@ class _WebRequest:
     query: dict[str, str]
     headers: dict[str, str]
     body: bytes
+    segments: list[str] = dataclasses.field(default_factory=list)  # of the path, decoded
 
     def form(self) -> dict[str, str]:
         pairs = urllib.parse.parse_qsl(self.body.decode("utf-8", "replace"))
@@ -7416,6 +7929,7 @@ class _WebResponse:
     body: bytes
     content_type: str = "text/html; charset=utf-8"
     headers: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    stream: t.Optional[t.AsyncGenerator[bytes, None]] = None  # sent after body, until it ends
 
 
 class _WebApp:
@@ -7428,20 +7942,33 @@ class _WebApp:
         auth_password: t.Optional[str],
         refresh_s: float,
         allowed_hosts: t.Optional[Sequence[str]] = None,
+        *,
+        csrf_secret: t.Optional[str] = None,
     ) -> None:
         self.stores = stores
         self.auth_user = auth_user
         self.auth_password = auth_password
         self.refresh_s = refresh_s
         self.allowed_hosts = None if allowed_hosts is None else [h.lower() for h in allowed_hosts]
+        self._csrf_key = (csrf_secret or secrets.token_hex(32)).encode("utf-8")
         self._routes: dict[tuple[str, str], Callable[[_WebRequest, str], Awaitable[_WebResponse]]]
         self._routes = {
             ("GET", "/"): self._overview_page,
             ("GET", "/jobs"): self._jobs_page,
+            ("GET", "/scheduled"): self._scheduled_page,
             ("GET", "/job"): self._job_page,
             ("POST", "/retry"): self._change,
             ("POST", "/abort"): self._change,
+            ("POST", "/bulk"): self._bulk_page,
+            ("GET", "/events"): self._events,
+            ("GET", "/health"): self._health,
             ("GET", "/api/queues"): self._api_queues,
+            ("GET", "/api/queues/{queue}"): self._api_queue,
+            ("GET", "/api/queues/{queue}/jobs/{key}"): self._api_job,
+            ("POST", "/api/queues/{queue}/jobs/{key}/retry"): self._api_change,
+            ("POST", "/api/queues/{queue}/jobs/{key}/abort"): self._api_change,
+            ("POST", "/api/bulk"): self._api_bulk,
+            ("GET", "/api/csrf"): self._api_csrf,
             ("GET", "/api/jobs"): self._api_jobs,
             ("GET", "/api/job"): self._api_job,
         }
@@ -7462,6 +7989,15 @@ class _WebApp:
         path = scope["path"]
         if base and path.startswith(base):  # servers that keep the mount in the path
             path = path[len(base) :]
+        # The path's segments from the raw path, so a queue or key may hold a '/'.
+        raw = scope.get("raw_path") or path.encode("utf-8")
+        raw_text = raw.decode("latin-1")
+        quoted_base = urllib.parse.quote(base)
+        if base and raw_text.startswith(quoted_base):
+            raw_text = raw_text[len(quoted_base) :]
+        segments = [urllib.parse.unquote(part) for part in raw_text.split("/")[1:]]
+        if "/" + "/".join(segments) != (path or "/"):
+            segments = path.split("/")[1:]
         request = _WebRequest(
             method=scope["method"],
             path=path or "/",
@@ -7469,6 +8005,7 @@ class _WebApp:
             query=dict(urllib.parse.parse_qsl(scope.get("query_string", b"").decode("latin-1"))),
             headers={k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]},
             body=body,
+            segments=segments,
         )
         if len(body) > _WEB_MAX_BODY:
             response = _WebResponse(413, b"Request body too large", "text/plain")
@@ -7476,12 +8013,13 @@ class _WebApp:
             response = await self.handle(request)
         headers = [
             ("content-type", response.content_type),
-            ("content-length", str(len(response.body))),
             ("x-content-type-options", "nosniff"),
             ("referrer-policy", "same-origin"),
             ("cache-control", "no-store"),
             *response.headers,
         ]
+        if response.stream is None:
+            headers.append(("content-length", str(len(response.body))))
         await send(
             {
                 "type": "http.response.start",
@@ -7489,6 +8027,9 @@ class _WebApp:
                 "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
             }
         )
+        if response.stream is not None and request.method != "HEAD":
+            await _stream(response.stream, receive, send)
+            return
         await send(
             {
                 "type": "http.response.body",
@@ -7521,15 +8062,16 @@ class _WebApp:
                 "NAME (web_app(..., allowed_hosts=[NAME]) in code)"
             )
             return _WebResponse(421, message.encode("utf-8"), "text/plain; charset=utf-8")
-        if not self._authorised(request):
+        if not self._authorised(request) and request.path != "/health":
             challenge = 'Basic realm="saqlite", charset="UTF-8"'
             return _WebResponse(
                 401, b"Authentication required", "text/plain", [("www-authenticate", challenge)]
             )
         method = "GET" if request.method == "HEAD" else request.method
-        handler = self._routes.get((method, request.path))
+        route = self._route(request)
+        handler = self._routes.get((method, route))
         if handler is None:
-            allowed = [m for m, path in self._routes if path == request.path]
+            allowed = [m for m, path in self._routes if path == route]
             if allowed:
                 return _WebResponse(
                     405, b"Method not allowed", "text/plain", [("allow", ", ".join(allowed))]
@@ -7537,6 +8079,8 @@ class _WebApp:
             return self._error_page(request, 404, "No such page.")
         if method == "POST" and not _same_origin(request):
             return _WebResponse(403, b"Cross-site request refused", "text/plain")
+        if method == "POST" and not self._csrf_valid(request):
+            return self._error_page(request, 403, _csrf_refusal(request))
         nonce = secrets.token_urlsafe(12)
         try:
             response = await handler(request, nonce)
@@ -7584,6 +8128,42 @@ class _WebApp:
             password.encode(), self.auth_password.encode()
         )
 
+    def _user(self, request: _WebRequest) -> str:
+        """The basic-auth user of a request ("" without one)."""
+        kind, _, encoded = request.headers.get("authorization", "").partition(" ")
+        if kind.lower() != "basic":
+            return ""
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            return base64.b64decode(encoded).decode("utf-8").partition(":")[0]
+        return ""
+
+    def csrf_token(self, request: _WebRequest) -> str:
+        """The token every POST of this user must carry (a form's ``csrf`` field, or the
+        ``X-Saqlite-Csrf`` header of a JSON API call)."""
+        user = self._user(request).encode("utf-8")
+        return hmac.new(self._csrf_key, b"saqlite-csrf:" + user, "sha256").hexdigest()
+
+    def _csrf_valid(self, request: _WebRequest) -> bool:
+        if request.path.startswith("/api/"):
+            given = request.headers.get(_CSRF_HEADER, "")
+        else:
+            given = request.form().get("csrf", "")
+        return hmac.compare_digest(given.encode("utf-8"), self.csrf_token(request).encode())
+
+    def _route(self, request: _WebRequest) -> str:
+        """The route of a path: itself, or the pattern of a JSON API path with a queue
+        and a key, which it puts in ``request.query``."""
+        parts = request.segments
+        if parts[:2] != ["api", "queues"] or len(parts) < 3 or not parts[2]:
+            return request.path
+        request.query["queue"] = parts[2]
+        if len(parts) == 3:
+            return "/api/queues/{queue}"
+        if parts[3] != "jobs" or len(parts) not in (5, 6) or not parts[4]:
+            return request.path
+        request.query["key"] = parts[4]
+        return "/api/queues/{queue}/jobs/{key}" + ("/" + parts[5] if len(parts) == 6 else "")
+
     # -- helpers ---------------------------------------------------------------
 
     def _store(self, request: _WebRequest, params: t.Optional[dict[str, str]] = None) -> _Store:
@@ -7599,22 +8179,43 @@ class _WebApp:
             del kept["db"]
         return request.base + path + ("?" + urllib.parse.urlencode(kept) if kept else "")
 
-    def _render(self, request: _WebRequest, nonce: str, title: str, body: str) -> _WebResponse:
+    def _render(
+        self, request: _WebRequest, nonce: str, title: str, body: str, live: bool = True
+    ) -> _WebResponse:
+        """A page: the header, ``body`` in <main>, and (if ``live``) the script that
+        keeps it up to date."""
+        events = json.dumps(self._url(request, "/events")).replace("<", "\\u003c")
         script = _WEB_JS.replace("REFRESH_MS", str(int(self.refresh_s * 1000)))
+        script = script.replace("EVENTS_URL", events)
+        db = request.query.get("db")
+        toggle = (
+            '<label title="updates as jobs change"><input type="checkbox" id="live" checked>'
+            "live</label>"
+            if live
+            else ""
+        )
         page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="csrf-token" content="{_e(self.csrf_token(request))}">
 <title>{_e(title)} - saqlite</title><style nonce="{_e(nonce)}">{_WEB_CSS}</style></head>
 <body><header><a class="brand" href="{_e(self._url(request, "/"))}">saqlite</a>
-<a href="{_e(self._url(request, "/"))}">Queues</a>
-<a href="{_e(self._url(request, "/jobs"))}">Jobs</a>
-<a href="{_e(self._url(request, "/jobs", status="failed"))}">Failed</a>
-<label title="every {self.refresh_s:g} s"><input type="checkbox" id="auto-refresh" checked>
-auto-refresh</label>
-</header>
+<a href="{_e(self._url(request, "/"))}">Overview</a>
+<a href="{_e(self._url(request, "/jobs", db=db))}">Jobs</a>
+<a href="{_e(self._url(request, "/scheduled", db=db))}">Scheduled</a>
+<a href="{_e(self._url(request, "/jobs", db=db, status="failed"))}">Failed</a>
+{toggle}</header>
 <main id="main">{body}</main>
-<script nonce="{_e(nonce)}">{script}</script></body></html>"""
+{f'<script nonce="{_e(nonce)}">{script}</script>' if live else ""}</body></html>"""
         return _WebResponse(200, page.encode("utf-8"))
+
+    def _csrf_field(self, request: _WebRequest) -> str:
+        return f'<input type="hidden" name="csrf" value="{_e(self.csrf_token(request))}">'
+
+    def _file_html(self, db: int) -> str:
+        """The file a view shows, named the same way on every view."""
+        label = f"file {db + 1}: " if len(self.stores) > 1 else ""
+        return f'<p class="muted file">{_e(label)}{_e(self.stores[db].path)}</p>'
 
     def _error_page(self, request: _WebRequest, status: int, message: str) -> _WebResponse:
         if request.path.startswith("/api/"):
@@ -7622,7 +8223,7 @@ auto-refresh</label>
         nonce = secrets.token_urlsafe(12)
         phrase = http.HTTPStatus(status).phrase
         body = f'<h2>{status} {_e(phrase)}</h2><p class="err">{_e(message)}</p>'
-        response = self._render(request, nonce, "Error", body)
+        response = self._render(request, nonce, "Error", body, live=False)
         response.status = status
         response.headers.append(("content-security-policy", _csp(nonce)))
         return response
@@ -7653,30 +8254,61 @@ auto-refresh</label>
         parts = []
         for db, store in enumerate(self.stores):
             overview = await _overview(store)
-            parts.append(self._overview_html(request, db, overview))
-        return self._render(request, nonce, "Queues", "".join(parts))
+            activity = {
+                "hour": await _throughput(store, buckets=12, bucket_s=300),
+                "day": await _throughput(store, buckets=24, bucket_s=3600),
+            }
+            since = 86400.0 if request.query.get("stats") == "day" else 3600.0
+            functions = await _stats(store, since_s=since)
+            parts.append(self._overview_html(request, db, overview, activity, functions))
+        return self._render(request, nonce, "Overview", "".join(parts))
 
-    def _overview_html(self, request: _WebRequest, db: int, overview: dict[str, t.Any]) -> str:
+    def _overview_html(
+        self,
+        request: _WebRequest,
+        db: int,
+        overview: dict[str, t.Any],
+        activity: dict[str, list[_Bucket]],
+        functions: list[_FunctionStats],
+    ) -> str:
         current = now()
+        day = request.query.get("stats") == "day"
+        other = self._url(request, "/", stats=None if day else "day")
+        window = "last day" if day else "last hour"
+        window_link = f'<a href="{_e(other)}">{"last hour" if day else "last day"}</a>'
+
+        kinds = (
+            ("queued", "queued"),
+            ("scheduled", "queued"),
+            ("active", "active,aborting"),
+            ("complete", "complete"),
+            ("failed", "failed"),
+            ("aborted", "aborted"),
+        )
         rows = []
         for q in overview["queues"]:
             cells = [
                 f'<td><a href="{_e(self._url(request, "/jobs", db=db, queue=q["name"]))}">'
                 f"{_e(q['name'])}</a></td>"
             ]
-            for kind, status in (
-                ("queued", "queued"),
-                ("scheduled", "queued"),
-                ("active", "active,aborting"),
-                ("complete", "complete"),
-                ("failed", "failed"),
-                ("aborted", "aborted"),
-            ):
-                url = self._url(request, "/jobs", db=db, queue=q["name"], status=status)
-                cells.append(f'<td class="n"><a href="{_e(url)}">{_e(q[kind])}</a></td>')
+            for kind, status in kinds:
+                path = "/scheduled" if kind == "scheduled" else "/jobs"
+                url = self._url(request, path, db=db, queue=q["name"], status=status)
+                if kind == "scheduled":
+                    url = self._url(request, path, db=db, queue=q["name"])
+                cells.append(f'<td class="n"><a href="{_e(url)}">{q[kind]:,}</a></td>')
             cells.append(f'<td class="n">{_e(q["workers"])}</td>')
             rows.append("<tr>" + "".join(cells) + "</tr>")
-        if not rows:
+        if rows:
+            totals = "".join(
+                f'<td class="n">{sum(q[kind] for q in overview["queues"]):,}</td>'
+                for kind, _ in kinds
+            )
+            workers_total = sum(q["workers"] for q in overview["queues"])
+            rows.append(
+                f'<tr class="total"><td>Total</td>{totals}<td class="n">{workers_total}</td></tr>'
+            )
+        else:
             rows.append('<tr><td colspan="8" class="muted">No jobs or workers yet.</td></tr>')
         workers = []
         for w in overview["workers"]:
@@ -7695,37 +8327,76 @@ auto-refresh</label>
             )
         if not workers:
             workers.append('<tr><td colspan="10" class="muted">No live worker.</td></tr>')
-        return f"""<h2>Queues <span class="muted">{_e(overview["path"])}</span></h2>
-<table id="queues"><tr><th>Queue</th><th class="n">Queued</th><th class="n">Scheduled</th>
-<th class="n">Active</th><th class="n">Complete</th><th class="n">Failed</th>
-<th class="n">Aborted</th><th class="n">Workers</th></tr>{"".join(rows)}</table>
-<h2>Workers</h2>
-<table id="workers"><tr><th>Worker</th><th>Queue</th><th>Host:pid</th><th>Last beat</th>
-<th class="n">Uptime</th><th class="n">Complete</th><th class="n">Failed</th>
-<th class="n">Retried</th><th class="n">Aborted</th><th>Metadata</th></tr>
-{"".join(workers)}</table>"""
-
-    async def _jobs_page(self, request: _WebRequest, nonce: str) -> _WebResponse:
-        store = self._store(request)
-        db = self.stores.index(store)
-        where, page, limit = self._filter(request)
-        jobs, cursor = await _list_jobs(store, where, (page - 1) * limit, limit)
-        more = cursor is not None
-        sleeping = await _sleeping(store, jobs)
-        names = [name for (name,) in await store.fetch(_SQL_OPS_QUEUE_NAMES)]
-        current = now()
-
-        def options(values: Iterable[str], chosen: t.Optional[str], everything: str) -> str:
-            items = [f'<option value="">{_e(everything)}</option>']
-            for value in values:
-                selected = " selected" if value == chosen else ""
-                items.append(f'<option value="{_e(value)}"{selected}>{_e(value)}</option>')
-            return "".join(items)
-
-        status = request.query.get("status", "")
-        status_values = list(_STATUS_NAMES) + (
-            [status] if status and status not in _STATUS_NAMES else []
+        charts = "".join(
+            f"<figure>{_chart_svg(activity[span], f'chart-{db}-{span}', seconds)}"
+            f"<figcaption>{caption}</figcaption></figure>"
+            for span, seconds, caption in (
+                ("hour", 300, "Last hour, per 5 min"),
+                ("day", 3600, "Last day, per hour"),
+            )
         )
+        # Flow control (paused queues, limits) goes between the queues and throughput.
+        return f"""<h2>Queues</h2>{self._file_html(db)}
+<div class="scroll"><table id="queues" class="queues"><tr><th>Queue</th><th class="n">Queued</th>
+<th class="n">Scheduled</th><th class="n">Active</th><th class="n">Complete</th>
+<th class="n">Failed</th><th class="n">Aborted</th><th class="n">Workers</th></tr>
+{"".join(rows)}</table></div>
+<h2>Throughput</h2><p class="muted"><span class="key complete"></span> complete
+<span class="key failed"></span> failed <span class="key aborted"></span> aborted</p>
+<div class="charts">{charts}</div>
+<h2>Functions <span class="muted">{_e(window)} &middot; {window_link}</span></h2>
+{self._functions_html(functions, request, db)}
+<h2>Workers</h2>
+<div class="scroll"><table id="workers" class="workers"><tr><th>Worker</th><th>Queue</th>
+<th>Host:pid</th><th>Last beat</th><th class="n">Uptime</th><th class="n">Complete</th>
+<th class="n">Failed</th><th class="n">Retried</th><th class="n">Aborted</th><th>Metadata</th></tr>
+{"".join(workers)}</table></div>"""
+
+    def _functions_html(
+        self, functions: list[_FunctionStats], request: _WebRequest, db: int
+    ) -> str:
+        """Per queue and function: runs, failure rate, wait and run time p50/p95."""
+        rows = []
+        for f in functions:
+            url = self._url(request, "/jobs", db=db, queue=f["queue"], function=f["function"])
+            times = "".join(
+                f'<td class="n">{_e(_fmt_span(None if v is None else v * 1000))}</td>'
+                for v in (f["wait_p50"], f["wait_p95"], f["run_p50"], f["run_p95"])
+            )
+            rows.append(
+                f'<tr><td>{_e(f["queue"])}</td><td><a href="{_e(url)}">{_e(f["function"])}</a>'
+                f'</td><td class="n">{f["runs"]:,}</td>'
+                f'<td class="n">{f["failure_rate"] * 100:.1f}%</td>{times}</tr>'
+            )
+        if not rows:
+            rows.append('<tr><td colspan="8" class="muted">No job ended in this window.</td></tr>')
+        return f"""<div class="scroll"><table id="functions"><tr><th>Queue</th><th>Function</th>
+<th class="n">Runs</th><th class="n">Failed</th><th class="n">Wait p50</th>
+<th class="n">Wait p95</th><th class="n">Run p50</th><th class="n">Run p95</th></tr>
+{"".join(rows)}</table></div>"""
+
+    def _options(self, values: Iterable[str], chosen: t.Optional[str], everything: str) -> str:
+        items = [f'<option value="">{_e(everything)}</option>'] if everything else []
+        for value in values:
+            selected = " selected" if value == chosen else ""
+            items.append(f'<option value="{_e(value)}"{selected}>{_e(value)}</option>')
+        return "".join(items)
+
+    def _file_select(self, db: int) -> str:
+        """A filter form's choice of file, when the page shows several."""
+        if len(self.stores) == 1:
+            return ""
+        names = [f"{i + 1}: {store.path}" for i, store in enumerate(self.stores)]
+        items = "".join(
+            f'<option value="{i}"{" selected" if i == db else ""}>{_e(name)}</option>'
+            for i, name in enumerate(names)
+        )
+        return f'<label>File<br><select name="db">{items}</select></label>'
+
+    def _jobs_rows(
+        self, request: _WebRequest, db: int, jobs: Sequence[Job], sleeping: set[tuple[str, str]]
+    ) -> str:
+        current = now()
         rows = []
         for job in jobs:
             url = self._url(request, "/job", db=db, queue=job.get_queue().name, key=job.key)
@@ -7741,27 +8412,216 @@ auto-refresh</label>
             )
         if not rows:
             rows.append('<tr><td colspan="8" class="muted">No jobs match.</td></tr>')
-        paging = []
+        return f"""<div class="scroll"><table id="jobs" class="jobs"><tr><th>Queue</th><th>Key</th>
+<th>Function</th><th>Status</th><th class="n">Tries</th><th>Queued</th><th class="n">Took</th>
+<th>Error</th></tr>{"".join(rows)}</table></div>"""
+
+    async def _jobs_page(self, request: _WebRequest, nonce: str) -> _WebResponse:
+        store = self._store(request)
+        db = self.stores.index(store)
+        where, page, limit = self._filter(request)
+        text = request.query.get("q", "").strip()
+        status = request.query.get("status", "")
         params = {"db": db, "queue": where.queue, "status": status, "function": where.function}
-        if page > 1:
-            url = self._url(request, "/jobs", **params, page=page - 1)
-            paging.append(f'<a href="{_e(url)}" rel="prev">&larr; Newer</a>')
-        paging.append(f"<span>Page {page}</span>")
-        if more:
-            url = self._url(request, "/jobs", **params, page=page + 1)
-            paging.append(f'<a href="{_e(url)}" rel="next">Older &rarr;</a>')
-        db_field = f'<input type="hidden" name="db" value="{db}">' if db else ""
-        body = f"""<h2>Jobs</h2>
-<form class="filters" method="get" action="{_e(self._url(request, "/jobs"))}">{db_field}
-<label>Queue<br><select name="queue">{options(names, where.queue, "all queues")}</select></label>
-<label>Status<br><select name="status">{options(status_values, status, "any status")}
+        paging, searched = [], ""
+        try:
+            if text:
+                jobs, cursor, read = await _search_jobs(
+                    store, where, text, limit, request.query.get("after")
+                )
+            else:
+                jobs, cursor = await _list_jobs(store, where, (page - 1) * limit, limit)
+        except _OpsError as exc:
+            raise _WebError(400, f"Bad filter: {exc}") from None
+        total = await _count_upto(store, where)
+        if total is None:
+            counted, of_pages = f"Over {_LIST_SORT_MAX:,} jobs to read to count by function", ""
+        else:
+            counted = f"{total:,} job{'' if total == 1 else 's'}"
+            of_pages = f" of {max(1, math.ceil(total / limit)):,}"
+        if text:
+            searched = (
+                f"Searched the {read:,} newest jobs of this filter"
+                f"{' after those before' if request.query.get('after') else ''} for "
+                f"&ldquo;{_e(text)}&rdquo; (key, function, kwargs and error)."
+            )
+            if cursor is not None:
+                url = self._url(request, "/jobs", **params, q=text, after=cursor)
+                paging.append(f'<a href="{_e(url)}" rel="next">Search older jobs &rarr;</a>')
+        else:
+            if page > 1:
+                url = self._url(request, "/jobs", **params, page=page - 1)
+                paging.append(f'<a href="{_e(url)}" rel="prev">&larr; Newer</a>')
+            paging.append(f'<span id="page">Page {page:,}{of_pages}</span>')
+            if cursor is not None:
+                url = self._url(request, "/jobs", **params, page=page + 1)
+                paging.append(f'<a href="{_e(url)}" rel="next">Older &rarr;</a>')
+        names = [name for (name,) in await store.fetch(_SQL_OPS_QUEUE_NAMES)]
+        status_values = list(_STATUS_NAMES) + (
+            [status] if status and status not in _STATUS_NAMES else []
+        )
+        done = request.query.get("done", "")
+        notice = ""
+        if done.startswith("bulk-") and done[5:] in _WEB_BULK:
+            verb = _WEB_BULK[done[5:]][0]
+            count = request.query.get("n", "0")
+            jobs_word = "job" if count == "1" else "jobs"
+            notice = f'<p class="notice" id="notice">{_e(verb)} {_e(count)} {jobs_word}.</p>'
+        hidden = "".join(
+            f'<input type="hidden" name="{name}" value="{_e(value)}">'
+            for name, value in params.items()
+            if value not in (None, "")
+        )
+        bulk = "".join(
+            f'<form class="inline" method="post" action="{_e(self._url(request, "/bulk"))}">'
+            f'{hidden}{self._csrf_field(request)}<input type="hidden" name="action" value="{a}">'
+            f'<button type="submit" id="bulk-{a}">{a.capitalize()} {_e(what)}&hellip;</button>'
+            "</form>"
+            for a, (_, _, what) in _WEB_BULK.items()
+        )
+        body = f"""{notice}<h2>Jobs</h2>{self._file_html(db)}
+<form class="filters" method="get" action="{_e(self._url(request, "/jobs"))}">
+{self._file_select(db)}
+<label>Queue<br><select name="queue">{self._options(names, where.queue, "all queues")}
 </select></label>
-<label>Function<br><input name="function" value="{_e(where.function or "")}"></label>
+<label>Status<br><select name="status">{self._options(status_values, status, "any status")}
+</select></label>
+<label>Function<br><input name="function" value="{_e(where.function or "")}" size="14"></label>
+<label>Search<br><input type="search" name="q" id="search" value="{_e(text)}" size="18"
+placeholder="key, function, kwargs, error"></label>
 <button type="submit">Filter</button></form>
-<table id="jobs"><tr><th>Queue</th><th>Key</th><th>Function</th><th>Status</th>
-<th class="n">Tries</th><th>Queued</th><th class="n">Took</th><th>Error</th></tr>
-{"".join(rows)}</table><div class="paging">{"".join(paging)}</div>"""
+<p id="count"><strong>{counted}</strong> in this filter{f" &middot; {searched}" if searched else ""}
+</p>
+<div class="bulk">{bulk}</div>{
+            '<p class="muted">Bulk actions work on the filter, not on the search.</p>'
+            if text
+            else ""
+        }
+{self._jobs_rows(request, db, jobs, await _sleeping(store, jobs))}
+<div class="paging">{"".join(paging)}</div>"""
         return self._render(request, nonce, "Jobs", body)
+
+    async def _scheduled_page(self, request: _WebRequest, nonce: str) -> _WebResponse:
+        store = self._store(request)
+        db = self.stores.index(store)
+        where, page, limit = self._filter(request)
+        names = [name for (name,) in await store.fetch(_SQL_OPS_QUEUE_NAMES)]
+        queues = [where.queue] if where.queue else names
+        rows = await store.fetch(
+            _SQL_WEB_SCHEDULED,
+            {
+                "queues": json.dumps(queues),
+                "now": time.time(),
+                "limit": limit + 1,
+                "offset": (page - 1) * limit,
+                "cap": _LIST_VALUE_CAP,
+            },
+        )
+        jobs = [_listed_job(store, row[:-1]) for row in rows[:limit]]
+        sleeping = await _sleeping(store, jobs)
+        current = now()
+        cells = []
+        for job, row in zip(jobs, rows):
+            name = job.get_queue().name
+            url = self._url(request, "/job", db=db, queue=name, key=job.key)
+            cells.append(
+                f'<tr><td>{_e(name)}</td><td><a href="{_e(url)}">{_e(job.key)}</a></td>'
+                f"<td>{_e(job.function)}</td><td>{_e(_fmt_due(row[-1]))}"
+                f"{_SLEEPING_HTML if (name, job.key) in sleeping else ''}</td>"
+                f'<td class="n">{_e(job.attempts)}</td>'
+                f"<td>{_e(_fmt_ago(job.queued, current))}</td></tr>"
+            )
+        if not cells:
+            cells.append('<tr><td colspan="6" class="muted">No job is scheduled.</td></tr>')
+        paging = []
+        if page > 1:
+            url = self._url(request, "/scheduled", db=db, queue=where.queue, page=page - 1)
+            paging.append(f'<a href="{_e(url)}" rel="prev">&larr; Sooner</a>')
+        paging.append(f"<span>Page {page:,}</span>")
+        if len(rows) > limit:
+            url = self._url(request, "/scheduled", db=db, queue=where.queue, page=page + 1)
+            paging.append(f'<a href="{_e(url)}" rel="next">Later &rarr;</a>')
+        body = f"""<h2>Scheduled</h2>{self._file_html(db)}
+<form class="filters" method="get" action="{_e(self._url(request, "/scheduled"))}">
+{self._file_select(db)}
+<label>Queue<br><select name="queue">{self._options(names, where.queue, "all queues")}
+</select></label><button type="submit">Filter</button></form>
+<p class="muted">Waiting jobs that run later, soonest first.</p>
+<div class="scroll"><table id="scheduled" class="jobs"><tr><th>Queue</th><th>Key</th>
+<th>Function</th><th>Runs at</th><th class="n">Tries</th><th>Queued</th></tr>
+{"".join(cells)}</table></div><div class="paging">{"".join(paging)}</div>"""
+        return self._render(request, nonce, "Scheduled", body)
+
+    def _bulk_filter(self, params: dict[str, str]) -> tuple[str, _JobFilter]:
+        """A bulk action's name and the jobs it works on: the listing's filter, cut to
+        the statuses the action takes.
+
+        Raises:
+            _WebError: an unknown action, or a status the action does not take.
+        """
+        action = params.get("action", "")
+        if action not in _WEB_BULK:
+            raise _WebError(400, f"Unknown bulk action {action!r}: give retry, abort or delete.")
+        _, allowed, what = _WEB_BULK[action]
+        status = params.get("status", "")
+        chosen = [part for part in status.split(",") if part]
+        if any(part not in allowed for part in chosen):
+            raise _WebError(
+                400,
+                f"Only {what} jobs can be {_WEB_BULK[action][0].lower()}: choose status "
+                f"{' or '.join(allowed)} (or any status) in the filter.",
+            )
+        statuses = tuple(chosen) or tuple(allowed)
+        where = _JobFilter(params.get("queue") or None, statuses, params.get("function") or None)
+        return action, where
+
+    async def _bulk_page(self, request: _WebRequest, nonce: str) -> _WebResponse:
+        """A bulk action: first a confirmation that says how many jobs it touches,
+        then (confirmed) the action, and back to the listing with what was done."""
+        params = request.form()
+        store = self._store(request, params)
+        db = self.stores.index(store)
+        action, where = self._bulk_filter(params)
+        verb, _, what = _WEB_BULK[action]
+        filters = {
+            "db": db,
+            "queue": where.queue,
+            "status": params.get("status", ""),
+            "function": where.function,
+        }
+        if params.get("confirm") == "yes":
+            done = await _bulk_action(store, where, action)
+            url = self._url(request, "/jobs", **filters, done=f"bulk-{action}", n=done)
+            return _WebResponse(303, b"", "text/plain", [("location", url)])
+        count = await _count_jobs(store, where)
+        scope = f"of queue {where.queue}" if where.queue else "of every queue"
+        if where.function:
+            scope += f" with function {where.function}"
+        statuses = " or ".join(", ".join(where.statuses).rsplit(", ", 1))
+        question = (
+            f"{action.capitalize()} {count:,} {statuses} job{'s' if count != 1 else ''} {scope}?"
+        )
+        hidden = "".join(
+            f'<input type="hidden" name="{name}" value="{_e(value)}">'
+            for name, value in {**filters, "action": action, "confirm": "yes"}.items()
+            if value not in (None, "")
+        )
+        back = self._url(request, "/jobs", **filters)
+        if count:
+            form = (
+                f'<form method="post" action="{_e(self._url(request, "/bulk"))}">{hidden}'
+                f'{self._csrf_field(request)}<button type="submit" id="confirm">'
+                f"{action.capitalize()} {count:,} job{'s' if count != 1 else ''}</button> "
+                f'<a href="{_e(back)}">Cancel</a></form>'
+            )
+        else:
+            form = f'<p>No {_e(what)} job matches. <a href="{_e(back)}">Back</a></p>'
+        body = f"""<h2>{_e(action.capitalize())} jobs</h2>{self._file_html(db)}
+<p id="question"><strong>{_e(question)}</strong></p>
+<p class="muted">{_e(verb)} in slices of {_SLICE_ROWS} rows; jobs that change meanwhile are
+left as they are.</p>{form}"""
+        response = self._render(request, nonce, "Confirm", body, live=False)
+        return response
 
     async def _job_page(self, request: _WebRequest, nonce: str) -> _WebResponse:
         job = await self._job(request, request.query)
@@ -7781,6 +8641,7 @@ auto-refresh</label>
                     f'<input type="hidden" name="db" value="{db}">'
                     f'<input type="hidden" name="queue" value="{_e(job.get_queue().name)}">'
                     f'<input type="hidden" name="key" value="{_e(job.key)}">'
+                    f"{self._csrf_field(request)}"
                     f'<button type="submit" id="{action}">{label}</button></form> '
                 )
         tables = "".join(
@@ -7801,7 +8662,9 @@ auto-refresh</label>
             sections.append(f'<h2>Error</h2><pre class="error">{_e(_capped(job.error))}</pre>')
         pipeline = await _pipeline(job)
         if len(pipeline) > 1:
-            sections.append(f"<h2>Pipeline</h2>{self._pipeline_svg(request, db, job, pipeline)}")
+            svg = self._pipeline_svg(request, db, job, pipeline)
+            sections.append(f'<h2>Pipeline</h2><div class="scroll">{svg}</div>')
+            sections.append(self._links_html(request, db, job, await _job_links(job)))
         timeline = await _timeline(self._store(request), job)
         if timeline:
             sections.insert(0, _timeline_html(timeline))
@@ -7811,10 +8674,33 @@ auto-refresh</label>
         progress = max(0.0, min(float(job.progress or 0), 1.0))
         body = f"""{f'<p class="notice">{_e(notice)}</p>' if notice else ""}
 <h2>Job {_e(job.key)} {_status_html(job.status, "status")}{_SLEEPING_HTML if sleeping else ""}</h2>
-<p>{"".join(actions)}</p>
-<p>Progress <progress max="1" value="{progress:.4f}"></progress> {progress * 100:.0f}%</p>
+{self._file_html(db)}<p>{"".join(actions)}</p>
+<p>Progress <progress id="progress" max="1" value="{progress:.4f}"></progress>
+<span id="percent">{progress * 100:.0f}%</span></p>
 <div class="facts">{tables}</div>{"".join(sections)}"""
         return self._render(request, nonce, f"Job {job.key}", body)
+
+    def _links_html(
+        self,
+        request: _WebRequest,
+        db: int,
+        job: Job,
+        links: dict[str, list[dict[str, t.Optional[str]]]],
+    ) -> str:
+        """The jobs ``job`` depends on and those that depend on it, as links."""
+        lists = []
+        queue = job.get_queue().name
+        for name, linked in links.items():
+            items = "".join(
+                f'<li><a href="{_e(self._url(request, "/job", db=db, queue=queue, key=key))}">'
+                f'{_e(key)}</a> <span class="status {_e(status)}">{_e(status)}</span></li>'
+                for key, status in ((link["key"], link["status"] or "deleted") for link in linked)
+            )
+            lists.append(
+                f'<div><h3>{_e(name.capitalize())}</h3><ul id="{name}">'
+                f"{items or '<li class=muted>none</li>'}</ul></div>"
+            )
+        return f'<div class="facts">{"".join(lists)}</div>'
 
     def _pipeline_svg(
         self, request: _WebRequest, db: int, job: Job, pipeline: dict[str, _PipelineNode]
@@ -7891,6 +8777,60 @@ auto-refresh</label>
         )
         return _WebResponse(303, b"", "text/plain", [("location", url)])
 
+    # -- live updates and health ---------------------------------------------------
+
+    async def _events(self, request: _WebRequest, nonce: str) -> _WebResponse:
+        """Server-sent events: ``change`` whenever jobs of the files change."""
+        # What there is before the headers go: the browser, told the stream is open,
+        # fetches the page once, and misses nothing from then on.
+        marks, counts = await self._marks(), await self._counts()
+        unbuffered = [("x-accel-buffering", "no")]  # a proxy (nginx) passes each event on
+        stream = self._news(marks, counts)
+        return _WebResponse(200, b"", "text/event-stream", unbuffered, stream)
+
+    async def _news(
+        self, marks: list[tuple[_Wakeup, str, int]], counts: list[list[t.Any]]
+    ) -> t.AsyncGenerator[bytes, None]:
+        """An event each time the wake-ups tell of new or changed jobs since ``marks``
+        (at most one per _WEB_EVENT_GAP_S), and when the counts change without one (a
+        lost datagram, a new queue): those are looked at every ``refresh_s``."""
+        yield b"retry: 2000\n\n"
+        quiet_since = time.monotonic()
+        while True:
+            waits = [wakeup.wait(kind, seen, self.refresh_s) for wakeup, kind, seen in marks]
+            news = any(await _first_of(waits, self.refresh_s))
+            marks = await self._marks()  # news from now on, of queues new since too
+            fresh = await self._counts()
+            if news or fresh != counts:
+                counts = fresh
+                quiet_since = time.monotonic()
+                yield b"event: change\ndata: {}\n\n"
+                await asyncio.sleep(_WEB_EVENT_GAP_S)
+            elif time.monotonic() - quiet_since > _WEB_KEEPALIVE_S:
+                quiet_since = time.monotonic()
+                yield b": still here\n\n"
+
+    async def _marks(self) -> list[tuple[_Wakeup, str, int]]:
+        """The wake-ups of every queue of the files, for new and changed jobs, each with
+        its news so far."""
+        marks = []
+        for store in self.stores:
+            for (name,) in await store.fetch(_SQL_OPS_QUEUE_NAMES):
+                wakeup = store.queue(name)._wakeup
+                for kind in ("jobs", "changes"):
+                    await wakeup.want(kind)
+                    marks.append((wakeup, kind, wakeup.generation(kind)))
+        return marks
+
+    async def _counts(self) -> list[list[t.Any]]:
+        return [await store.fetch(_SQL_OPS_COUNTS) for store in self.stores]
+
+    async def _health(self, request: _WebRequest, nonce: str) -> _WebResponse:
+        """``OK`` when every file can be read (SAQ's ``/health``); else 503."""
+        for store in self.stores:
+            await store.fetch(_SQL_OPS_QUEUE_NAMES)
+        return _WebResponse(200, b"OK", "text/plain")
+
     # -- JSON ---------------------------------------------------------------------
 
     async def _api_queues(self, request: _WebRequest, nonce: str) -> _WebResponse:
@@ -7901,13 +8841,29 @@ auto-refresh</label>
             workers += [{"db": db, **w} for w in overview["workers"]]
         return _json_response({"queues": queues, "workers": workers})
 
+    async def _api_queue(self, request: _WebRequest, nonce: str) -> _WebResponse:
+        """SAQ's ``/api/queues/{queue}``: the queue's ``info(jobs=True)``."""
+        store = self._store(request)
+        name = request.query["queue"]
+        if name not in [found for (found,) in await store.fetch(_SQL_OPS_QUEUE_NAMES)]:
+            raise _WebError(404, f"No queue {name!r} in {store.path}.")
+        info = await store.queue(name).info(jobs=True)
+        return _json_response({"queue": {"db": self.stores.index(store), **info}})
+
     async def _api_jobs(self, request: _WebRequest, nonce: str) -> _WebResponse:
         where, page, limit = self._filter(request)
         store = self._store(request)
+        text = request.query.get("q", "").strip()
+        read = None
         try:
-            jobs, cursor = await _list_jobs(
-                store, where, (page - 1) * limit, limit, request.query.get("after")
-            )
+            if text:
+                jobs, cursor, read = await _search_jobs(
+                    store, where, text, limit, request.query.get("after")
+                )
+            else:
+                jobs, cursor = await _list_jobs(
+                    store, where, (page - 1) * limit, limit, request.query.get("after")
+                )
         except _OpsError as exc:
             raise _WebError(400, f"Bad filter: {exc}") from None
         sleeping = await _sleeping(store, jobs)
@@ -7922,13 +8878,50 @@ auto-refresh</label>
                 "limit": limit,
                 "more": cursor is not None,
                 "next": cursor,
+                "total": await _count_upto(store, where),
+                **({"searched": read} if read is not None else {}),
             }
         )
 
     async def _api_job(self, request: _WebRequest, nonce: str) -> _WebResponse:
         job = await self._job(request, request.query)
         timeline = await _timeline(self._store(request), job)
-        return _json_response({**_job_json(job), "steps": timeline})
+        found = {**_job_json(job), "steps": timeline, **await _job_links(job)}
+        if request.path == "/api/job":
+            return _json_response(found)
+        return _json_response({"job": found})  # SAQ's shape
+
+    async def _api_change(self, request: _WebRequest, nonce: str) -> _WebResponse:
+        """SAQ's POST ``.../retry`` and ``.../abort`` of one job: 200 with the job when
+        done, 409 when its status does not allow it."""
+        job = await self._job(request, request.query)
+        action = request.segments[-1]
+        try:
+            if action == "retry":
+                done = await _retry_job(job, "retried from the web page")
+            else:
+                done = await _abort_job(job, "aborted from the web page")
+        except _OpsError as exc:
+            raise _WebError(409, str(exc)) from None
+        if not done:
+            raise _WebError(
+                409, _WEB_NOTICES["not-retried" if action == "retry" else "not-aborted"]
+            )
+        return _json_response({"job": _job_json(job)})
+
+    async def _api_bulk(self, request: _WebRequest, nonce: str) -> _WebResponse:
+        """POST ``/api/bulk?action=retry|abort|delete&queue=&status=&function=``: the
+        bulk action at once (no confirmation), with how many jobs matched and changed."""
+        params = {**request.query, **request.form()}
+        store = self._store(request, params)
+        action, where = self._bulk_filter(params)
+        matched = await _count_jobs(store, where)
+        done = await _bulk_action(store, where, action)
+        return _json_response({"action": action, "matched": matched, "done": done})
+
+    async def _api_csrf(self, request: _WebRequest, nonce: str) -> _WebResponse:
+        """The token a JSON API POST sends in the ``X-Saqlite-Csrf`` header."""
+        return _json_response({"token": self.csrf_token(request), "header": "X-Saqlite-Csrf"})
 
 
 class _WebError(Exception):
@@ -8011,6 +9004,51 @@ def _same_origin(request: _WebRequest) -> bool:
     return urllib.parse.urlsplit(origin).netloc in hosts
 
 
+#: The header a JSON API POST carries its CSRF token in (from GET /api/csrf).
+_CSRF_HEADER = "x-saqlite-csrf"
+
+
+def _csrf_refusal(request: _WebRequest) -> str:
+    if request.path.startswith("/api/"):
+        return (
+            "This POST has no valid CSRF token: send the token of GET /api/csrf (the same "
+            "user) in the X-Saqlite-Csrf header"
+        )
+    return (
+        "This form has no valid CSRF token (the page was served before the server "
+        "restarted?): reload the page and submit it again"
+    )
+
+
+async def _stream(
+    chunks: t.AsyncGenerator[bytes, None], receive: _ASGIReceive, send: _ASGISend
+) -> None:
+    """Send a response's chunks as they come, until they end or the client goes."""
+
+    async def pump() -> None:
+        async for chunk in chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+    async def client_gone() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    tasks = [asyncio.ensure_future(pump()), asyncio.ensure_future(client_gone())]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await chunks.aclose()
+    for task in done:
+        if task is tasks[1]:
+            return  # the client went: nothing more to send
+        task.result()  # the stream's error, to the server that logs it
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 def web_app(
     sources: t.Union[str, Queue, Sequence[t.Union[str, Queue]]],
     *,
@@ -8018,6 +9056,7 @@ def web_app(
     auth_password: t.Optional[str] = None,
     refresh_s: float = 3.0,
     allowed_hosts: t.Optional[Sequence[str]] = None,
+    csrf_secret: t.Optional[str] = None,
 ) -> _WebApp:
     """The monitoring page as an ASGI application, to serve or to mount in Starlette
     or FastAPI (``app.mount("/saqlite", web_app("jobs.db"))``).
@@ -8027,12 +9066,17 @@ def web_app(
             in their files is shown (a Queue's ``dump``/``load`` are used for its name).
         auth_user: the basic-auth user (default: env ``AUTH_USER``, else ``admin``).
         auth_password: with one (default: env ``AUTH_PASSWORD``) every request needs it.
-        refresh_s: seconds between refreshes of an open page.
+        refresh_s: seconds between looks for changes the wake-ups missed (an open page
+            is told of changes at once through ``/events``; without EventSource it
+            polls this often).
         allowed_hosts: host names the page answers to besides IP addresses,
             ``localhost`` and this machine's name (a defence against DNS rebinding);
             ``".example.com"`` allows its subdomains, ``"*"`` any name. None (the
             default) allows any name when ``auth_password`` is set or the app is
             mounted below a path (the app that mounts it checks hosts).
+        csrf_secret: the key of the CSRF tokens every POST carries (default: env
+            ``SAQLITE_CSRF_SECRET``, else random per app): give processes that serve
+            one page behind a load balancer the same one.
 
     The app closes its connections on ASGI lifespan shutdown; where it gets none (a
     mounted app), ``await app.close()`` on shutdown.
@@ -8056,219 +9100,212 @@ def web_app(
         auth_password if auth_password is not None else os.environ.get("AUTH_PASSWORD"),
         refresh_s,
         allowed_hosts,
+        csrf_secret=csrf_secret or os.environ.get("SAQLITE_CSRF_SECRET"),
     )
 
 
-# -- a small HTTP/1.1 server on asyncio, for the ASGI app ---------------------
+# -- serving the ASGI app with the standard library's ThreadingHTTPServer ------
+
+#: Seconds a stopping page gives its requests and connections to close.
+_PAGE_STOP_S = 10.0
+#: Seconds between looks at whether a streaming response's client has gone.
+_HTTP_GONE_CHECK_S = 1.0
+_HTTP_DONE = object()  # the end of an app's messages, for the handler's thread
 
 
-class _BadRequest(Exception):
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
+class _HTTPServer(http.server.ThreadingHTTPServer):
+    """The standard library's threaded HTTP server, for one _PageServer."""
+
+    daemon_threads = True
+    block_on_close = False  # a long stream (/events) must not hold up a stop
+    allow_reuse_address = sys.platform != "win32"  # on Windows it would share a busy port
+    allow_reuse_port = False
+
+    def __init__(self, page: _PageServer, host: str, port: int) -> None:
+        self.page = page
+        self.address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        super().__init__((host, port), _PageHandler)
+
+    def server_bind(self) -> None:  # HTTPServer's looks the host name up (slow, and unused)
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
 
 
-async def _read_request(
-    reader: asyncio.StreamReader,
-) -> tuple[str, str, list[tuple[bytes, bytes]], bytes]:
-    """Method, target, headers and body of one request.
+class _PageHandler(http.server.BaseHTTPRequestHandler):
+    """One request, on its own thread: handed to the ASGI app on the page's event loop,
+    its response written back as the app sends it (streams too)."""
 
-    Raises:
-        _BadRequest: a malformed or too large request.
-        asyncio.IncompleteReadError: the client went away.
-    """
-    line = await reader.readuntil(b"\r\n")
-    parts = line.decode("latin-1").split()
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise _BadRequest(400)
-    method, target, _version = parts
-    headers: list[tuple[bytes, bytes]] = []
-    while True:
-        line = await reader.readuntil(b"\r\n")
-        if line == b"\r\n":
-            break
-        name, sep, value = line.partition(b":")
-        if not sep or len(headers) >= _HTTP_MAX_HEADERS:
-            raise _BadRequest(400)
-        headers.append((name.strip().lower(), value.strip()))
-    length = next((value for name, value in headers if name == b"content-length"), b"0")
-    if not length.isdigit():
-        raise _BadRequest(400)
-    if int(length) > _WEB_MAX_BODY:
-        raise _BadRequest(413)
-    body = await reader.readexactly(int(length))
-    return method, target, headers, body
+    server: _HTTPServer
+    protocol_version = "HTTP/1.1"
+    timeout = _HTTP_READ_TIMEOUT_S
 
-
-async def _handle_http(
-    app: _WebApp, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> None:
-    """Serve one request on a connection (then close it), through the ASGI app."""
-    try:
-        try:
-            method, target, headers, body = await asyncio.wait_for(
-                _read_request(reader), _HTTP_READ_TIMEOUT_S
-            )
-        except _BadRequest as exc:
-            phrase = http.HTTPStatus(exc.status).phrase
-            writer.write(
-                f"HTTP/1.1 {exc.status} {phrase}\r\nConnection: close\r\n"
-                "Content-Length: 0\r\n\r\n".encode()
-            )
-            await writer.drain()
+    def _serve(self) -> None:
+        self.close_connection = True
+        length = self.headers.get("content-length", "0")
+        if not length.isdigit():
+            self.send_error(400, "Bad Content-Length")
             return
-        path, _, query = target.partition("?")
+        if int(length) > _WEB_MAX_BODY:
+            self.send_error(413, f"Request body over {_WEB_MAX_BODY} bytes")
+            return
+        body = self.rfile.read(int(length))
+        target = urllib.parse.urlsplit(self.path)
         scope = {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.3"},
             "http_version": "1.1",
-            "method": method.upper(),
+            "method": self.command.upper(),
             "scheme": "http",
-            "path": urllib.parse.unquote(path),
-            "raw_path": path.encode("latin-1"),
-            "query_string": query.encode("latin-1"),
+            "path": urllib.parse.unquote(target.path),
+            "raw_path": target.path.encode("latin-1"),
+            "query_string": target.query.encode("latin-1"),
             "root_path": "",
-            "headers": headers,
-            "client": writer.get_extra_info("peername"),
-            "server": writer.get_extra_info("sockname"),
+            "headers": [
+                (name.lower().encode("latin-1"), value.encode("latin-1"))
+                for name, value in self.headers.items()
+            ],
+            "client": self.client_address[:2],
+            "server": self.server.server_address[:2],
         }
-        sent = started = False
+        page = self.server.page
+        messages: queue_module.SimpleQueue[t.Any] = queue_module.SimpleQueue()
+        gone: list[asyncio.Event] = []
 
-        async def receive() -> _ASGIMessage:
-            nonlocal sent
-            if sent:
-                await asyncio.Event().wait()  # no disconnect news: the request is whole
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
+        async def call() -> None:
+            gone.append(asyncio.Event())
+            received = False
 
-        async def send(message: _ASGIMessage) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                status = int(message["status"])
-                lines = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}"]
-                lines += [
-                    f"{k.decode('latin-1')}: {v.decode('latin-1')}"
-                    for k, v in message.get("headers", [])
-                ]
-                lines.append("connection: close")
-                writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-            elif message["type"] == "http.response.body":
-                writer.write(message.get("body", b""))
-                await writer.drain()
+            async def receive() -> _ASGIMessage:
+                nonlocal received
+                if received:  # the request is whole: wait for the client to go
+                    await gone[0].wait()
+                    return {"type": "http.disconnect"}
+                received = True
+                return {"type": "http.request", "body": body, "more_body": False}
 
+            async def send(message: _ASGIMessage) -> None:
+                messages.put(message)
+
+            await page.app(scope, receive, send)
+
+        future = asyncio.run_coroutine_threadsafe(call(), page.loop)
+        future.add_done_callback(lambda _: messages.put(_HTTP_DONE))
+        started = False
         try:
-            await app(scope, receive, send)
+            while True:
+                try:
+                    message = messages.get(timeout=_HTTP_GONE_CHECK_S)
+                except queue_module.Empty:
+                    if started and self._client_gone():
+                        raise ConnectionResetError("the client went away") from None
+                    continue
+                if message is _HTTP_DONE:
+                    break
+                if message["type"] == "http.response.start":
+                    started = True
+                    self.send_response(int(message["status"]))
+                    for name, value in message.get("headers", []):
+                        self.send_header(name.decode("latin-1"), value.decode("latin-1"))
+                    self.send_header("connection", "close")
+                    self.end_headers()
+                elif message["type"] == "http.response.body":
+                    self.wfile.write(message.get("body", b""))
+                    self.wfile.flush()
+            future.result()
+        except concurrent.futures.CancelledError:
+            pass  # the page is stopping
+        except (ConnectionError, OSError):  # the client went away: end its request
+            future.cancel()
+            with contextlib.suppress(RuntimeError):  # the loop has ended
+                for event in gone:
+                    page.loop.call_soon_threadsafe(event.set)
         except Exception:  # an answer, not a dropped connection; the traceback to the log
-            logger.exception("The page failed on %s %s", method, path)
+            logger.exception("The page failed on %s %s", self.command, target.path)
             if not started:
-                writer.write(
-                    b"HTTP/1.1 500 Internal Server Error\r\nConnection: close\r\n"
-                    b"Content-Length: 0\r\n\r\n"
-                )
-                await writer.drain()
-    except (
-        asyncio.IncompleteReadError,
-        asyncio.LimitOverrunError,
-        asyncio.TimeoutError,
-        ConnectionError,
-    ):
-        pass  # the client went away or was too slow
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await writer.wait_closed()
+                self.send_error(500, "The page failed: its log tells why.")
+
+    def _client_gone(self) -> bool:
+        """Whether the client has closed its end (a read would give nothing)."""
+        try:
+            ready, _, _ = select.select([self.connection], [], [], 0)
+            return bool(ready) and not self.connection.recv(1, socket.MSG_PEEK)
+        except (OSError, ValueError):
+            return True
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _serve
+
+    def log_message(self, format: str, *args: t.Any) -> None:
+        logger.debug("page: %s %s", self.address_string(), format % args)
 
 
-async def _start_http(
-    app: _WebApp, host: str = "127.0.0.1", port: int = 8080
-) -> asyncio.AbstractServer:
-    """Listen for HTTP on ``host:port`` (port 0 = any free one), serving the app.
+class _PageServer:
+    """The page on ``host:port``: each request on a thread of the standard library's
+    ThreadingHTTPServer, run by the ASGI app on an event loop of the page's own (a
+    thread with its own connections), so a heavy request never stalls a worker's loop.
 
     Raises:
         _OpsError: the address cannot be bound (in use, not of this machine).
     """
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _handle_http(app, reader, writer)
-
-    try:
-        server = await asyncio.start_server(handle, host, port)
-    except OSError as exc:
-        raise _OpsError(
-            f"Cannot serve the page on {host}:{port} ({exc.strerror or exc}): choose another "
-            "--port, or --host an address of this machine"
-        ) from None
-    address = server.sockets[0].getsockname()
-    if not app.auth_password and host not in ("127.0.0.1", "localhost", "::1"):
-        print(
-            f"saqlite: warning: the page on {host} lets anyone retry and abort jobs; "
-            "set AUTH_PASSWORD",
-            file=sys.stderr,
+    def __init__(self, app: _WebApp, host: str = "127.0.0.1", port: int = 8080) -> None:
+        self.app = app
+        try:
+            self._httpd = _HTTPServer(self, host, port)
+        except OSError as exc:
+            raise _OpsError(
+                f"Cannot serve the page on {host}:{port} ({exc.strerror or exc}): choose "
+                "another --port, or --host an address of this machine"
+            ) from None
+        self.loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(
+            target=self.loop.run_forever, name="saqlite-page-loop", daemon=True
         )
-    print(f"saqlite: serving the page at http://{address[0]}:{address[1]}/", flush=True)
-    return server
+        self._loop_thread.start()
+        self._serving: t.Optional[threading.Thread] = None
+        self.port = int(self._httpd.server_address[1])
+        if not app.auth_password and host not in ("127.0.0.1", "localhost", "::1"):
+            print(
+                f"saqlite: warning: the page on {host} lets anyone retry and abort jobs; "
+                "set AUTH_PASSWORD",
+                file=sys.stderr,
+            )
+        shown = f"[{host}]" if ":" in host else host
+        print(f"saqlite: serving the page at http://{shown}:{self.port}/", flush=True)
 
-
-async def _serve_web(app: _WebApp, host: str = "127.0.0.1", port: int = 8080) -> None:
-    """Serve the page until cancelled (binds 127.0.0.1 unless told otherwise)."""
-    server = await _start_http(app, host, port)
-    async with server:
-        await server.serve_forever()
-
-
-#: Seconds a stopping ``--web`` process gives the page's thread to close its connections.
-_PAGE_STOP_S = 10.0
-
-
-class _PageThread:
-    """The page served on a thread of its own, with its own event loop and its own
-    connections, so that a heavy request never stalls the worker's loop."""
-
-    def __init__(self, app: _WebApp, host: str, port: int) -> None:
-        self._app, self._host, self._port = app, host, port
-        self._thread = threading.Thread(target=self._run, name="saqlite-page", daemon=True)
-        self._ready = threading.Event()
-        self._error: t.Optional[BaseException] = None
-        self._loop: t.Optional[asyncio.AbstractEventLoop] = None
-        self._stopped: t.Optional[asyncio.Event] = None
+    def serve_forever(self) -> None:
+        """Serve on this thread until ``stop()`` (or KeyboardInterrupt)."""
+        self._httpd.serve_forever(poll_interval=0.25)
 
     def start(self) -> None:
-        """Serve once the port is bound.
-
-        Raises:
-            _OpsError: the port could not be bound.
-        """
-        self._thread.start()
-        self._ready.wait()
-        if self._error is not None:
-            raise self._error
+        """Serve on a thread of its own."""
+        self._serving = threading.Thread(
+            target=self.serve_forever, name="saqlite-page", daemon=True
+        )
+        self._serving.start()
 
     def stop(self) -> None:
-        """Stop serving and close the page's connections."""
-        if self._loop is not None and self._stopped is not None:
-            with contextlib.suppress(RuntimeError):  # its loop has ended already
-                self._loop.call_soon_threadsafe(self._stopped.set)
-        self._thread.join(_PAGE_STOP_S)  # a daemon: a request stuck past it ends with the process
+        """Stop serving, end the requests in progress and close the page's connections."""
+        if self._serving is not None:
+            self._httpd.shutdown()
+            self._serving.join(_PAGE_STOP_S)
+        self._httpd.server_close()
 
-    def _run(self) -> None:
-        asyncio.run(self._serve())
+        async def close() -> None:
+            current = asyncio.current_task()
+            for task in asyncio.all_tasks():
+                if task is not current:
+                    task.cancel()
+            await self.app.close()
 
-    async def _serve(self) -> None:
         try:
-            server = await _start_http(self._app, self._host, self._port)
-        except BaseException as exc:  # told to start(), in the calling thread
-            self._error = exc
-            self._ready.set()
-            return
-        self._loop, self._stopped = asyncio.get_running_loop(), asyncio.Event()
-        self._ready.set()
-        try:
-            await self._stopped.wait()
+            asyncio.run_coroutine_threadsafe(close(), self.loop).result(_PAGE_STOP_S)
+        except concurrent.futures.TimeoutError:
+            logger.warning("The page's connections did not close within %s s", _PAGE_STOP_S)
         finally:
-            server.close()
-            await server.wait_closed()
-            await self._app.close()
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._loop_thread.join(_PAGE_STOP_S)
+            if not self._loop_thread.is_alive():
+                self.loop.close()
 
 
 def _serve_web_with_worker(
@@ -8287,7 +9324,7 @@ def _serve_web_with_worker(
     queue, settings = _load_settings(settings_name)
     extra = [_load_settings(name)[0] for name in extra_settings]
     worker = Worker(queue, **settings)
-    page = _PageThread(web_app([queue, *extra], allowed_hosts=allowed_hosts), host, port)
+    page = _PageServer(web_app([queue, *extra], allowed_hosts=allowed_hosts), host, port)
     page.start()
     try:
         asyncio.run(worker.start())

@@ -457,6 +457,10 @@ class Server:
         finally:
             conn.close()
 
+    def csrf(self, headers: t.Optional[dict[str, str]] = None) -> dict[str, str]:
+        """The CSRF field a form POST carries (from /api/csrf)."""
+        return {"csrf": json.loads(self.request("/api/csrf", headers=headers)[2])["token"]}
+
 
 def start(args: list[str], cwd: t.Optional[Path] = None, **extra: str) -> Server:
     """Start a server process and read the URL it prints."""
@@ -529,6 +533,8 @@ def test_web_retry_and_abort_are_post_forms(web: Server, db: Path) -> None:
     job = stored(db, "bad")
     assert job is not None and job.status == Status.FAILED
 
+    assert web.request("/retry", "POST", form)[0] == 403  # no CSRF token
+    form.update(web.csrf())
     status, headers, _ = web.request("/retry", "POST", form)
     assert status == 303
     assert headers["location"] == "/job?queue=default&key=bad&done=retried"
@@ -538,11 +544,11 @@ def test_web_retry_and_abort_are_post_forms(web: Server, db: Path) -> None:
     assert "The job is back in the queue." in page
     assert 'id="abort"' in page
 
-    status, headers, _ = web.request("/abort", "POST", {"queue": "default", "key": "bad"})
+    status, headers, _ = web.request("/abort", "POST", form)
     assert headers["location"].endswith("done=aborted")
     job = stored(db, "bad")
     assert job is not None and job.status == Status.ABORTED
-    status, headers, _ = web.request("/abort", "POST", {"queue": "default", "key": "bad"})
+    status, headers, _ = web.request("/abort", "POST", form)
     assert headers["location"].endswith("done=not-aborted")
 
 
@@ -605,7 +611,11 @@ def test_asgi_app_mounted_below_a_prefix(db: Path) -> None:
         try:
             await call(scope("GET", "/saqlite/jobs", b"status=failed"))  # Starlette >= 0.33
             await call(scope("GET", "/jobs", b"status=failed"))  # path below the mount
-            await call(scope("POST", "/saqlite/retry"), b"queue=default&key=bad")
+            page = sent[1]["body"].decode()
+            token = page.split('name="csrf-token" content="')[1].split('"')[0]
+            await call(
+                scope("POST", "/saqlite/retry"), f"queue=default&key=bad&csrf={token}".encode()
+            )
         finally:
             await app.close()
 
@@ -711,9 +721,6 @@ def test_page_in_a_headless_browser(web: Server, db: Path) -> None:
             assert XSS in page.inner_text("pre.kwargs")
             assert page.locator("script").count() == 1
             assert page.inner_text("#status") == "failed"
-            if os.environ.get("SAQLITE_SCREENSHOT"):
-                (HERE / "docs").mkdir(exist_ok=True)
-                page.screenshot(path=str(HERE / "docs" / "web.png"), full_page=True)
 
             page.click("button#retry")
             page.wait_for_selector("p.notice")
@@ -941,7 +948,7 @@ def test_jobs_another_dump_wrote_are_never_rewritten(tmp_path: Path) -> None:
         assert status == 200
         assert "was stored with a custom dump/load" in page
         assert 'id="retry"' not in page
-        form = {"queue": "default", "key": "failed1"}
+        form = {"queue": "default", "key": "failed1", **server.csrf()}
         status, _, page = server.request("/retry", "POST", form=form)
         assert status == 409
         assert "was stored with a custom dump/load" in page
@@ -1232,20 +1239,20 @@ def test_the_server_answers_500_when_an_app_raises(caplog: pytest.LogCaptureFixt
         async def __call__(self, scope: t.Any, receive: t.Any, send: t.Any) -> None:
             raise RuntimeError("the app broke")
 
-    async def request() -> bytes:
-        server = await ops._start_http(t.cast(t.Any, Broken()), "127.0.0.1", 0)
-        try:
-            port = t.cast(t.Any, server).sockets[0].getsockname()[1]
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-            answer = await reader.read()
-            writer.close()
-            return answer
-        finally:
-            server.close()
-            await server.wait_closed()
+        async def close(self) -> None:
+            pass
 
-    assert run(request()).startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    server = ops._PageServer(t.cast(t.Any, Broken()), "127.0.0.1", 0)
+    server.start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        assert response.status == 500
+        assert b"The page failed: its log tells why." in response.read()
+        conn.close()
+    finally:
+        server.stop()
     assert "RuntimeError: the app broke" in caplog.text
 
 
