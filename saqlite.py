@@ -540,7 +540,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
     ),
     (  # version 6: listings of one function's jobs, newest first, without a scan
-        "CREATE INDEX saqlite_jobs_function ON saqlite_jobs (function, queued)",
+        "CREATE INDEX saqlite_jobs_newest_function ON saqlite_jobs (function, queued)",
     ),
     (),  # version 7: the flow branch's (pause, rate and concurrency limits)
     (  # version 8: the figures of finished jobs (saqlite stats, /metrics, the page)
@@ -6091,7 +6091,7 @@ ORDER BY queued DESC, rowid DESC LIMIT :limit OFFSET :offset
 """
 # A listing that has few jobs to list (by _SQL_OPS_COUNTS) finds them by queue and
 # status and sorts them; else it walks, from the newest, saqlite_jobs_unsuccessful for
-# failed and aborted jobs, saqlite_jobs_function for one function's, or else
+# failed and aborted jobs, saqlite_jobs_newest_function for one function's, or else
 # saqlite_jobs_newest.
 _LIST_SORT_MAX = 10000
 _SQL_OPS_WHERE_FEW = (
@@ -6143,7 +6143,7 @@ async def _listing(
             condition += " AND status = :only"
             params["only"] = where.statuses[0]
     elif where.function is not None:
-        index = "saqlite_jobs_function"
+        index = "saqlite_jobs_newest_function"
     if sum(n for _, _, n in counts) <= _LIST_SORT_MAX:
         index = "saqlite_jobs_ready"
         condition += " AND " + _SQL_OPS_WHERE_FEW
