@@ -96,6 +96,7 @@ __all__ = [
     "DEFAULT_SWEPT_JOB_ERROR",
     "DumpType",
     "EnqueueStreamError",
+    "FlowRule",
     "Function",
     "InvalidUrlError",
     "Job",
@@ -487,6 +488,84 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         BEGIN DELETE FROM saqlite_steps WHERE queue = OLD.queue AND key = OLD.key; END
         """,
     ),
+    (  # version 6: flow control (see Queue.pause and Queue.limit)
+        # A queue's pauses and limits: per function, or for the whole queue (function '').
+        # A row holds only what is set: clearing its last setting deletes it (below).
+        """
+        CREATE TABLE saqlite_flow (
+            queue        TEXT    NOT NULL,
+            function     TEXT    NOT NULL,  -- '' for the whole queue
+            paused       INTEGER NOT NULL DEFAULT 0,
+            paused_until REAL,     -- epoch s by SQLite's clock; NULL: until resumed
+            rate         INTEGER,  -- at most `rate` starts ...
+            period       REAL,     -- ... in any `period` seconds
+            concurrency  INTEGER,  -- at most this many running at once
+            per_group    INTEGER,  -- (whole queue) running at once per group_key; NULL: 1
+            PRIMARY KEY (queue, function)
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TRIGGER saqlite_flow_cleared AFTER UPDATE ON saqlite_flow
+        WHEN NOT NEW.paused AND NEW.rate IS NULL AND NEW.concurrency IS NULL
+            AND NEW.per_group IS NULL
+        BEGIN
+            DELETE FROM saqlite_flow WHERE queue = NEW.queue AND function = NEW.function;
+        END
+        """,
+        # The starts of rate-limited functions (and queues) within their period: the
+        # claim allows a start while fewer than `rate` are newer than now - period.
+        # Written by the claim's own statement (the trigger below), pruned as it goes:
+        # at most `rate` rows per limit stay.
+        """
+        CREATE TABLE saqlite_flow_starts (
+            queue    TEXT    NOT NULL,
+            function TEXT    NOT NULL,  -- '' for the whole queue
+            started  INTEGER NOT NULL   -- epoch ms by SQLite's clock: the job's `started`
+        )
+        """,
+        """
+        CREATE INDEX saqlite_flow_starts_window
+        ON saqlite_flow_starts (queue, function, started)
+        """,
+        """
+        CREATE TRIGGER saqlite_flow_started AFTER UPDATE OF status ON saqlite_jobs
+        WHEN NEW.status = 'active' AND OLD.status = 'queued' AND EXISTS (
+            SELECT 1 FROM saqlite_flow WHERE queue = NEW.queue
+              AND function IN ('', NEW.function) AND rate IS NOT NULL)
+        BEGIN
+            INSERT INTO saqlite_flow_starts (queue, function, started)
+            SELECT queue, function, NEW.started FROM saqlite_flow
+            WHERE queue = NEW.queue AND function IN ('', NEW.function) AND rate IS NOT NULL;
+            DELETE FROM saqlite_flow_starts WHERE rowid IN (
+                SELECT start.rowid FROM saqlite_flow AS rule
+                JOIN saqlite_flow_starts AS start
+                  ON start.queue = rule.queue AND start.function = rule.function
+                WHERE rule.queue = NEW.queue AND rule.function IN ('', NEW.function)
+                  AND rule.rate IS NOT NULL
+                  AND start.started <= NEW.started - rule.period * 1000);
+        END
+        """,
+        # A rate's log goes with it.
+        """
+        CREATE TRIGGER saqlite_flow_rate_cleared AFTER UPDATE OF rate ON saqlite_flow
+        WHEN NEW.rate IS NULL
+        BEGIN
+            DELETE FROM saqlite_flow_starts WHERE queue = NEW.queue AND function = NEW.function;
+        END
+        """,
+        """
+        CREATE TRIGGER saqlite_flow_deleted AFTER DELETE ON saqlite_flow
+        BEGIN
+            DELETE FROM saqlite_flow_starts WHERE queue = OLD.queue AND function = OLD.function;
+        END
+        """,
+        # Waiting jobs by function: a claim under limits takes each function's next
+        # jobs from here, so the jobs a limit holds back are never read past.
+        """
+        CREATE INDEX saqlite_jobs_function ON saqlite_jobs (queue, function, priority, run_at)
+        WHERE status = 'queued'
+        """,
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -698,15 +777,35 @@ class WorkerInfo(t.TypedDict):
     metadata: t.Optional[dict[str, t.Any]]
 
 
-class QueueInfo(t.TypedDict):
-    """What ``Queue.info()`` returns."""
+class FlowRule(t.TypedDict):
+    """saqlite only: a pause or limits of a queue (``function`` None) or of one of its
+    functions, with their current use (see ``Queue.pause``, ``Queue.limit``)."""
 
+    function: t.Optional[str]
+    paused: bool
+    paused_until: t.Optional[float]  # epoch s, while paused until a time
+    rate: t.Optional[str]  # "60/m": at most 60 starts in any 60 s
+    concurrency: t.Optional[int]
+    per_group: t.Optional[int]  # whole queue: running at once per group_key
+    running: int  # jobs of the function (or queue) running now
+    started: t.Optional[int]  # starts within the rate's last period
+    busiest_group: t.Optional[int]  # with per_group: most running in one group_key
+
+
+class _QueueCounts(t.TypedDict):
     workers: dict[str, WorkerInfo]
     name: str
     queued: int
     active: int
     scheduled: int
     jobs: list[dict[str, t.Any]]
+
+
+class QueueInfo(_QueueCounts, total=False):
+    """What ``Queue.info()`` returns; ``flow`` (saqlite only) while the queue has a
+    pause or a limit."""
+
+    flow: list[FlowRule]
 
 
 class _QueueOptions(t.TypedDict, total=False):
@@ -1249,6 +1348,9 @@ class Queue:
         self._result_reads = _Batcher(self._read_results)
         self._step_writes = _Batcher(self._write_step_rows)  # see step(): no job changes
         self._wakeup = _Wakeup(self)
+        # Whether the file had pauses or limits for this queue when last looked at:
+        # which claim to run (see Queue._claim), and whether a finish frees a slot.
+        self._flow = False
         self.worst_lock_wait = 0.0  # seconds: the longest a statement waited for the file
         self.started = now()
         self.complete = 0
@@ -1507,6 +1609,80 @@ class Queue:
         """
         return await self._drive(_info_steps(self, jobs, offset, limit))
 
+    # -- flow control (saqlite only) -----------------------------------------
+
+    async def pause(
+        self,
+        function: t.Optional[str] = None,
+        *,
+        until: t.Union[datetime, float, None] = None,
+        for_s: t.Optional[float] = None,
+    ) -> None:
+        """saqlite only: stop starting jobs of the queue, or of one function in it,
+        until ``resume`` (or until a time). Their jobs stay queued; running jobs finish.
+        Workers in every process obey at their next claim (they are woken now); the
+        pause lives in the file, so it outlasts restarts.
+
+        Args:
+            function: a job function's name; None pauses the whole queue.
+            until: end the pause at this time (a datetime, or epoch seconds).
+            for_s: end the pause this many seconds from now.
+
+        Raises:
+            ValueError: a bad function name, both ``until`` and ``for_s``, or a time
+                that has passed.
+        """
+        await self._drive(_pause_steps(self.name, function, until, for_s))
+        await self._wakeup.notify("jobs")
+
+    async def resume(self, function: t.Optional[str] = None) -> None:
+        """saqlite only: end the pause of the queue (None), or of one function: its
+        jobs are claimed again at once. A function paused on its own stays paused
+        when the queue resumes."""
+        await self._drive(_resume_steps(self.name, function))
+        await self._wakeup.notify("jobs")
+
+    async def limit(
+        self,
+        function: t.Optional[str] = None,
+        *,
+        rate: t.Union[str, tuple[int, float], None] = None,
+        concurrency: t.Optional[int] = None,
+        per_group: t.Optional[int] = None,
+        clear: bool = False,
+    ) -> None:
+        """saqlite only: limit how jobs of one function (or of the whole queue, None)
+        start, exactly, across every worker of every process. Limits given are set,
+        the others kept; they live in the file.
+
+        Args:
+            rate: at most N starts in any window of a period: ``"60/m"``, ``"100/s"``,
+                ``"5/10s"``, ``"1000/h"``, ``"2/d"``, or ``(N, seconds)``.
+            concurrency: at most this many running at once.
+            per_group: (whole queue only) at most this many jobs of one ``group_key``
+                running at once (1 without it).
+            clear: remove the function's (or queue's) limits first.
+
+        Raises:
+            ValueError: a bad rate or count (they are whole numbers from 1), or
+                ``per_group`` with a function.
+        """
+        params = _limit_params(
+            self.name,
+            function,
+            rate=rate,
+            concurrency=concurrency,
+            per_group=per_group,
+            clear=clear,
+        )
+        await self._atomic(_limit_steps(params))
+        await self._wakeup.notify("jobs")
+
+    async def flow(self) -> list[FlowRule]:
+        """saqlite only: the pauses and limits in force on this queue, with their use
+        (also in ``info()["flow"]``)."""
+        return await self._drive(_flow_steps(self.name))
+
     # -- waiting for results -------------------------------------------------
 
     async def apply(
@@ -1714,7 +1890,7 @@ class Queue:
         self._count(job.status)
         if logger.isEnabledFor(logging.INFO):
             logger.info("Finished %s", job.info(logger.isEnabledFor(logging.DEBUG)))
-        if job.group_key is not None:  # the next job of its group may run now
+        if job.group_key is not None or self._flow:  # the next of its group or limit may run
             await self._wakeup.notify("jobs")
 
     def _set_finished(
@@ -2283,6 +2459,81 @@ class Queue:
         WHERE rowid IN (
             SELECT id FROM (SELECT * FROM ungrouped UNION ALL SELECT * FROM grouped)
             ORDER BY priority, run_at, id LIMIT :limit)
+          AND NOT {_SQL_FLOW_IN_FORCE}
+        RETURNING key, priority, run_at, {_LOAD_COLUMNS}
+        """
+
+    @staticmethod
+    @functools.lru_cache(maxsize=2)
+    def _flow_claim_sql(in_range: bool) -> str:
+        """The claim of a queue with pauses or limits (see Queue.limit): as _claim_sql,
+        in one statement, but it takes each function's next jobs apart (one index seek
+        per function with waiting jobs: held-back jobs are never read past), at most
+        the budget each limit has left. Starts are logged by saqlite_flow_started."""
+        # budget: how many more may start now; 0 while paused. MAX(.., 0): a limit
+        # lowered below its use must not give a negative LIMIT (which means none).
+        test = " AND priority BETWEEN :low AND :high" if in_range else ""
+        return f"""
+        WITH RECURSIVE rules AS (
+            SELECT r.function, r.per_group, MAX(0, CASE
+                WHEN r.paused AND (r.paused_until IS NULL OR r.paused_until > {_SQL_NOW}) THEN 0
+                ELSE MIN(:limit,
+                    COALESCE(r.rate - (SELECT COUNT(*) FROM saqlite_flow_starts AS start
+                        WHERE start.queue = :queue AND start.function = r.function
+                          AND start.started > {_SQL_NOW_MS} - r.period * 1000), :limit),
+                    COALESCE(r.concurrency - (SELECT COUNT(*) FROM saqlite_jobs AS job
+                        WHERE job.queue = :queue AND job.status IN {_RUNNING_SQL}
+                          AND (r.function = '' OR job.function = r.function)), :limit))
+                END) AS budget
+            FROM saqlite_flow AS r WHERE r.queue = :queue
+        ), whole AS (
+            SELECT COALESCE((SELECT budget FROM rules WHERE function = ''), :limit) AS budget,
+                COALESCE((SELECT per_group FROM rules WHERE function = ''), 1) AS per_group
+        ), waiting(function) AS (
+            SELECT (SELECT function FROM saqlite_jobs INDEXED BY saqlite_jobs_function
+                    WHERE queue = :queue AND status = 'queued' ORDER BY function LIMIT 1)
+            UNION ALL
+            SELECT (SELECT job.function FROM saqlite_jobs AS job INDEXED BY saqlite_jobs_function
+                    WHERE job.queue = :queue AND job.status = 'queued'
+                      AND job.function > waiting.function
+                    ORDER BY job.function LIMIT 1)
+            FROM waiting WHERE waiting.function IS NOT NULL
+        ), allowed AS (
+            SELECT waiting.function, COALESCE(rules.budget, :limit) AS budget
+            FROM waiting LEFT JOIN rules ON rules.function = waiting.function
+            WHERE waiting.function IS NOT NULL AND COALESCE(rules.budget, :limit) > 0
+        ), full_group AS (
+            SELECT group_key FROM saqlite_jobs
+            WHERE queue = :queue AND group_key IS NOT NULL AND status IN {_RUNNING_SQL}
+            GROUP BY group_key HAVING COUNT(*) >= (SELECT per_group FROM whole)
+        ), candidate AS (
+            SELECT job.rowid AS id, job.priority, job.run_at, job.function, job.group_key,
+                allowed.budget
+            FROM allowed, saqlite_jobs AS job
+            WHERE job.rowid IN (
+                SELECT rowid FROM saqlite_jobs INDEXED BY saqlite_jobs_function
+                WHERE queue = :queue AND status = 'queued' AND function = allowed.function{test}
+                  AND run_at <= {_SQL_NOW}
+                  AND (group_key IS NULL OR group_key NOT IN (SELECT group_key FROM full_group))
+                ORDER BY priority, run_at, rowid LIMIT :limit)
+        ), ranked AS (
+            SELECT id, priority, run_at, group_key, budget,
+                ROW_NUMBER() OVER (
+                    PARTITION BY function ORDER BY priority, run_at, id) AS in_function,
+                ROW_NUMBER() OVER (
+                    PARTITION BY group_key ORDER BY priority, run_at, id) AS in_group
+            FROM candidate
+        )
+        UPDATE saqlite_jobs
+        SET status = 'active', worker_id = :worker_id, attempts = attempts + 1,
+            started = {_SQL_NOW_MS}, touched = {_SQL_NOW_MS}
+        WHERE rowid IN (
+            SELECT id FROM ranked
+            WHERE in_function <= budget AND (group_key IS NULL OR in_group + (
+                SELECT COUNT(*) FROM saqlite_jobs AS job
+                WHERE job.queue = :queue AND job.group_key = ranked.group_key
+                  AND job.status IN {_RUNNING_SQL}) <= (SELECT per_group FROM whole))
+            ORDER BY priority, run_at, id LIMIT (SELECT budget FROM whole))
         RETURNING key, priority, run_at, {_LOAD_COLUMNS}
         """
 
@@ -2296,9 +2547,18 @@ class Queue:
             "worker_id": worker_id,
             "limit": limit,
         }
-        rows = await self._fetch(self._claim_sql(self.priorities != _ALL_PRIORITIES), params)
+        in_range = self.priorities != _ALL_PRIORITIES
+        rows = await self._fetch(self._claim_statement(in_range), params)
         if not rows:
-            return []
+            # None came: maybe because pauses or limits came or went (the plain claim
+            # takes nothing while any is in force, so it never oversteps one).
+            flow = bool((await self._fetch(_SQL_HAS_FLOW, {"queue": self.name}))[0][0])
+            if flow == self._flow:
+                return []
+            self._flow = flow
+            rows = await self._fetch(self._claim_statement(in_range), params)
+            if not rows:
+                return []
         claimed: list[tuple[t.Any, t.Any, Job]] = []
         failed = False
         for key, priority, run_at, *loaded in rows:
@@ -2314,6 +2574,9 @@ class Queue:
         if failed:  # the next job of its group may run
             await self._wakeup.notify("jobs")
         return [job for _, _, job in claimed]
+
+    def _claim_statement(self, in_range: bool) -> str:
+        return self._flow_claim_sql(in_range) if self._flow else self._claim_sql(in_range)
 
     # The jobs a worker holds (its running jobs: few, found through the ready index).
     _SQL_HELD_JOBS = f"""
@@ -2377,6 +2640,21 @@ class Queue:
     WHERE queue = ? AND status = 'queued' AND run_at > {_SQL_NOW}
     """
 
+    # When the next pause ends or the next rate token frees (the moment the newest
+    # `rate`-th start leaves its period, plus a millisecond: starts are whole ms), in
+    # seconds from now by SQLite's clock; NULL if neither comes.
+    _SQL_NEXT_FLOW_AT = f"""
+    SELECT MIN(at) - {_SQL_NOW} FROM (
+        SELECT paused_until AS at FROM saqlite_flow WHERE queue = :queue AND paused
+        UNION ALL
+        SELECT (SELECT start.started FROM saqlite_flow_starts AS start
+                WHERE start.queue = r.queue AND start.function = r.function
+                ORDER BY start.started DESC LIMIT 1 OFFSET r.rate - 1) / 1000.0
+            + r.period + 0.001
+        FROM saqlite_flow AS r WHERE r.queue = :queue AND r.rate IS NOT NULL)
+    WHERE at > {_SQL_NOW}
+    """
+
     async def _wait_for_work(self, generation: int, limit: float) -> None:
         """Sleep until work may be ready: a wake-up, a scheduled job falling due, or a
         commit by another process (checked every _FALLBACK_POLL_S), at most ``limit``
@@ -2386,8 +2664,11 @@ class Queue:
         version = await self._data_version()
         deadline = time.monotonic() + min(limit, _FORCED_CLAIM_S)
         rows = await self._fetch(self._SQL_NEXT_RUN_AT, (self.name,))
-        if rows and rows[0][0] is not None:
-            deadline = min(deadline, time.monotonic() + max(rows[0][0], 0))
+        if self._flow:
+            rows += await self._fetch(self._SQL_NEXT_FLOW_AT, {"queue": self.name})
+        for (seconds,) in rows:
+            if seconds is not None:
+                deadline = min(deadline, time.monotonic() + max(seconds, 0))
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -3472,6 +3753,47 @@ class SyncQueue:
         """Live workers, counts, and (with ``jobs``) unfinished jobs: as ``Queue.info``."""
         return self._drive(_info_steps(self.queue, jobs, offset, limit))
 
+    def pause(
+        self,
+        function: t.Optional[str] = None,
+        *,
+        until: t.Union[datetime, float, None] = None,
+        for_s: t.Optional[float] = None,
+    ) -> None:
+        """saqlite only: pause the queue, or one function in it: as ``Queue.pause``."""
+        self._drive(_pause_steps(self.name, function, until, for_s))
+        self._wakeup.notify("jobs")
+
+    def resume(self, function: t.Optional[str] = None) -> None:
+        """saqlite only: end a pause: as ``Queue.resume``."""
+        self._drive(_resume_steps(self.name, function))
+        self._wakeup.notify("jobs")
+
+    def limit(
+        self,
+        function: t.Optional[str] = None,
+        *,
+        rate: t.Union[str, tuple[int, float], None] = None,
+        concurrency: t.Optional[int] = None,
+        per_group: t.Optional[int] = None,
+        clear: bool = False,
+    ) -> None:
+        """saqlite only: limit starts and running jobs: as ``Queue.limit``."""
+        params = _limit_params(
+            self.name,
+            function,
+            rate=rate,
+            concurrency=concurrency,
+            per_group=per_group,
+            clear=clear,
+        )
+        self._atomic(_limit_steps(params))
+        self._wakeup.notify("jobs")
+
+    def flow(self) -> list[FlowRule]:
+        """saqlite only: the pauses and limits in force, with their use: as ``Queue.flow``."""
+        return self._drive(_flow_steps(self.name))
+
     def refresh(self, job: Job, until_complete: t.Optional[float] = None) -> Job:
         """Reload a job in place, and return it.
 
@@ -4411,7 +4733,7 @@ def _info_steps(queue: Queue, jobs: bool, offset: int, limit: int) -> _Steps[Que
             waiting = (queue.name, Status.QUEUED.value, limit - len(rows), max(offset - active, 0))
             rows += yield _SQL_LIST_JOBS, waiting
         job_dicts = [queue._codec.job(row).to_dict() for row in rows]
-    return {
+    info: QueueInfo = {
         "workers": {worker.id: worker.info for worker in workers if worker.listed},
         "name": queue.name,
         "queued": queued,
@@ -4419,6 +4741,10 @@ def _info_steps(queue: Queue, jobs: bool, offset: int, limit: int) -> _Steps[Que
         "scheduled": scheduled,
         "jobs": job_dicts,
     }
+    flow = yield from _flow_steps(queue.name)
+    if flow:
+        info["flow"] = flow
+    return info
 
 
 _SQL_REQUEST_ABORT = """
@@ -4453,6 +4779,244 @@ def _abort_steps(queue: Queue, key: str, error: str) -> _Steps[tuple[t.Optional[
                 return current, True
 
         # It moved on (claimed, or finished) between the read and the write: look again.
+
+
+# -- flow control: pauses and limits (see Queue.pause and Queue.limit) -------------
+
+_RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+#: The largest count a limit takes (a rate's n, a concurrency, a per_group).
+_MAX_FLOW_N = 2**31 - 1
+
+
+def _flow_key(function: object) -> str:
+    """A function's name as saqlite_flow keys it: '' for the whole queue (None)."""
+    if function is None:
+        return ""
+    if not isinstance(function, str) or not function:
+        raise ValueError(
+            f"function must be the name of a job function, or None for the whole queue, "
+            f"got {function!r}"
+        )
+    return function
+
+
+def _flow_count(name: str, value: object) -> int:
+    """A limit's count: a whole number from 1."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= _MAX_FLOW_N:
+        raise ValueError(
+            f"{name} must be a whole number from 1 to {_MAX_FLOW_N}, got {value!r} "
+            "(to remove a limit, call limit(..., clear=True))"
+        )
+    return value
+
+
+def _parse_rate(rate: object) -> tuple[int, float]:
+    """A rate's (n, period in seconds): "60/m" (at most 60 starts in any minute),
+    "5/10s", "1000/h", "2/d", or a tuple (n, seconds)."""
+    if isinstance(rate, tuple) and len(rate) == 2:
+        n, period = rate
+    elif isinstance(rate, str) and rate.count("/") == 1:
+        n_text, period_text = rate.strip().split("/")
+        unit = period_text.strip()[-1:]
+        number = period_text.strip()[:-1]
+        try:
+            n = int(n_text)
+            period = _RATE_UNITS[unit] * (float(number) if number else 1.0)
+        except (KeyError, ValueError):
+            n = period = None
+    else:
+        n = period = None
+    if n is None or period is None:
+        raise ValueError(
+            f"rate must be 'N/period' with a unit of s, m, h or d (e.g. '60/m', '5/10s') "
+            f"or a tuple (N, seconds), got {rate!r}"
+        )
+    _flow_count("rate's N", n)
+    if not _is_number(period) or not 0 < period <= _MAX_SECONDS:
+        raise ValueError(
+            f"rate's period must be seconds above 0 and up to {_MAX_SECONDS:.0f}, got "
+            f"{period!r} in {rate!r}"
+        )
+    return t.cast(int, n), float(period)
+
+
+def _rate_text(n: int, period: float) -> str:
+    """A rate as text, by the largest unit that divides its period: "60/m"."""
+    for unit, seconds in reversed(_RATE_UNITS.items()):
+        count = period / seconds
+        if count == int(count):
+            return f"{n}/{unit}" if count == 1 else f"{n}/{int(count)}{unit}"
+    return f"{n}/{period:g}s"
+
+
+def _pause_until(until: object, for_s: object) -> tuple[t.Optional[float], t.Optional[float]]:
+    """(until as epoch s, for_s) of a pause, at most one given; (None, None): until
+    resumed."""
+    if until is not None and for_s is not None:
+        raise ValueError("pause takes until= or for_s=, not both")
+    if for_s is not None:
+        if not _is_number(for_s) or not 0 < t.cast(float, for_s) <= _MAX_SECONDS:
+            raise ValueError(
+                f"for_s must be seconds above 0 and up to {_MAX_SECONDS:.0f}, got {for_s!r}"
+            )
+        return None, float(t.cast(float, for_s))
+    if until is None:
+        return None, None
+    epoch = until.timestamp() if isinstance(until, datetime) else until
+    if not _is_number(epoch) or not 0 < t.cast(float, epoch) <= _MAX_EPOCH_S:
+        raise ValueError(f"until must be a datetime or an epoch time in seconds, got {until!r}")
+    if t.cast(float, epoch) <= time.time():
+        raise ValueError(
+            f"until {until!r} has passed: give a later time, or call resume() to end a pause"
+        )
+    return float(t.cast(float, epoch)), None
+
+
+# Whether a queue has a pause or a limit in force (an ended pause_until is none).
+_SQL_FLOW_IN_FORCE = f"""
+EXISTS (SELECT 1 FROM saqlite_flow WHERE queue = :queue AND (
+    rate IS NOT NULL OR concurrency IS NOT NULL OR per_group IS NOT NULL
+    OR (paused AND (paused_until IS NULL OR paused_until > {_SQL_NOW}))))
+"""
+_SQL_HAS_FLOW = f"SELECT {_SQL_FLOW_IN_FORCE}"
+
+_SQL_PAUSE = f"""
+INSERT INTO saqlite_flow (queue, function, paused, paused_until)
+VALUES (:queue, :function, 1, COALESCE(:until, {_SQL_NOW} + :for_s))
+ON CONFLICT (queue, function) DO UPDATE SET paused = 1, paused_until = excluded.paused_until
+"""
+# (A row left with nothing set is deleted by the saqlite_flow_cleared trigger.)
+_SQL_RESUME = """
+UPDATE saqlite_flow SET paused = 0, paused_until = NULL
+WHERE queue = :queue AND function = :function
+"""
+_SQL_CLEAR_LIMITS = """
+UPDATE saqlite_flow SET rate = NULL, period = NULL, concurrency = NULL, per_group = NULL
+WHERE queue = :queue AND function = :function
+"""
+_SQL_SET_LIMITS = """
+INSERT INTO saqlite_flow (queue, function, rate, period, concurrency, per_group)
+VALUES (:queue, :function, :rate, :period, :concurrency, :per_group)
+ON CONFLICT (queue, function) DO UPDATE SET
+    rate = COALESCE(excluded.rate, rate), period = COALESCE(excluded.period, period),
+    concurrency = COALESCE(excluded.concurrency, concurrency),
+    per_group = COALESCE(excluded.per_group, per_group)
+"""
+
+
+def _pause_steps(
+    queue: str, function: t.Optional[str], until: object, for_s: object
+) -> _Steps[None]:
+    end, seconds = _pause_until(until, for_s)
+    params = {"queue": queue, "function": _flow_key(function), "until": end, "for_s": seconds}
+    yield _SQL_PAUSE, params
+
+
+def _resume_steps(queue: str, function: t.Optional[str]) -> _Steps[None]:
+    yield _SQL_RESUME, {"queue": queue, "function": _flow_key(function)}
+
+
+def _limit_params(
+    queue: str,
+    function: t.Optional[str],
+    *,
+    rate: t.Union[str, tuple[int, float], None],
+    concurrency: t.Optional[int],
+    per_group: t.Optional[int],
+    clear: bool,
+) -> dict[str, t.Any]:
+    """The checked parameters of a limit() call (see _limit_steps)."""
+    key = _flow_key(function)
+    n, period = _parse_rate(rate) if rate is not None else (None, None)
+    if concurrency is not None:
+        _flow_count("concurrency", concurrency)
+    if per_group is not None:
+        _flow_count("per_group", per_group)
+        if key:
+            raise ValueError(
+                "per_group limits the jobs of each group_key of the whole queue, whatever "
+                f"their function: call limit(per_group={per_group}) without function={key!r}"
+            )
+    if not clear and n is None and concurrency is None and per_group is None:
+        raise ValueError(
+            "limit needs rate=, concurrency= or per_group= (or clear=True to remove the limits)"
+        )
+    return {
+        "queue": queue,
+        "function": key,
+        "rate": n,
+        "period": period,
+        "concurrency": concurrency,
+        "per_group": per_group,
+        "clear": clear,
+    }
+
+
+def _limit_steps(params: dict[str, t.Any]) -> _Steps[None]:
+    """Set limits (see _limit_params), in one transaction: no claim sees them half set."""
+    if params["clear"]:
+        yield _SQL_CLEAR_LIMITS, {"queue": params["queue"], "function": params["function"]}
+    if any(params[name] is not None for name in ("rate", "concurrency", "per_group")):
+        yield _SQL_SET_LIMITS, {name: value for name, value in params.items() if name != "clear"}
+
+
+# Each pause or limit in force, with its use: running jobs (through the ready index,
+# as few as are running), starts within the rate's period, and the most running jobs
+# of one group_key.
+_SQL_FLOW = f"""
+SELECT rule.function,
+    rule.paused AND (rule.paused_until IS NULL OR rule.paused_until > {_SQL_NOW}),
+    rule.paused_until, rule.rate, rule.period, rule.concurrency, rule.per_group,
+    (SELECT COUNT(*) FROM saqlite_jobs AS job
+     WHERE job.queue = rule.queue AND job.status IN {_RUNNING_SQL}
+       AND (rule.function = '' OR job.function = rule.function)),
+    CASE WHEN rule.rate IS NOT NULL THEN (
+        SELECT COUNT(*) FROM saqlite_flow_starts AS start
+        WHERE start.queue = rule.queue AND start.function = rule.function
+          AND start.started > {_SQL_NOW_MS} - rule.period * 1000) END,
+    CASE WHEN rule.per_group IS NOT NULL THEN (
+        SELECT COALESCE(MAX(n), 0) FROM (
+            SELECT COUNT(*) AS n FROM saqlite_jobs AS job
+            WHERE job.queue = rule.queue AND job.group_key IS NOT NULL
+              AND job.status IN {_RUNNING_SQL}
+            GROUP BY job.group_key)) END
+FROM saqlite_flow AS rule WHERE rule.queue = ?
+ORDER BY rule.function
+"""
+
+
+def _flow_steps(queue: str) -> _Steps[list[FlowRule]]:
+    """The pauses and limits in force on a queue, with their use."""
+    rows = yield _SQL_FLOW, (queue,)
+    rules: list[FlowRule] = []
+    for (
+        function,
+        paused,
+        until,
+        rate,
+        period,
+        concurrency,
+        per_group,
+        running,
+        started,
+        busiest,
+    ) in rows:
+        if not (paused or rate or concurrency or per_group):
+            continue  # a pause that has ended
+        rules.append(
+            {
+                "function": function or None,
+                "paused": bool(paused),
+                "paused_until": until if paused else None,
+                "rate": _rate_text(rate, period) if rate is not None else None,
+                "concurrency": concurrency,
+                "per_group": per_group,
+                "running": running,
+                "started": started,
+                "busiest_group": busiest,
+            }
+        )
+    return rules
 
 
 class _Mapping:
