@@ -2640,17 +2640,18 @@ class Queue:
     WHERE queue = ? AND status = 'queued' AND run_at > {_SQL_NOW}
     """
 
-    # When the next pause ends or the next rate token frees (the moment the newest
-    # `rate`-th start leaves its period, plus a millisecond: starts are whole ms), in
-    # seconds from now by SQLite's clock; NULL if neither comes.
+    # When the next pause ends or the next rate token frees, in seconds from now by
+    # SQLite's clock; NULL if neither comes. A limit whose period holds `rate` starts
+    # frees a token as the oldest of them leaves it (plus a millisecond: starts are
+    # whole ms); one lowered below its use wakes early, and looks again.
     _SQL_NEXT_FLOW_AT = f"""
     SELECT MIN(at) - {_SQL_NOW} FROM (
         SELECT paused_until AS at FROM saqlite_flow WHERE queue = :queue AND paused
         UNION ALL
-        SELECT (SELECT start.started FROM saqlite_flow_starts AS start
+        SELECT (SELECT MIN(start.started) FROM saqlite_flow_starts AS start
                 WHERE start.queue = r.queue AND start.function = r.function
-                ORDER BY start.started DESC LIMIT 1 OFFSET r.rate - 1) / 1000.0
-            + r.period + 0.001
+                  AND start.started > {_SQL_NOW_MS} - r.period * 1000
+                HAVING COUNT(*) >= r.rate) / 1000.0 + r.period + 0.001
         FROM saqlite_flow AS r WHERE r.queue = :queue AND r.rate IS NOT NULL)
     WHERE at > {_SQL_NOW}
     """
@@ -3956,6 +3957,7 @@ _VERBOSE_HELP = "log DEBUG too (default INFO); -vv adds aiosqlite's line per sta
 #: this file cut at the marker says what it lacks rather than take one for settings.
 _OPS_COMMANDS = (
     "info", "jobs", "job", "retry", "abort", "purge", "vacuum", "burst", "web", "export",
+    "pause", "resume", "limit", "drain",
 )  # fmt: skip
 
 
@@ -4866,9 +4868,7 @@ def _pause_until(until: object, for_s: object) -> tuple[t.Optional[float], t.Opt
     if not _is_number(epoch) or not 0 < t.cast(float, epoch) <= _MAX_EPOCH_S:
         raise ValueError(f"until must be a datetime or an epoch time in seconds, got {until!r}")
     if t.cast(float, epoch) <= time.time():
-        raise ValueError(
-            f"until {until!r} has passed: give a later time, or call resume() to end a pause"
-        )
+        raise ValueError(f"until {until} has passed: give a later time (resume() ends a pause now)")
     return float(t.cast(float, epoch)), None
 
 
@@ -6054,6 +6054,10 @@ commands on a saqlite file (a path or sqlite:/// URL; no settings needed):
   saqlite web FILE [--port 8080] serve the monitoring page
   saqlite burst module.settings  run the jobs there are; exit 1 if any failed or is pending
   saqlite export FILE URL        move waiting and scheduled jobs into SAQ (redis://, postgres://)
+  saqlite pause FILE [--function F] [--for 10m|--until TIME]   stop starting jobs (kept queued)
+  saqlite resume FILE [--function F]   end a pause
+  saqlite limit FILE [--function F] --rate 60/m --concurrency N --per-group N (or --clear)
+  saqlite drain FILE [--timeout S]   pause, wait for running jobs to end (exit 1 on timeout)
 Add --json for output a script can read. saqlite COMMAND -h tells more.
 
 exit codes, the same for every command:
@@ -6102,7 +6106,8 @@ GROUP BY queues.queue, jobs.status
 """
 # Queue names in a file: those with jobs, and those with registered workers.
 _SQL_OPS_QUEUE_NAMES = (
-    f"SELECT queue FROM ({_SQL_OPS_COUNTS}) UNION SELECT queue FROM saqlite_workers ORDER BY 1"
+    f"SELECT queue FROM ({_SQL_OPS_COUNTS}) UNION SELECT queue FROM saqlite_workers "
+    "UNION SELECT queue FROM saqlite_flow ORDER BY 1"
 )
 #: Characters of a job's data, result or error a listing reads; a job with more is
 #: listed from its columns (kwargs and result left out), an error is cut in the middle.
@@ -6313,6 +6318,7 @@ async def _overview(store: _Store, queue: t.Optional[str] = None) -> dict[str, t
             **{status: found.get(status, 0) for status in _FINISHED},
         }
         entry["workers"] = sum(worker["queue"] == name for worker in workers)
+        entry["flow"] = await store.queue(name).flow()
         queues.append(entry)
     return {"path": store.path, "queues": queues, "workers": workers}
 
@@ -6625,6 +6631,9 @@ def _format_overview(overview: dict[str, t.Any]) -> str:
     kinds = ("queued", "scheduled", "active", "complete", "failed", "aborted", "workers")
     rows = [[q["name"], *(q[kind] for kind in kinds)] for q in overview["queues"]]
     lines.append(_table(headers, rows, right=range(1, 8)))
+    flow = _format_flow(overview["queues"])
+    if flow:
+        lines.append("\n" + flow)
     workers = overview["workers"]
     lines.append(f"\n{len(workers)} live worker{'' if len(workers) == 1 else 's'}")
     if workers:
@@ -6657,6 +6666,33 @@ def _format_overview(overview: dict[str, t.Any]) -> str:
             )
         lines.append(_table(headers, rows, right=range(5, 9)))
     return "\n".join(lines)
+
+
+def _flow_use(rule: FlowRule) -> list[str]:
+    """A pause or limit, with its use, as short phrases: "rate 60/m (12 started)"."""
+    parts = []
+    if rule["paused"]:
+        until = rule["paused_until"]
+        parts.append(f"paused until {_fmt_time(until * 1000)}" if until else "paused")
+    if rule["rate"]:
+        parts.append(f"rate {rule['rate']} ({rule['started']} started)")
+    if rule["concurrency"]:
+        parts.append(f"concurrency {rule['concurrency']} ({rule['running']} running)")
+    if rule["per_group"]:
+        parts.append(f"per group {rule['per_group']} (busiest {rule['busiest_group']})")
+    return parts
+
+
+def _format_flow(queues: list[dict[str, t.Any]]) -> str:
+    """The pauses and limits of the queues of an overview, a line each."""
+    rows = [
+        [q["name"], rule["function"] or "(whole queue)", ", ".join(_flow_use(rule))]
+        for q in queues
+        for rule in q.get("flow", ())
+    ]
+    if not rows:
+        return ""
+    return "pauses and limits\n" + _table(("QUEUE", "FUNCTION", "IN FORCE (USE)"), rows)
 
 
 def _format_jobs(
@@ -7668,6 +7704,137 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return _run_on_store(args.file, action)
 
 
+# -- flow control: pause, resume, limit, drain ----------------------------------
+
+_DRAIN_HELP = """\
+Pause the queues (every queue in the file, or --queue), then wait for their running
+jobs to end: for deploys and upgrades. Waiting jobs stay queued, and the queues stay
+paused until `saqlite resume FILE`. Exit 0 once nothing runs; 1 if jobs still run
+after --timeout seconds (they are named); 2 on a usage error."""
+#: Seconds between a drain's looks at the running jobs.
+_DRAIN_POLL_S = 0.1
+
+# The running jobs of some queues (through saqlite_jobs_ready: as few as are running).
+_SQL_OPS_RUNNING = f"""
+SELECT queue, key, function, worker_id FROM saqlite_jobs
+WHERE queue IN (SELECT value FROM json_each(:queues)) AND status IN {_RUNNING_SQL}
+ORDER BY queue, started
+"""
+
+
+async def _flow_queues(store: _Store, queue: t.Optional[str]) -> list[Queue]:
+    """The queues a flow command acts on: ``queue``, or every queue in the file."""
+    if queue is not None:
+        return [store.queue(queue)]
+    names = [name for (name,) in await store.fetch(_SQL_OPS_QUEUE_NAMES)]
+    return [store.queue(name) for name in names or ["default"]]
+
+
+def _flow_target(queue: Queue, function: t.Optional[str]) -> str:
+    return f"{_clean(queue.name)}{'' if function is None else ' ' + _clean(function)}"
+
+
+def _pause_end(args: argparse.Namespace) -> dict[str, t.Any]:
+    """``pause``'s --for or --until, as Queue.pause's keyword."""
+    if args.for_ is not None and args.until is not None:
+        raise _OpsError("Give --for or --until, not both")
+    if args.for_ is not None:
+        seconds = _parse_age(args.for_)
+        if not seconds:
+            raise _OpsError("--for must be longer than 0, e.g. 30s, 10m, 2h")
+        return {"for_s": seconds}
+    if args.until is not None:
+        try:
+            return {"until": datetime.fromisoformat(args.until)}
+        except ValueError:
+            raise _OpsError(
+                f"--until {args.until!r} is not a time: use ISO 8601, e.g. 2026-12-24T18:00 "
+                "(local time) or 2026-12-24T17:00+00:00"
+            ) from None
+    return {}
+
+
+def _cmd_flow(args: argparse.Namespace) -> int:
+    """``pause``, ``resume`` and ``limit``, on one queue or every queue in the file."""
+    end = _pause_end(args) if args.command == "pause" else {}
+    if args.command == "limit" and not (
+        args.clear or args.rate or args.concurrency is not None or args.per_group is not None
+    ):
+        raise _OpsError("limit needs --rate, --concurrency or --per-group (or --clear)")
+
+    async def action(store: _Store) -> int:
+        queues = await _flow_queues(store, args.queue)
+        for queue in queues:
+            target = _flow_target(queue, args.function)
+            try:
+                if args.command == "pause":
+                    await queue.pause(args.function, **end)
+                    done = f"paused {target}"
+                elif args.command == "resume":
+                    await queue.resume(args.function)
+                    done = f"resumed {target}"
+                else:
+                    await queue.limit(
+                        args.function,
+                        rate=args.rate,
+                        concurrency=args.concurrency,
+                        per_group=args.per_group,
+                        clear=args.clear,
+                    )
+                    done = f"limits of {target} set"
+            except ValueError as exc:
+                raise _OpsError(str(exc)) from exc
+            if not args.json:
+                rules = [r for r in await queue.flow() if r["function"] == args.function]
+                now_in_force = ", ".join(part for r in rules for part in _flow_use(r))
+                print(f"{done}: {now_in_force or 'nothing in force'}")
+        if args.json:  # the queues' pauses and limits as they now are
+            _print_json({queue.name: await queue.flow() for queue in queues})
+        return 0
+
+    return _run_on_store(args.file, action)
+
+
+def _cmd_drain(args: argparse.Namespace) -> int:
+    if not 0 <= args.timeout < math.inf:
+        raise _OpsError(f"--timeout must be seconds from 0, got {args.timeout}")
+
+    async def action(store: _Store) -> int:
+        queues = await _flow_queues(store, args.queue)
+        for queue in queues:
+            await queue.pause()
+        names = json.dumps([queue.name for queue in queues])
+        deadline = time.monotonic() + args.timeout
+        while True:
+            rows = await store.fetch(_SQL_OPS_RUNNING, {"queues": names})
+            if not rows or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(_DRAIN_POLL_S)
+        paused = ", ".join(_clean(queue.name) for queue in queues)
+        if args.json:
+            running = [
+                {"queue": queue, "key": key, "function": function, "worker": worker}
+                for queue, key, function, worker in rows
+            ]
+            _print_json({"paused": [queue.name for queue in queues], "running": running})
+        elif rows:
+            print(
+                f"saqlite drain: {len(rows)} job(s) still running after {args.timeout:g} s "
+                f"(queues stay paused: {paused}):",
+                file=sys.stderr,
+            )
+            for queue, key, function, worker in rows:
+                print(f"  {_clean(queue)} {_clean(key)} ({_clean(function)}, worker {worker})")
+        else:
+            print(
+                f"drained {paused}: nothing running; the queues stay paused until "
+                f"`saqlite resume {args.file}`"
+            )
+        return 1 if rows else 0
+
+    return _run_on_store(args.file, action)
+
+
 def _ops_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="saqlite",
@@ -7771,6 +7938,48 @@ def _ops_parser() -> argparse.ArgumentParser:
     sub.add_argument("--queue", help="only this queue (default: every queue with jobs)")
     sub.add_argument("--dry-run", action="store_true", help="only count what would move")
     sub.add_argument("-q", "--quiet", action="store_true", help="no progress")
+    every_queue = "only this queue (default: every queue in the file)"
+    one_function = "only this job function (default: the whole queue)"
+    sub = command(
+        "pause",
+        "Stop starting jobs of the queues, or of one function (saqlite only). Waiting jobs "
+        "stay queued; running jobs finish; workers in every process obey at once.",
+        _cmd_flow,
+    )
+    sub.add_argument("--queue", help=every_queue)
+    sub.add_argument("--function", help=one_function)
+    sub.add_argument(
+        "--for", dest="for_", metavar="AGE", help="end the pause after 30s, 10m, 2h ..."
+    )
+    sub.add_argument("--until", metavar="TIME", help="end the pause at an ISO time")
+    sub = command("resume", "End a pause (saqlite only).", _cmd_flow)
+    sub.add_argument("--queue", help=every_queue)
+    sub.add_argument("--function", help=one_function)
+    sub = command(
+        "limit",
+        "Limit how jobs start, exactly across every worker process (saqlite only). "
+        "Limits given are set, the others kept.",
+        _cmd_flow,
+    )
+    sub.add_argument("--queue", help=every_queue)
+    sub.add_argument("--function", help=one_function)
+    sub.add_argument("--rate", help="at most N starts in any period: 60/m, 100/s, 5/10s, 1000/h")
+    sub.add_argument("--concurrency", type=int, metavar="N", help="at most N running at once")
+    sub.add_argument(
+        "--per-group", type=int, metavar="N", help="(whole queue) at most N per group_key at once"
+    )
+    sub.add_argument("--clear", action="store_true", help="remove the limits first")
+    sub = command("drain", "Pause, then wait for running jobs to end (deploys).", _cmd_drain)
+    sub.description = _DRAIN_HELP
+    sub.formatter_class = argparse.RawDescriptionHelpFormatter
+    sub.add_argument("--queue", help=every_queue)
+    sub.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="give up after this long, exit 1 (default 60)",
+    )
     return parser
 
 
