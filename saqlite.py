@@ -8164,6 +8164,9 @@ class _WebApp:
             ("GET", "/job"): self._job_page,
             ("POST", "/retry"): self._change,
             ("POST", "/abort"): self._change,
+            ("POST", "/pause"): self._flow_change,
+            ("POST", "/resume"): self._flow_change,
+            ("POST", "/limit"): self._flow_change,
             ("GET", "/api/queues"): self._api_queues,
             ("GET", "/api/jobs"): self._api_jobs,
             ("GET", "/api/job"): self._api_job,
@@ -8426,7 +8429,7 @@ auto-refresh</label>
 <table id="workers"><tr><th>Worker</th><th>Queue</th><th>Host:pid</th><th>Last beat</th>
 <th class="n">Uptime</th><th class="n">Complete</th><th class="n">Failed</th>
 <th class="n">Retried</th><th class="n">Aborted</th><th>Metadata</th></tr>
-{"".join(workers)}</table>"""
+{"".join(workers)}</table>{self._flow_html(request, db, overview)}"""
 
     async def _jobs_page(self, request: _WebRequest, nonce: str) -> _WebResponse:
         store = self._store(request)
@@ -8613,6 +8616,95 @@ auto-refresh</label>
             done=done,
         )
         return _WebResponse(303, b"", "text/plain", [("location", url)])
+
+    # -- flow control: pauses and limits ----------------------------------------
+
+    def _flow_html(self, request: _WebRequest, db: int, overview: dict[str, t.Any]) -> str:
+        """The pauses and limits of a file's queues, with their use; forms to pause,
+        resume and limit (POST /pause, /resume, /limit)."""
+
+        def form(action: str, fields: str, label: str) -> str:
+            return (
+                f'<form class="inline" method="post" action="{_e(self._url(request, action))}">'
+                f'<input type="hidden" name="db" value="{db}">{fields}'
+                f'<button type="submit">{_e(label)}</button></form> '
+            )
+
+        def hidden(name: str, value: t.Optional[str]) -> str:
+            return (
+                "" if value is None else f'<input type="hidden" name="{name}" value="{_e(value)}">'
+            )
+
+        rows = []
+        for q in overview["queues"]:
+            for rule in q.get("flow", ()):
+                target = hidden("queue", q["name"]) + hidden("function", rule["function"])
+                resume = form("/resume", target, "Resume") if rule["paused"] else ""
+                rows.append(
+                    f"<tr><td>{_e(q['name'])}</td><td>{_e(rule['function'] or '(whole queue)')}"
+                    f"</td><td>{_e(', '.join(_flow_use(rule)))}</td><td>{resume}</td></tr>"
+                )
+        if not rows:
+            rows.append('<tr><td colspan="4" class="muted">No pause or limit.</td></tr>')
+        names = [q["name"] for q in overview["queues"]] or ["default"]
+        choose = (
+            '<select name="queue">'
+            + "".join(f'<option value="{_e(name)}">{_e(name)}</option>' for name in names)
+            + "</select>"
+        )
+        function = '<input name="function" placeholder="function (all)" size="12">'
+        pause = form(
+            "/pause",
+            choose
+            + function
+            + '<input name="for" placeholder="for: 10m (until resumed)" size="14">',
+            "Pause",
+        )
+        limit = form(
+            "/limit",
+            choose
+            + function
+            + '<input name="rate" placeholder="rate: 60/m" size="9">'
+            + '<input name="concurrency" placeholder="concurrency" size="9">'
+            + '<input name="per_group" placeholder="per group" size="8">'
+            + '<label><input type="checkbox" name="clear" value="1"> clear first</label>',
+            "Set limits",
+        )
+        return f"""<h2>Pauses and limits</h2>
+<table id="flow"><tr><th>Queue</th><th>Function</th><th>In force (use)</th><th></th></tr>
+{"".join(rows)}</table><p>{pause}</p><p>{limit}</p>"""
+
+    async def _flow_change(self, request: _WebRequest, nonce: str) -> _WebResponse:
+        """POST /pause, /resume, /limit: as ``saqlite pause``, ``resume``, ``limit``."""
+        params = request.form()
+        queue = self._store(request, params).queue(params.get("queue") or "default")
+        function = params.get("function") or None
+
+        def count(name: str) -> t.Optional[int]:
+            text = params.get(name, "").strip()
+            if not text:
+                return None
+            if not text.isdigit():
+                raise _WebError(400, f"{name} must be a whole number from 1, got {text!r}")
+            return int(text)
+
+        try:
+            if request.path == "/pause":
+                for_s = _parse_age(params["for"]) if params.get("for") else None
+                await queue.pause(function, for_s=for_s)
+            elif request.path == "/resume":
+                await queue.resume(function)
+            else:
+                await queue.limit(
+                    function,
+                    rate=params.get("rate") or None,
+                    concurrency=count("concurrency"),
+                    per_group=count("per_group"),
+                    clear=bool(params.get("clear")),
+                )
+        except (ValueError, _OpsError) as exc:
+            raise _WebError(400, str(exc)) from None
+        return _WebResponse(303, b"", "text/plain", [("location", self._url(request, "/"))])
 
     # -- JSON ---------------------------------------------------------------------
 

@@ -550,3 +550,46 @@ def test_a_version_5_file_migrates_to_flow_control(tmp_path: Path) -> None:
     ).fetchone()
     conn.close()
     assert int(version) == saqlite.SCHEMA_VERSION == 6
+
+
+# =============================================================================
+# The page
+# =============================================================================
+
+
+def test_the_page_shows_pauses_and_limits_and_pauses_resumes_and_limits_by_post(
+    tmp_path: Path,
+) -> None:
+    from test_saqlite_ops import CLI, start, stop  # noqa: PLC0415 (its server helpers)
+
+    db = tmp_path / "jobs.db"
+    client = SyncQueue(db)
+    client.enqueue("call_api")
+    server = start([CLI, "web", str(db), "--port", "0"])
+    try:
+        cross_site = {"origin": "http://evil.example", "host": "127.0.0.1"}
+        form = {"queue": "default", "function": "call_api", "for": "10m"}
+        assert server.request("/pause", "POST", form, cross_site)[0] == 403
+        assert client.flow() == []
+        status, headers, _ = server.request("/pause", "POST", form)
+        assert (status, headers["location"]) == (303, "/")
+        limits = {"queue": "default", "rate": "60/m", "concurrency": "4", "per_group": ""}
+        assert server.request("/limit", "POST", limits)[0] == 303
+        page = server.request("/")[2]
+        assert '<table id="flow">' in page
+        assert "<td>call_api</td><td>paused until " in page
+        assert "<td>(whole queue)</td><td>rate 60/m (0 started), concurrency 4 (0 running)" in page
+        rules = {rule["function"]: rule for rule in client.flow()}
+        assert rules["call_api"]["paused"] and rules[None]["rate"] == "60/m"
+        api = json.loads(server.request("/api/queues")[2])
+        assert [rule["function"] for rule in api["queues"][0]["flow"]] == [None, "call_api"]
+
+        resume = {"queue": "default", "function": "call_api"}
+        assert server.request("/resume", "POST", resume)[0] == 303
+        bad = server.request("/limit", "POST", {"queue": "default", "rate": "60/x"})
+        assert bad[0] == 400 and "rate must be &#x27;N/period&#x27;" in bad[2]
+        assert server.request("/limit", "POST", {"queue": "default", "clear": "1"})[0] == 303
+        assert client.flow() == []
+    finally:
+        assert stop(server) == 0
+        client.close()
