@@ -501,11 +501,13 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             period       REAL,     -- ... in any `period` seconds
             concurrency  INTEGER,  -- at most this many running at once
             per_group    INTEGER,  -- (whole queue) running at once per group_key; NULL: 1
+            starts       INTEGER NOT NULL DEFAULT 0,  -- starts logged so far (their seq)
             PRIMARY KEY (queue, function)
         ) WITHOUT ROWID
         """,
         """
-        CREATE TRIGGER saqlite_flow_cleared AFTER UPDATE ON saqlite_flow
+        CREATE TRIGGER saqlite_flow_cleared
+        AFTER UPDATE OF paused, rate, concurrency, per_group ON saqlite_flow
         WHEN NOT NEW.paused AND NEW.rate IS NULL AND NEW.concurrency IS NULL
             AND NEW.per_group IS NULL
         BEGIN
@@ -514,18 +516,20 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         # The starts of rate-limited functions (and queues) within their period: the
         # claim allows a start while fewer than `rate` are newer than now - period.
-        # Written by the claim's own statement (the trigger below), pruned as it goes:
-        # at most `rate` rows per limit stay.
+        # Written by the claim's own statement (the trigger below), pruned as it goes.
+        # Each has its number (seq, in order of start): how many a period holds is the
+        # last number less the first in it, one index look-up however many it holds.
         """
         CREATE TABLE saqlite_flow_starts (
             queue    TEXT    NOT NULL,
             function TEXT    NOT NULL,  -- '' for the whole queue
-            started  INTEGER NOT NULL   -- epoch ms by SQLite's clock: the job's `started`
+            started  INTEGER NOT NULL,  -- epoch ms by SQLite's clock: the job's `started`
+            seq      INTEGER NOT NULL   -- saqlite_flow.starts as it was logged
         )
         """,
         """
         CREATE INDEX saqlite_flow_starts_window
-        ON saqlite_flow_starts (queue, function, started)
+        ON saqlite_flow_starts (queue, function, started, seq)
         """,
         """
         CREATE TRIGGER saqlite_flow_started AFTER UPDATE OF status ON saqlite_jobs
@@ -533,8 +537,10 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             SELECT 1 FROM saqlite_flow WHERE queue = NEW.queue
               AND function IN ('', NEW.function) AND rate IS NOT NULL)
         BEGIN
-            INSERT INTO saqlite_flow_starts (queue, function, started)
-            SELECT queue, function, NEW.started FROM saqlite_flow
+            UPDATE saqlite_flow SET starts = starts + 1
+            WHERE queue = NEW.queue AND function IN ('', NEW.function) AND rate IS NOT NULL;
+            INSERT INTO saqlite_flow_starts (queue, function, started, seq)
+            SELECT queue, function, NEW.started, starts FROM saqlite_flow
             WHERE queue = NEW.queue AND function IN ('', NEW.function) AND rate IS NOT NULL;
             DELETE FROM saqlite_flow_starts WHERE rowid IN (
                 SELECT start.rowid FROM saqlite_flow AS rule
@@ -2478,9 +2484,7 @@ class Queue:
             SELECT r.function, r.per_group, MAX(0, CASE
                 WHEN r.paused AND (r.paused_until IS NULL OR r.paused_until > {_SQL_NOW}) THEN 0
                 ELSE MIN(:limit,
-                    COALESCE(r.rate - (SELECT COUNT(*) FROM saqlite_flow_starts AS start
-                        WHERE start.queue = :queue AND start.function = r.function
-                          AND start.started > {_SQL_NOW_MS} - r.period * 1000), :limit),
+                    COALESCE(r.rate - {_sql_starts_in_period("r")}, :limit),
                     COALESCE(r.concurrency - (SELECT COUNT(*) FROM saqlite_jobs AS job
                         WHERE job.queue = :queue AND job.status IN {_RUNNING_SQL}
                           AND (r.function = '' OR job.function = r.function)), :limit))
@@ -2624,13 +2628,14 @@ class Queue:
         deadline = time.monotonic() + timeout if timeout else math.inf
         while True:
             generation = self._wakeup.generation("jobs")
+            since = time.time()  # (a rate token that frees after this wakes the wait)
             jobs = await self._claim(limit, worker_id)
             if jobs:
                 return jobs
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
-            await self._wait_for_work(generation, remaining)
+            await self._wait_for_work(generation, remaining, since)
 
     # When the next scheduled job falls due (jobs due now but not claimed wait for their
     # group: the end of the group's running job wakes the claimers).
@@ -2640,33 +2645,36 @@ class Queue:
     WHERE queue = ? AND status = 'queued' AND run_at > {_SQL_NOW}
     """
 
-    # When the next pause ends or the next rate token frees, in seconds from now by
-    # SQLite's clock; NULL if neither comes. A limit whose period holds `rate` starts
-    # frees a token as the oldest of them leaves it (plus a millisecond: starts are
-    # whole ms); one lowered below its use wakes early, and looks again.
+    # When the next pause ends or the next rate token frees after :since (epoch s: just
+    # before the claim that took nothing), in seconds from now by SQLite's clock
+    # (negative: it came meanwhile); NULL if neither comes. A rate whose period held
+    # `rate` starts then frees a token as the oldest of them leaves (plus a
+    # millisecond: starts are whole ms); one lowered below its use wakes early, and
+    # looks again. A token already free then was not what held the claim back.
     _SQL_NEXT_FLOW_AT = f"""
     SELECT MIN(at) - {_SQL_NOW} FROM (
         SELECT paused_until AS at FROM saqlite_flow WHERE queue = :queue AND paused
         UNION ALL
         SELECT (SELECT MIN(start.started) FROM saqlite_flow_starts AS start
                 WHERE start.queue = r.queue AND start.function = r.function
-                  AND start.started > {_SQL_NOW_MS} - r.period * 1000
+                  AND start.started > :since * 1000 - r.period * 1000
                 HAVING COUNT(*) >= r.rate) / 1000.0 + r.period + 0.001
         FROM saqlite_flow AS r WHERE r.queue = :queue AND r.rate IS NOT NULL)
-    WHERE at > {_SQL_NOW}
+    WHERE at > :since
     """
 
-    async def _wait_for_work(self, generation: int, limit: float) -> None:
+    async def _wait_for_work(self, generation: int, limit: float, since: float) -> None:
         """Sleep until work may be ready: a wake-up, a scheduled job falling due, or a
         commit by another process (checked every _FALLBACK_POLL_S), at most ``limit``
         seconds and at most _FORCED_CLAIM_S (a commit can slip between the claim and
-        the first look at data_version).
+        the first look at data_version); under pauses or limits, also the end of a
+        pause or a rate token freeing after ``since`` (epoch s), when the claim was tried.
         """
         version = await self._data_version()
         deadline = time.monotonic() + min(limit, _FORCED_CLAIM_S)
         rows = await self._fetch(self._SQL_NEXT_RUN_AT, (self.name,))
         if self._flow:
-            rows += await self._fetch(self._SQL_NEXT_FLOW_AT, {"queue": self.name})
+            rows += await self._fetch(self._SQL_NEXT_FLOW_AT, {"queue": self.name, "since": since})
         for (seconds,) in rows:
             if seconds is not None:
                 deadline = min(deadline, time.monotonic() + max(seconds, 0))
@@ -4872,6 +4880,18 @@ def _pause_until(until: object, for_s: object) -> tuple[t.Optional[float], t.Opt
     return float(t.cast(float, epoch)), None
 
 
+def _sql_starts_in_period(rule: str) -> str:
+    """How many starts the period of ``rule`` (a saqlite_flow row's alias) holds now:
+    its last number less the first one in the period, plus one (0 when none is)."""
+    return f"""
+    COALESCE({rule}.starts + 1 - (
+        SELECT start.seq FROM saqlite_flow_starts AS start
+        WHERE start.queue = {rule}.queue AND start.function = {rule}.function
+          AND start.started > {_SQL_NOW_MS} - {rule}.period * 1000
+        ORDER BY start.started, start.seq LIMIT 1), 0)
+    """
+
+
 # Whether a queue has a pause or a limit in force (an ended pause_until is none).
 _SQL_FLOW_IN_FORCE = f"""
 EXISTS (SELECT 1 FROM saqlite_flow WHERE queue = :queue AND (
@@ -4970,10 +4990,7 @@ SELECT rule.function,
     (SELECT COUNT(*) FROM saqlite_jobs AS job
      WHERE job.queue = rule.queue AND job.status IN {_RUNNING_SQL}
        AND (rule.function = '' OR job.function = rule.function)),
-    CASE WHEN rule.rate IS NOT NULL THEN (
-        SELECT COUNT(*) FROM saqlite_flow_starts AS start
-        WHERE start.queue = rule.queue AND start.function = rule.function
-          AND start.started > {_SQL_NOW_MS} - rule.period * 1000) END,
+    CASE WHEN rule.rate IS NOT NULL THEN {_sql_starts_in_period("rule")} END,
     CASE WHEN rule.per_group IS NOT NULL THEN (
         SELECT COALESCE(MAX(n), 0) FROM (
             SELECT COUNT(*) AS n FROM saqlite_jobs AS job

@@ -285,7 +285,6 @@ def flow_suite(col: Collector, b: Backend, plan: Plan) -> None:
     measure(col, b, run, metrics, plan.runs)
     wl = f"concurrency 1, 4 procs, 5 ms jobs N={plan.flow_slot_n}"
     metrics = {
-        "most_running": (wl, "most running at once", False),
         **{
             f"slot_{p}_ms": (wl, f"slot free to start {p} ms", False) for p in ("p50", "p99", "max")
         },
