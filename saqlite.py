@@ -6090,9 +6090,10 @@ It runs every job that is due, and jobs that become due while it runs; it waits
 for the retries of the jobs it ran, however long their retry_delay, and for their
 sleeps (saqlite.sleep); it stops
 once nothing has been running or due for --wait seconds. Jobs still waiting then
-(scheduled later) are listed as pending. Exit 0 when all is done; 1 when a job
-failed or was aborted, or jobs are pending (unless --allow-pending or
---max-jobs); 2 on a usage or settings error, or a file that does not exist."""
+(scheduled later, or held by a pause) are listed as pending. Exit 0 when all is
+done; 1 when a job failed or was aborted, or jobs are pending (unless
+--allow-pending or --max-jobs); 2 on a usage or settings error, or a file that
+does not exist."""
 #: Seconds between a burst's looks at whether work is left.
 _BURST_POLL_S = 0.1
 _ALLOWED_HOST_HELP = (
@@ -7281,13 +7282,17 @@ WHERE queue = :queue AND worker_id = :worker_id AND status IN ('failed', 'aborte
 ORDER BY completed
 """
 # Whether a burst has work: a job of its worker running or waiting to be retried, or
-# any job of its queue due.
+# any job of its queue due (but for those a pause holds).
 _SQL_OPS_BURST_BUSY = f"""
 SELECT EXISTS (
     SELECT 1 FROM saqlite_jobs WHERE queue = :queue AND worker_id = :worker_id
     AND (status IN {_RUNNING_SQL} OR (status = 'queued' AND attempts > 0))
 ) OR EXISTS (
-    SELECT 1 FROM saqlite_jobs WHERE queue = :queue AND status = 'queued' AND run_at <= :now
+    SELECT 1 FROM saqlite_jobs AS job
+    WHERE job.queue = :queue AND job.status = 'queued' AND job.run_at <= :now
+      AND NOT EXISTS (  -- a pause holds it: it is left pending
+          SELECT 1 FROM saqlite_flow WHERE queue = :queue AND function IN ('', job.function)
+            AND paused AND (paused_until IS NULL OR paused_until > :now))
 ) OR EXISTS (
     SELECT 1 FROM saqlite_jobs JOIN saqlite_steps USING (queue, key)
     WHERE queue = :queue AND worker_id = :worker_id AND status = 'queued'

@@ -593,3 +593,51 @@ def test_the_page_shows_pauses_and_limits_and_pauses_resumes_and_limits_by_post(
     finally:
         assert stop(server) == 0
         client.close()
+
+
+def test_burst_stops_and_lists_jobs_a_pause_holds_as_pending(folder: Path) -> None:
+    client = SyncQueue(folder / "jobs.db")
+    client.pause("slow")
+    held = client.enqueue("slow", key="held")
+    done = client.enqueue("tick", key="done")
+    assert held is not None and done is not None
+    client.close()
+    burst = subprocess.run(
+        [sys.executable, "-m", "saqlite", "burst", "flowsettings.settings", "--wait", "0.3"],
+        cwd=folder,
+        env={**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{folder}"},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert burst.returncode == 1, burst.stderr
+    assert "pending held (slow)" in burst.stderr
+    assert "1 complete, 0 failed, 0 aborted, 0 retried, 1 pending" in burst.stdout
+
+
+def test_readme_flow_example_runs(tmp_path: Path) -> None:
+    from test_saqlite import readme_python_blocks  # noqa: PLC0415
+
+    (script,) = [block for block in readme_python_blocks() if "queue.limit(" in block]
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(HERE)},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "[0, 2, 4, 6, 8, 10, 12, 14, 16, 18]",
+        "['a', 'b', 'c', 'd']",
+        "build None 2 False",
+        "call_api 5/s None False",
+    ]
+    conn = sqlite3.connect(tmp_path / "flow.db")
+    starts = [row[0] for row in conn.execute(
+        "SELECT started FROM saqlite_jobs WHERE function = 'call_api'")]  # fmt: skip
+    conn.close()
+    assert len(starts) == 10 and most_in_any_window(starts, 1000) == 5
