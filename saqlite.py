@@ -144,6 +144,10 @@ DEFAULT_SWEPT_JOB_ERROR = "swept"
 _FALLBACK_POLL_S = 0.1
 #: An idle waiter tries a claim at least this often, whatever it was told.
 _FORCED_CLAIM_S = 1.0
+#: A busy worker looks at its queue's pauses and limits at least this often (an idle
+#: one whenever a claim takes nothing): to know which claim to run, and whose finish
+#: to announce. (Limits hold whatever it knows: the claims read them.)
+_FLOW_LOOK_S = 1.0
 #: Longest pause between two tries of a write that found the file locked. Short
 #: pauses keep lock waits fair between processes (SQLite's own busy handler sleeps
 #: up to 100 ms and lets one process win every race).
@@ -1354,9 +1358,12 @@ class Queue:
         self._result_reads = _Batcher(self._read_results)
         self._step_writes = _Batcher(self._write_step_rows)  # see step(): no job changes
         self._wakeup = _Wakeup(self)
-        # Whether the file had pauses or limits for this queue when last looked at:
-        # which claim to run (see Queue._claim), and whether a finish frees a slot.
+        # Whether the file had pauses or limits for this queue when last looked at
+        # (which claim to run: see Queue._claim), the functions with a concurrency
+        # limit ('': the whole queue; a finish of theirs wakes claimers), and when.
         self._flow = False
+        self._capped: frozenset[str] = frozenset()
+        self._flow_seen = -math.inf
         self.worst_lock_wait = 0.0  # seconds: the longest a statement waited for the file
         self.started = now()
         self.complete = 0
@@ -1896,7 +1903,9 @@ class Queue:
         self._count(job.status)
         if logger.isEnabledFor(logging.INFO):
             logger.info("Finished %s", job.info(logger.isEnabledFor(logging.DEBUG)))
-        if job.group_key is not None or self._flow:  # the next of its group or limit may run
+        if job.group_key is not None or (  # the next of its group or limit may run
+            self._capped and ("" in self._capped or job.function in self._capped)
+        ):
             await self._wakeup.notify("jobs")
 
     def _set_finished(
@@ -2426,6 +2435,13 @@ class Queue:
 
     # -- claiming ------------------------------------------------------------
 
+    # Whether a queue has a pause or a limit in force (an ended pause_until is none).
+    _SQL_FLOW_IN_FORCE = f"""
+    EXISTS (SELECT 1 FROM saqlite_flow WHERE queue = :queue AND (
+        rate IS NOT NULL OR concurrency IS NOT NULL OR per_group IS NOT NULL
+        OR (paused AND (paused_until IS NULL OR paused_until > {_SQL_NOW}))))
+    """
+
     @staticmethod
     @functools.lru_cache(maxsize=2)
     def _claim_sql(in_range: bool) -> str:
@@ -2465,7 +2481,7 @@ class Queue:
         WHERE rowid IN (
             SELECT id FROM (SELECT * FROM ungrouped UNION ALL SELECT * FROM grouped)
             ORDER BY priority, run_at, id LIMIT :limit)
-          AND NOT {_SQL_FLOW_IN_FORCE}
+          AND NOT {Queue._SQL_FLOW_IN_FORCE}
         RETURNING key, priority, run_at, {_LOAD_COLUMNS}
         """
 
@@ -2552,14 +2568,14 @@ class Queue:
             "limit": limit,
         }
         in_range = self.priorities != _ALL_PRIORITIES
+        if time.monotonic() - self._flow_seen > _FLOW_LOOK_S:
+            await self._look_at_flow()
         rows = await self._fetch(self._claim_statement(in_range), params)
         if not rows:
             # None came: maybe because pauses or limits came or went (the plain claim
             # takes nothing while any is in force, so it never oversteps one).
-            flow = bool((await self._fetch(_SQL_HAS_FLOW, {"queue": self.name}))[0][0])
-            if flow == self._flow:
+            if not await self._look_at_flow():
                 return []
-            self._flow = flow
             rows = await self._fetch(self._claim_statement(in_range), params)
             if not rows:
                 return []
@@ -2581,6 +2597,22 @@ class Queue:
 
     def _claim_statement(self, in_range: bool) -> str:
         return self._flow_claim_sql(in_range) if self._flow else self._claim_sql(in_range)
+
+    _SQL_FLOW_STATE = f"""
+    SELECT {_SQL_FLOW_IN_FORCE}, (
+        SELECT json_group_array(function) FROM saqlite_flow
+        WHERE queue = :queue AND concurrency IS NOT NULL)
+    """
+
+    async def _look_at_flow(self) -> bool:
+        """Read whether pauses or limits are in force, and which functions have a
+        concurrency limit; whether the claim to run changed."""
+        ((in_force, capped),) = await self._fetch(self._SQL_FLOW_STATE, {"queue": self.name})
+        self._flow_seen = time.monotonic()
+        self._capped = frozenset(json.loads(capped))
+        changed = bool(in_force) != self._flow
+        self._flow = bool(in_force)
+        return changed
 
     # The jobs a worker holds (its running jobs: few, found through the ready index).
     _SQL_HELD_JOBS = f"""
@@ -4891,14 +4923,6 @@ def _sql_starts_in_period(rule: str) -> str:
         ORDER BY start.started, start.seq LIMIT 1), 0)
     """
 
-
-# Whether a queue has a pause or a limit in force (an ended pause_until is none).
-_SQL_FLOW_IN_FORCE = f"""
-EXISTS (SELECT 1 FROM saqlite_flow WHERE queue = :queue AND (
-    rate IS NOT NULL OR concurrency IS NOT NULL OR per_group IS NOT NULL
-    OR (paused AND (paused_until IS NULL OR paused_until > {_SQL_NOW}))))
-"""
-_SQL_HAS_FLOW = f"SELECT {_SQL_FLOW_IN_FORCE}"
 
 _SQL_PAUSE = f"""
 INSERT INTO saqlite_flow (queue, function, paused, paused_until)
