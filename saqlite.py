@@ -803,6 +803,8 @@ class FlowRule(t.TypedDict):
 
 
 class _QueueCounts(t.TypedDict):
+    """SAQ's fields of ``QueueInfo``."""
+
     workers: dict[str, WorkerInfo]
     name: str
     queued: int
