@@ -6362,7 +6362,9 @@ async def _overview(store: _Store, queue: t.Optional[str] = None) -> dict[str, t
             **{status: found.get(status, 0) for status in _FINISHED},
         }
         entry["workers"] = sum(worker["queue"] == name for worker in workers)
-        entry["flow"] = await store.queue(name).flow()
+        flow = await store.queue(name).flow()
+        if flow:  # as in info(): while a pause or limit is in force
+            entry["flow"] = flow
         queues.append(entry)
     return {"path": store.path, "queues": queues, "workers": workers}
 
