@@ -99,6 +99,7 @@ __all__ = [
     "DEFAULT_SWEPT_JOB_ERROR",
     "DumpType",
     "EnqueueStreamError",
+    "FlowRule",
     "Function",
     "InvalidUrlError",
     "Job",
@@ -146,6 +147,10 @@ DEFAULT_SWEPT_JOB_ERROR = "swept"
 _FALLBACK_POLL_S = 0.1
 #: An idle waiter tries a claim at least this often, whatever it was told.
 _FORCED_CLAIM_S = 1.0
+#: A busy worker looks at its queue's pauses and limits at least this often (an idle
+#: one whenever a claim takes nothing): to know which claim to run, and whose finish
+#: to announce. (Limits hold whatever it knows: the claims read them.)
+_FLOW_LOOK_S = 1.0
 #: Longest pause between two tries of a write that found the file locked. Short
 #: pauses keep lock waits fair between processes (SQLite's own busy handler sleeps
 #: up to 100 ms and lets one process win every race).
@@ -542,7 +547,90 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (  # version 6: listings of one function's jobs, newest first, without a scan
         "CREATE INDEX saqlite_jobs_newest_function ON saqlite_jobs (function, queued)",
     ),
-    (),  # version 7: the flow branch's (pause, rate and concurrency limits)
+    (  # version 7: flow control (see Queue.pause and Queue.limit)
+        # A queue's pauses and limits: per function, or for the whole queue (function '').
+        # A row holds only what is set: clearing its last setting deletes it (below).
+        """
+        CREATE TABLE saqlite_flow (
+            queue        TEXT    NOT NULL,
+            function     TEXT    NOT NULL,  -- '' for the whole queue
+            paused       INTEGER NOT NULL DEFAULT 0,
+            paused_until REAL,     -- epoch s by SQLite's clock; NULL: until resumed
+            rate         INTEGER,  -- at most `rate` starts ...
+            period       REAL,     -- ... in any `period` seconds
+            concurrency  INTEGER,  -- at most this many running at once
+            per_group    INTEGER,  -- (whole queue) running at once per group_key; NULL: 1
+            starts       INTEGER NOT NULL DEFAULT 0,  -- starts logged so far (their seq)
+            PRIMARY KEY (queue, function)
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TRIGGER saqlite_flow_cleared
+        AFTER UPDATE OF paused, rate, concurrency, per_group ON saqlite_flow
+        WHEN NOT NEW.paused AND NEW.rate IS NULL AND NEW.concurrency IS NULL
+            AND NEW.per_group IS NULL
+        BEGIN
+            DELETE FROM saqlite_flow WHERE queue = NEW.queue AND function = NEW.function;
+        END
+        """,
+        # The starts of rate-limited functions (and queues) within their period: the
+        # claim allows a start while fewer than `rate` are newer than now - period.
+        # Written by the claim's own statement (the trigger below), pruned as it goes.
+        # Each has its number (seq, in order of start): how many a period holds is the
+        # last number less the first in it, one index look-up however many it holds.
+        """
+        CREATE TABLE saqlite_flow_starts (
+            queue    TEXT    NOT NULL,
+            function TEXT    NOT NULL,  -- '' for the whole queue
+            started  INTEGER NOT NULL,  -- epoch ms by SQLite's clock: the job's `started`
+            seq      INTEGER NOT NULL   -- saqlite_flow.starts as it was logged
+        )
+        """,
+        """
+        CREATE INDEX saqlite_flow_starts_window
+        ON saqlite_flow_starts (queue, function, started, seq)
+        """,
+        """
+        CREATE TRIGGER saqlite_flow_started AFTER UPDATE OF status ON saqlite_jobs
+        WHEN NEW.status = 'active' AND OLD.status = 'queued' AND EXISTS (
+            SELECT 1 FROM saqlite_flow WHERE queue = NEW.queue
+              AND function IN ('', NEW.function) AND rate IS NOT NULL)
+        BEGIN
+            UPDATE saqlite_flow SET starts = starts + 1
+            WHERE queue = NEW.queue AND function IN ('', NEW.function) AND rate IS NOT NULL;
+            INSERT INTO saqlite_flow_starts (queue, function, started, seq)
+            SELECT queue, function, NEW.started, starts FROM saqlite_flow
+            WHERE queue = NEW.queue AND function IN ('', NEW.function) AND rate IS NOT NULL;
+            DELETE FROM saqlite_flow_starts WHERE rowid IN (
+                SELECT start.rowid FROM saqlite_flow AS rule
+                JOIN saqlite_flow_starts AS start
+                  ON start.queue = rule.queue AND start.function = rule.function
+                WHERE rule.queue = NEW.queue AND rule.function IN ('', NEW.function)
+                  AND rule.rate IS NOT NULL
+                  AND start.started <= NEW.started - rule.period * 1000);
+        END
+        """,
+        # A rate's log goes with it.
+        """
+        CREATE TRIGGER saqlite_flow_rate_cleared AFTER UPDATE OF rate ON saqlite_flow
+        WHEN NEW.rate IS NULL
+        BEGIN
+            DELETE FROM saqlite_flow_starts WHERE queue = NEW.queue AND function = NEW.function;
+        END
+        """,
+        """
+        CREATE TRIGGER saqlite_flow_deleted AFTER DELETE ON saqlite_flow
+        BEGIN
+            DELETE FROM saqlite_flow_starts WHERE queue = OLD.queue AND function = OLD.function;
+        END
+        """,
+        # Waiting jobs by function: a claim under limits takes each function's next
+        # jobs from here, so the jobs a limit holds back are never read past.
+        """
+        CREATE INDEX saqlite_jobs_function ON saqlite_jobs (queue, function, priority, run_at)
+        WHERE status = 'queued'
+        """,
+    ),
     (  # version 8: the figures of finished jobs (saqlite stats, /metrics, the page)
         # Per queue, function and minute of their end (epoch minute; 0: the sum of the
         # minutes the sweep folded in once they were a day old, see Queue.sweep): the
@@ -785,8 +873,23 @@ class WorkerInfo(t.TypedDict):
     metadata: t.Optional[dict[str, t.Any]]
 
 
-class QueueInfo(t.TypedDict):
-    """What ``Queue.info()`` returns."""
+class FlowRule(t.TypedDict):
+    """saqlite only: a pause or limits of a queue (``function`` None) or of one of its
+    functions, with their current use (see ``Queue.pause``, ``Queue.limit``)."""
+
+    function: t.Optional[str]
+    paused: bool
+    paused_until: t.Optional[float]  # epoch s, while paused until a time
+    rate: t.Optional[str]  # "60/m": at most 60 starts in any 60 s
+    concurrency: t.Optional[int]
+    per_group: t.Optional[int]  # whole queue: running at once per group_key
+    running: int  # jobs of the function (or queue) running now
+    started: t.Optional[int]  # starts within the rate's last period
+    busiest_group: t.Optional[int]  # with per_group: most running in one group_key
+
+
+class _QueueCounts(t.TypedDict):
+    """SAQ's fields of ``QueueInfo``."""
 
     workers: dict[str, WorkerInfo]
     name: str
@@ -794,6 +897,13 @@ class QueueInfo(t.TypedDict):
     active: int
     scheduled: int
     jobs: list[dict[str, t.Any]]
+
+
+class QueueInfo(_QueueCounts, total=False):
+    """What ``Queue.info()`` returns; ``flow`` (saqlite only) while the queue has a
+    pause or a limit."""
+
+    flow: list[FlowRule]
 
 
 class _QueueOptions(t.TypedDict, total=False):
@@ -1336,6 +1446,12 @@ class Queue:
         self._result_reads = _Batcher(self._read_results)
         self._step_writes = _Batcher(self._write_step_rows)  # see step(): no job changes
         self._wakeup = _Wakeup(self)
+        # Whether the file had pauses or limits for this queue when last looked at
+        # (which claim to run: see Queue._claim), the functions with a concurrency
+        # limit ('': the whole queue; a finish of theirs wakes claimers), and when.
+        self._flow = False
+        self._capped: frozenset[str] = frozenset()
+        self._flow_seen = -math.inf
         self.worst_lock_wait = 0.0  # seconds: the longest a statement waited for the file
         self.started = now()
         self.complete = 0
@@ -1594,6 +1710,80 @@ class Queue:
         """
         return await self._drive(_info_steps(self, jobs, offset, limit))
 
+    # -- flow control (saqlite only) -----------------------------------------
+
+    async def pause(
+        self,
+        function: t.Optional[str] = None,
+        *,
+        until: t.Union[datetime, float, None] = None,
+        for_s: t.Optional[float] = None,
+    ) -> None:
+        """saqlite only: stop starting jobs of the queue, or of one function in it,
+        until ``resume`` (or until a time). Their jobs stay queued; running jobs finish.
+        Workers in every process obey at their next claim (they are woken now); the
+        pause lives in the file, so it outlasts restarts.
+
+        Args:
+            function: a job function's name; None pauses the whole queue.
+            until: end the pause at this time (a datetime, or epoch seconds).
+            for_s: end the pause this many seconds from now.
+
+        Raises:
+            ValueError: a bad function name, both ``until`` and ``for_s``, or a time
+                that has passed.
+        """
+        await self._drive(_pause_steps(self.name, function, until, for_s))
+        await self._wakeup.notify("jobs")
+
+    async def resume(self, function: t.Optional[str] = None) -> None:
+        """saqlite only: end the pause of the queue (None), or of one function: its
+        jobs are claimed again at once. A function paused on its own stays paused
+        when the queue resumes."""
+        await self._drive(_resume_steps(self.name, function))
+        await self._wakeup.notify("jobs")
+
+    async def limit(
+        self,
+        function: t.Optional[str] = None,
+        *,
+        rate: t.Union[str, tuple[int, float], None] = None,
+        concurrency: t.Optional[int] = None,
+        per_group: t.Optional[int] = None,
+        clear: bool = False,
+    ) -> None:
+        """saqlite only: limit how jobs of one function (or of the whole queue, None)
+        start, exactly, across every worker of every process. Limits given are set,
+        the others kept; they live in the file.
+
+        Args:
+            rate: at most N starts in any window of a period: ``"60/m"``, ``"100/s"``,
+                ``"5/10s"``, ``"1000/h"``, ``"2/d"``, or ``(N, seconds)``.
+            concurrency: at most this many running at once.
+            per_group: (whole queue only) at most this many jobs of one ``group_key``
+                running at once (1 without it).
+            clear: remove the function's (or queue's) limits first.
+
+        Raises:
+            ValueError: a bad rate or count (they are whole numbers from 1), or
+                ``per_group`` with a function.
+        """
+        params = _limit_params(
+            self.name,
+            function,
+            rate=rate,
+            concurrency=concurrency,
+            per_group=per_group,
+            clear=clear,
+        )
+        await self._atomic(_limit_steps(params))
+        await self._wakeup.notify("jobs")
+
+    async def flow(self) -> list[FlowRule]:
+        """saqlite only: the pauses and limits in force on this queue, with their use
+        (also in ``info()["flow"]``)."""
+        return await self._drive(_flow_steps(self.name))
+
     # -- waiting for results -------------------------------------------------
 
     async def apply(
@@ -1801,7 +1991,9 @@ class Queue:
         self._count(job.status)
         if logger.isEnabledFor(logging.INFO):
             logger.info("Finished %s", job.info(logger.isEnabledFor(logging.DEBUG)))
-        if job.group_key is not None:  # the next job of its group may run now
+        if job.group_key is not None or (  # the next of its group or limit may run
+            self._capped and ("" in self._capped or job.function in self._capped)
+        ):
             await self._wakeup.notify("jobs")
 
     def _set_finished(
@@ -2367,6 +2559,13 @@ class Queue:
 
     # -- claiming ------------------------------------------------------------
 
+    # Whether a queue has a pause or a limit in force (an ended pause_until is none).
+    _SQL_FLOW_IN_FORCE = f"""
+    EXISTS (SELECT 1 FROM saqlite_flow WHERE queue = :queue AND (
+        rate IS NOT NULL OR concurrency IS NOT NULL OR per_group IS NOT NULL
+        OR (paused AND (paused_until IS NULL OR paused_until > {_SQL_NOW}))))
+    """
+
     @staticmethod
     @functools.lru_cache(maxsize=2)
     def _claim_sql(in_range: bool) -> str:
@@ -2406,6 +2605,79 @@ class Queue:
         WHERE rowid IN (
             SELECT id FROM (SELECT * FROM ungrouped UNION ALL SELECT * FROM grouped)
             ORDER BY priority, run_at, id LIMIT :limit)
+          AND NOT {Queue._SQL_FLOW_IN_FORCE}
+        RETURNING key, priority, run_at, {_LOAD_COLUMNS}
+        """
+
+    @staticmethod
+    @functools.lru_cache(maxsize=2)
+    def _flow_claim_sql(in_range: bool) -> str:
+        """The claim of a queue with pauses or limits (see Queue.limit): as _claim_sql,
+        in one statement, but it takes each function's next jobs apart (one index seek
+        per function with waiting jobs: held-back jobs are never read past), at most
+        the budget each limit has left. Starts are logged by saqlite_flow_started."""
+        # budget: how many more may start now; 0 while paused. MAX(.., 0): a limit
+        # lowered below its use must not give a negative LIMIT (which means none).
+        test = " AND priority BETWEEN :low AND :high" if in_range else ""
+        return f"""
+        WITH RECURSIVE rules AS (
+            SELECT r.function, r.per_group, MAX(0, CASE
+                WHEN r.paused AND (r.paused_until IS NULL OR r.paused_until > {_SQL_NOW}) THEN 0
+                ELSE MIN(:limit,
+                    COALESCE(r.rate - {_sql_starts_in_period("r")}, :limit),
+                    COALESCE(r.concurrency - (SELECT COUNT(*) FROM saqlite_jobs AS job
+                        WHERE job.queue = :queue AND job.status IN {_RUNNING_SQL}
+                          AND (r.function = '' OR job.function = r.function)), :limit))
+                END) AS budget
+            FROM saqlite_flow AS r WHERE r.queue = :queue
+        ), whole AS (
+            SELECT COALESCE((SELECT budget FROM rules WHERE function = ''), :limit) AS budget,
+                COALESCE((SELECT per_group FROM rules WHERE function = ''), 1) AS per_group
+        ), waiting(function) AS (
+            SELECT (SELECT function FROM saqlite_jobs INDEXED BY saqlite_jobs_function
+                    WHERE queue = :queue AND status = 'queued' ORDER BY function LIMIT 1)
+            UNION ALL
+            SELECT (SELECT job.function FROM saqlite_jobs AS job INDEXED BY saqlite_jobs_function
+                    WHERE job.queue = :queue AND job.status = 'queued'
+                      AND job.function > waiting.function
+                    ORDER BY job.function LIMIT 1)
+            FROM waiting WHERE waiting.function IS NOT NULL
+        ), allowed AS (
+            SELECT waiting.function, COALESCE(rules.budget, :limit) AS budget
+            FROM waiting LEFT JOIN rules ON rules.function = waiting.function
+            WHERE waiting.function IS NOT NULL AND COALESCE(rules.budget, :limit) > 0
+        ), full_group AS (
+            SELECT group_key FROM saqlite_jobs
+            WHERE queue = :queue AND group_key IS NOT NULL AND status IN {_RUNNING_SQL}
+            GROUP BY group_key HAVING COUNT(*) >= (SELECT per_group FROM whole)
+        ), candidate AS (
+            SELECT job.rowid AS id, job.priority, job.run_at, job.function, job.group_key,
+                allowed.budget
+            FROM allowed, saqlite_jobs AS job
+            WHERE job.rowid IN (
+                SELECT rowid FROM saqlite_jobs INDEXED BY saqlite_jobs_function
+                WHERE queue = :queue AND status = 'queued' AND function = allowed.function{test}
+                  AND run_at <= {_SQL_NOW}
+                  AND (group_key IS NULL OR group_key NOT IN (SELECT group_key FROM full_group))
+                ORDER BY priority, run_at, rowid LIMIT :limit)
+        ), ranked AS (
+            SELECT id, priority, run_at, group_key, budget,
+                ROW_NUMBER() OVER (
+                    PARTITION BY function ORDER BY priority, run_at, id) AS in_function,
+                ROW_NUMBER() OVER (
+                    PARTITION BY group_key ORDER BY priority, run_at, id) AS in_group
+            FROM candidate
+        )
+        UPDATE saqlite_jobs
+        SET status = 'active', worker_id = :worker_id, attempts = attempts + 1,
+            started = {_SQL_NOW_MS}, touched = {_SQL_NOW_MS}
+        WHERE rowid IN (
+            SELECT id FROM ranked
+            WHERE in_function <= budget AND (group_key IS NULL OR in_group + (
+                SELECT COUNT(*) FROM saqlite_jobs AS job
+                WHERE job.queue = :queue AND job.group_key = ranked.group_key
+                  AND job.status IN {_RUNNING_SQL}) <= (SELECT per_group FROM whole))
+            ORDER BY priority, run_at, id LIMIT (SELECT budget FROM whole))
         RETURNING key, priority, run_at, {_LOAD_COLUMNS}
         """
 
@@ -2419,9 +2691,18 @@ class Queue:
             "worker_id": worker_id,
             "limit": limit,
         }
-        rows = await self._fetch(self._claim_sql(self.priorities != _ALL_PRIORITIES), params)
+        in_range = self.priorities != _ALL_PRIORITIES
+        if time.monotonic() - self._flow_seen > _FLOW_LOOK_S:
+            await self._look_at_flow()
+        rows = await self._fetch(self._claim_statement(in_range), params)
         if not rows:
-            return []
+            # None came: maybe because pauses or limits came or went (the plain claim
+            # takes nothing while any is in force, so it never oversteps one).
+            if not await self._look_at_flow():
+                return []
+            rows = await self._fetch(self._claim_statement(in_range), params)
+            if not rows:
+                return []
         claimed: list[tuple[t.Any, t.Any, Job]] = []
         failed = False
         for key, priority, run_at, *loaded in rows:
@@ -2437,6 +2718,25 @@ class Queue:
         if failed:  # the next job of its group may run
             await self._wakeup.notify("jobs")
         return [job for _, _, job in claimed]
+
+    def _claim_statement(self, in_range: bool) -> str:
+        return self._flow_claim_sql(in_range) if self._flow else self._claim_sql(in_range)
+
+    _SQL_FLOW_STATE = f"""
+    SELECT {_SQL_FLOW_IN_FORCE}, (
+        SELECT json_group_array(function) FROM saqlite_flow
+        WHERE queue = :queue AND concurrency IS NOT NULL)
+    """
+
+    async def _look_at_flow(self) -> bool:
+        """Read whether pauses or limits are in force, and which functions have a
+        concurrency limit; whether the claim to run changed."""
+        ((in_force, capped),) = await self._fetch(self._SQL_FLOW_STATE, {"queue": self.name})
+        self._flow_seen = time.monotonic()
+        self._capped = frozenset(json.loads(capped))
+        changed = bool(in_force) != self._flow
+        self._flow = bool(in_force)
+        return changed
 
     # The jobs a worker holds (its running jobs: few, found through the ready index).
     _SQL_HELD_JOBS = f"""
@@ -2484,13 +2784,14 @@ class Queue:
         deadline = time.monotonic() + timeout if timeout else math.inf
         while True:
             generation = self._wakeup.generation("jobs")
+            since = time.time()  # (a rate token that frees after this wakes the wait)
             jobs = await self._claim(limit, worker_id)
             if jobs:
                 return jobs
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
-            await self._wait_for_work(generation, remaining)
+            await self._wait_for_work(generation, remaining, since)
 
     # When the next scheduled job falls due (jobs due now but not claimed wait for their
     # group: the end of the group's running job wakes the claimers).
@@ -2500,17 +2801,39 @@ class Queue:
     WHERE queue = ? AND status = 'queued' AND run_at > {_SQL_NOW}
     """
 
-    async def _wait_for_work(self, generation: int, limit: float) -> None:
+    # When the next pause ends or the next rate token frees after :since (epoch s: just
+    # before the claim that took nothing), in seconds from now by SQLite's clock
+    # (negative: it came meanwhile); NULL if neither comes. A rate whose period held
+    # `rate` starts then frees a token as the oldest of them leaves (plus a
+    # millisecond: starts are whole ms); one lowered below its use wakes early, and
+    # looks again. A token already free then was not what held the claim back.
+    _SQL_NEXT_FLOW_AT = f"""
+    SELECT MIN(at) - {_SQL_NOW} FROM (
+        SELECT paused_until AS at FROM saqlite_flow WHERE queue = :queue AND paused
+        UNION ALL
+        SELECT (SELECT MIN(start.started) FROM saqlite_flow_starts AS start
+                WHERE start.queue = r.queue AND start.function = r.function
+                  AND start.started > :since * 1000 - r.period * 1000
+                HAVING COUNT(*) >= r.rate) / 1000.0 + r.period + 0.001
+        FROM saqlite_flow AS r WHERE r.queue = :queue AND r.rate IS NOT NULL)
+    WHERE at > :since
+    """
+
+    async def _wait_for_work(self, generation: int, limit: float, since: float) -> None:
         """Sleep until work may be ready: a wake-up, a scheduled job falling due, or a
         commit by another process (checked every _FALLBACK_POLL_S), at most ``limit``
         seconds and at most _FORCED_CLAIM_S (a commit can slip between the claim and
-        the first look at data_version).
+        the first look at data_version); under pauses or limits, also the end of a
+        pause or a rate token freeing after ``since`` (epoch s), when the claim was tried.
         """
         version = await self._data_version()
         deadline = time.monotonic() + min(limit, _FORCED_CLAIM_S)
         rows = await self._fetch(self._SQL_NEXT_RUN_AT, (self.name,))
-        if rows and rows[0][0] is not None:
-            deadline = min(deadline, time.monotonic() + max(rows[0][0], 0))
+        if self._flow:
+            rows += await self._fetch(self._SQL_NEXT_FLOW_AT, {"queue": self.name, "since": since})
+        for (seconds,) in rows:
+            if seconds is not None:
+                deadline = min(deadline, time.monotonic() + max(seconds, 0))
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -3595,6 +3918,47 @@ class SyncQueue:
         """Live workers, counts, and (with ``jobs``) unfinished jobs: as ``Queue.info``."""
         return self._drive(_info_steps(self.queue, jobs, offset, limit))
 
+    def pause(
+        self,
+        function: t.Optional[str] = None,
+        *,
+        until: t.Union[datetime, float, None] = None,
+        for_s: t.Optional[float] = None,
+    ) -> None:
+        """saqlite only: pause the queue, or one function in it: as ``Queue.pause``."""
+        self._drive(_pause_steps(self.name, function, until, for_s))
+        self._wakeup.notify("jobs")
+
+    def resume(self, function: t.Optional[str] = None) -> None:
+        """saqlite only: end a pause: as ``Queue.resume``."""
+        self._drive(_resume_steps(self.name, function))
+        self._wakeup.notify("jobs")
+
+    def limit(
+        self,
+        function: t.Optional[str] = None,
+        *,
+        rate: t.Union[str, tuple[int, float], None] = None,
+        concurrency: t.Optional[int] = None,
+        per_group: t.Optional[int] = None,
+        clear: bool = False,
+    ) -> None:
+        """saqlite only: limit starts and running jobs: as ``Queue.limit``."""
+        params = _limit_params(
+            self.name,
+            function,
+            rate=rate,
+            concurrency=concurrency,
+            per_group=per_group,
+            clear=clear,
+        )
+        self._atomic(_limit_steps(params))
+        self._wakeup.notify("jobs")
+
+    def flow(self) -> list[FlowRule]:
+        """saqlite only: the pauses and limits in force, with their use: as ``Queue.flow``."""
+        return self._drive(_flow_steps(self.name))
+
     def refresh(self, job: Job, until_complete: t.Optional[float] = None) -> Job:
         """Reload a job in place, and return it.
 
@@ -3757,6 +4121,7 @@ _VERBOSE_HELP = "log DEBUG too (default INFO); -vv adds aiosqlite's line per sta
 #: this file cut at the marker says what it lacks rather than take one for settings.
 _OPS_COMMANDS = (
     "info", "jobs", "job", "retry", "abort", "purge", "vacuum", "burst", "web", "export",
+    "pause", "resume", "limit", "drain",
 )  # fmt: skip
 
 
@@ -4571,7 +4936,7 @@ def _info_steps(queue: Queue, jobs: bool, offset: int, limit: int) -> _Steps[Que
             waiting = (queue.name, Status.QUEUED.value, limit - len(rows), max(offset - active, 0))
             rows += yield _SQL_LIST_JOBS, waiting
         job_dicts = [queue._codec.job(row).to_dict() for row in rows]
-    return {
+    info: QueueInfo = {
         "workers": {worker.id: worker.info for worker in workers if worker.listed},
         "name": queue.name,
         "queued": queued,
@@ -4579,6 +4944,10 @@ def _info_steps(queue: Queue, jobs: bool, offset: int, limit: int) -> _Steps[Que
         "scheduled": scheduled,
         "jobs": job_dicts,
     }
+    flow = yield from _flow_steps(queue.name)
+    if flow:
+        info["flow"] = flow
+    return info
 
 
 _SQL_REQUEST_ABORT = """
@@ -4613,6 +4982,243 @@ def _abort_steps(queue: Queue, key: str, error: str) -> _Steps[tuple[t.Optional[
                 return current, True
 
         # It moved on (claimed, or finished) between the read and the write: look again.
+
+
+# -- flow control: pauses and limits (see Queue.pause and Queue.limit) -------------
+
+_RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+#: The largest count a limit takes (a rate's n, a concurrency, a per_group).
+_MAX_FLOW_N = 2**31 - 1
+
+
+def _flow_key(function: object) -> str:
+    """A function's name as saqlite_flow keys it: '' for the whole queue (None)."""
+    if function is None:
+        return ""
+    if not isinstance(function, str) or not function:
+        raise ValueError(
+            f"function must be the name of a job function, or None for the whole queue, "
+            f"got {function!r}"
+        )
+    return function
+
+
+def _flow_count(name: str, value: object) -> int:
+    """A limit's count: a whole number from 1."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= _MAX_FLOW_N:
+        raise ValueError(
+            f"{name} must be a whole number from 1 to {_MAX_FLOW_N}, got {value!r} "
+            "(to remove a limit, call limit(..., clear=True))"
+        )
+    return value
+
+
+def _parse_rate(rate: object) -> tuple[int, float]:
+    """A rate's (n, period in seconds): "60/m" (at most 60 starts in any minute),
+    "5/10s", "1000/h", "2/d", or a tuple (n, seconds)."""
+    if isinstance(rate, tuple) and len(rate) == 2:
+        n, period = rate
+    elif isinstance(rate, str) and rate.count("/") == 1:
+        n_text, period_text = rate.strip().split("/")
+        unit = period_text.strip()[-1:]
+        number = period_text.strip()[:-1]
+        try:
+            n = int(n_text)
+            period = _RATE_UNITS[unit] * (float(number) if number else 1.0)
+        except (KeyError, ValueError):
+            n = period = None
+    else:
+        n = period = None
+    if n is None or period is None:
+        raise ValueError(
+            f"rate must be 'N/period' with a unit of s, m, h or d (e.g. '60/m', '5/10s') "
+            f"or a tuple (N, seconds), got {rate!r}"
+        )
+    _flow_count("rate's N", n)
+    if not _is_number(period) or not 0 < period <= _MAX_SECONDS:
+        raise ValueError(
+            f"rate's period must be seconds above 0 and up to {_MAX_SECONDS:.0f}, got "
+            f"{period!r} in {rate!r}"
+        )
+    return t.cast(int, n), float(period)
+
+
+def _rate_text(n: int, period: float) -> str:
+    """A rate as text, by the largest unit that divides its period: "60/m"."""
+    for unit, seconds in reversed(_RATE_UNITS.items()):
+        count = period / seconds
+        if count == int(count):
+            return f"{n}/{unit}" if count == 1 else f"{n}/{int(count)}{unit}"
+    return f"{n}/{period:g}s"
+
+
+def _pause_until(until: object, for_s: object) -> tuple[t.Optional[float], t.Optional[float]]:
+    """(until as epoch s, for_s) of a pause, at most one given; (None, None): until
+    resumed."""
+    if until is not None and for_s is not None:
+        raise ValueError("pause takes until= or for_s=, not both")
+    if for_s is not None:
+        if not _is_number(for_s) or not 0 < t.cast(float, for_s) <= _MAX_SECONDS:
+            raise ValueError(
+                f"for_s must be seconds above 0 and up to {_MAX_SECONDS:.0f}, got {for_s!r}"
+            )
+        return None, float(t.cast(float, for_s))
+    if until is None:
+        return None, None
+    epoch = until.timestamp() if isinstance(until, datetime) else until
+    if not _is_number(epoch) or not 0 < t.cast(float, epoch) <= _MAX_EPOCH_S:
+        raise ValueError(f"until must be a datetime or an epoch time in seconds, got {until!r}")
+    if t.cast(float, epoch) <= time.time():
+        raise ValueError(f"until {until} has passed: give a later time (resume() ends a pause now)")
+    return float(t.cast(float, epoch)), None
+
+
+def _sql_starts_in_period(rule: str) -> str:
+    """How many starts the period of ``rule`` (a saqlite_flow row's alias) holds now:
+    its last number less the first one in the period, plus one (0 when none is)."""
+    return f"""
+    COALESCE({rule}.starts + 1 - (
+        SELECT start.seq FROM saqlite_flow_starts AS start
+        WHERE start.queue = {rule}.queue AND start.function = {rule}.function
+          AND start.started > {_SQL_NOW_MS} - {rule}.period * 1000
+        ORDER BY start.started, start.seq LIMIT 1), 0)
+    """
+
+
+_SQL_PAUSE = f"""
+INSERT INTO saqlite_flow (queue, function, paused, paused_until)
+VALUES (:queue, :function, 1, COALESCE(:until, {_SQL_NOW} + :for_s))
+ON CONFLICT (queue, function) DO UPDATE SET paused = 1, paused_until = excluded.paused_until
+"""
+# (A row left with nothing set is deleted by the saqlite_flow_cleared trigger.)
+_SQL_RESUME = """
+UPDATE saqlite_flow SET paused = 0, paused_until = NULL
+WHERE queue = :queue AND function = :function
+"""
+_SQL_CLEAR_LIMITS = """
+UPDATE saqlite_flow SET rate = NULL, period = NULL, concurrency = NULL, per_group = NULL
+WHERE queue = :queue AND function = :function
+"""
+_SQL_SET_LIMITS = """
+INSERT INTO saqlite_flow (queue, function, rate, period, concurrency, per_group)
+VALUES (:queue, :function, :rate, :period, :concurrency, :per_group)
+ON CONFLICT (queue, function) DO UPDATE SET
+    rate = COALESCE(excluded.rate, rate), period = COALESCE(excluded.period, period),
+    concurrency = COALESCE(excluded.concurrency, concurrency),
+    per_group = COALESCE(excluded.per_group, per_group)
+"""
+
+
+def _pause_steps(
+    queue: str, function: t.Optional[str], until: object, for_s: object
+) -> _Steps[None]:
+    end, seconds = _pause_until(until, for_s)
+    params = {"queue": queue, "function": _flow_key(function), "until": end, "for_s": seconds}
+    yield _SQL_PAUSE, params
+
+
+def _resume_steps(queue: str, function: t.Optional[str]) -> _Steps[None]:
+    yield _SQL_RESUME, {"queue": queue, "function": _flow_key(function)}
+
+
+def _limit_params(
+    queue: str,
+    function: t.Optional[str],
+    *,
+    rate: t.Union[str, tuple[int, float], None],
+    concurrency: t.Optional[int],
+    per_group: t.Optional[int],
+    clear: bool,
+) -> dict[str, t.Any]:
+    """The checked parameters of a limit() call (see _limit_steps)."""
+    key = _flow_key(function)
+    n, period = _parse_rate(rate) if rate is not None else (None, None)
+    if concurrency is not None:
+        _flow_count("concurrency", concurrency)
+    if per_group is not None:
+        _flow_count("per_group", per_group)
+        if key:
+            raise ValueError(
+                "per_group limits the jobs of each group_key of the whole queue, whatever "
+                f"their function: call limit(per_group={per_group}) without function={key!r}"
+            )
+    if not clear and n is None and concurrency is None and per_group is None:
+        raise ValueError(
+            "limit needs rate=, concurrency= or per_group= (or clear=True to remove the limits)"
+        )
+    return {
+        "queue": queue,
+        "function": key,
+        "rate": n,
+        "period": period,
+        "concurrency": concurrency,
+        "per_group": per_group,
+        "clear": clear,
+    }
+
+
+def _limit_steps(params: dict[str, t.Any]) -> _Steps[None]:
+    """Set limits (see _limit_params), in one transaction: no claim sees them half set."""
+    if params["clear"]:
+        yield _SQL_CLEAR_LIMITS, {"queue": params["queue"], "function": params["function"]}
+    if any(params[name] is not None for name in ("rate", "concurrency", "per_group")):
+        yield _SQL_SET_LIMITS, {name: value for name, value in params.items() if name != "clear"}
+
+
+# Each pause or limit in force, with its use: running jobs (through the ready index,
+# as few as are running), starts within the rate's period, and the most running jobs
+# of one group_key.
+_SQL_FLOW = f"""
+SELECT rule.function,
+    rule.paused AND (rule.paused_until IS NULL OR rule.paused_until > {_SQL_NOW}),
+    rule.paused_until, rule.rate, rule.period, rule.concurrency, rule.per_group,
+    (SELECT COUNT(*) FROM saqlite_jobs AS job
+     WHERE job.queue = rule.queue AND job.status IN {_RUNNING_SQL}
+       AND (rule.function = '' OR job.function = rule.function)),
+    CASE WHEN rule.rate IS NOT NULL THEN {_sql_starts_in_period("rule")} END,
+    CASE WHEN rule.per_group IS NOT NULL THEN (
+        SELECT COALESCE(MAX(n), 0) FROM (
+            SELECT COUNT(*) AS n FROM saqlite_jobs AS job
+            WHERE job.queue = rule.queue AND job.group_key IS NOT NULL
+              AND job.status IN {_RUNNING_SQL}
+            GROUP BY job.group_key)) END
+FROM saqlite_flow AS rule WHERE rule.queue = ?
+ORDER BY rule.function
+"""
+
+
+def _flow_steps(queue: str) -> _Steps[list[FlowRule]]:
+    """The pauses and limits in force on a queue, with their use."""
+    rows = yield _SQL_FLOW, (queue,)
+    rules: list[FlowRule] = []
+    for (
+        function,
+        paused,
+        until,
+        rate,
+        period,
+        concurrency,
+        per_group,
+        running,
+        started,
+        busiest,
+    ) in rows:
+        if not (paused or rate or concurrency or per_group):
+            continue  # a pause that has ended
+        rules.append(
+            {
+                "function": function or None,
+                "paused": bool(paused),
+                "paused_until": until if paused else None,
+                "rate": _rate_text(rate, period) if rate is not None else None,
+                "concurrency": concurrency,
+                "per_group": per_group,
+                "running": running,
+                "started": started,
+                "busiest_group": busiest,
+            }
+        )
+    return rules
 
 
 class _Mapping:
@@ -5671,6 +6277,10 @@ commands on a saqlite file (a path or sqlite:/// URL; no settings needed):
   saqlite web FILE [--port 8080] serve the monitoring page
   saqlite burst module.settings  run the jobs there are; exit 1 if any failed or is pending
   saqlite export FILE URL        move waiting and scheduled jobs into SAQ (redis://, postgres://)
+  saqlite pause FILE [--function F] [--for 10m|--until TIME]   stop starting jobs (kept queued)
+  saqlite resume FILE [--function F]   end a pause
+  saqlite limit FILE [--function F] --rate 60/m --concurrency N --per-group N (or --clear)
+  saqlite drain FILE [--timeout S]   pause, wait for running jobs to end (exit 1 on timeout)
 Add --json for output a script can read. saqlite COMMAND -h tells more.
 
 exit codes, the same for every command:
@@ -5686,9 +6296,10 @@ It runs every job that is due, and jobs that become due while it runs; it waits
 for the retries of the jobs it ran, however long their retry_delay, and for their
 sleeps (saqlite.sleep); it stops
 once nothing has been running or due for --wait seconds. Jobs still waiting then
-(scheduled later) are listed as pending. Exit 0 when all is done; 1 when a job
-failed or was aborted, or jobs are pending (unless --allow-pending or
---max-jobs); 2 on a usage or settings error, or a file that does not exist."""
+(scheduled later, or held by a pause) are listed as pending. Exit 0 when all is
+done; 1 when a job failed or was aborted, or jobs are pending (unless
+--allow-pending or --max-jobs); 2 on a usage or settings error, or a file that
+does not exist."""
 #: Seconds between a burst's looks at whether work is left.
 _BURST_POLL_S = 0.1
 _ALLOWED_HOST_HELP = (
@@ -5719,7 +6330,8 @@ GROUP BY queues.queue, jobs.status
 """
 # Queue names in a file: those with jobs, and those with registered workers.
 _SQL_OPS_QUEUE_NAMES = (
-    f"SELECT queue FROM ({_SQL_OPS_COUNTS}) UNION SELECT queue FROM saqlite_workers ORDER BY 1"
+    f"SELECT queue FROM ({_SQL_OPS_COUNTS}) UNION SELECT queue FROM saqlite_workers "
+    "UNION SELECT queue FROM saqlite_flow ORDER BY 1"
 )
 #: Characters of a job's data, result or error a listing reads; a job with more is
 #: listed from its columns (kwargs and result left out), an error is cut in the middle.
@@ -5930,6 +6542,9 @@ async def _overview(store: _Store, queue: t.Optional[str] = None) -> dict[str, t
             **{status: found.get(status, 0) for status in _FINISHED},
         }
         entry["workers"] = sum(worker["queue"] == name for worker in workers)
+        flow = await store.queue(name).flow()
+        if flow:  # as in info(): while a pause or limit is in force
+            entry["flow"] = flow
         queues.append(entry)
     return {"path": store.path, "queues": queues, "workers": workers}
 
@@ -6403,6 +7018,9 @@ def _format_overview(overview: dict[str, t.Any]) -> str:
     kinds = ("queued", "scheduled", "active", "complete", "failed", "aborted", "workers")
     rows = [[q["name"], *(q[kind] for kind in kinds)] for q in overview["queues"]]
     lines.append(_table(headers, rows, right=range(1, 8)))
+    flow = _format_flow(overview["queues"])
+    if flow:
+        lines.append("\n" + flow)
     workers = overview["workers"]
     lines.append(f"\n{len(workers)} live worker{'' if len(workers) == 1 else 's'}")
     if workers:
@@ -6435,6 +7053,33 @@ def _format_overview(overview: dict[str, t.Any]) -> str:
             )
         lines.append(_table(headers, rows, right=range(5, 9)))
     return "\n".join(lines)
+
+
+def _flow_use(rule: FlowRule) -> list[str]:
+    """A pause or limit, with its use, as short phrases: "rate 60/m (12 started)"."""
+    parts = []
+    if rule["paused"]:
+        until = rule["paused_until"]
+        parts.append(f"paused until {_fmt_time(until * 1000)}" if until else "paused")
+    if rule["rate"]:
+        parts.append(f"rate {rule['rate']} ({rule['started']} started)")
+    if rule["concurrency"]:
+        parts.append(f"concurrency {rule['concurrency']} ({rule['running']} running)")
+    if rule["per_group"]:
+        parts.append(f"per group {rule['per_group']} (busiest {rule['busiest_group']})")
+    return parts
+
+
+def _format_flow(queues: list[dict[str, t.Any]]) -> str:
+    """The pauses and limits of the queues of an overview, a line each."""
+    rows = [
+        [q["name"], rule["function"] or "(whole queue)", ", ".join(_flow_use(rule))]
+        for q in queues
+        for rule in q.get("flow", ())
+    ]
+    if not rows:
+        return ""
+    return "pauses and limits\n" + _table(("QUEUE", "FUNCTION", "IN FORCE (USE)"), rows)
 
 
 def _format_jobs(
@@ -7006,13 +7651,17 @@ WHERE queue = :queue AND worker_id = :worker_id AND status IN ('failed', 'aborte
 ORDER BY completed
 """
 # Whether a burst has work: a job of its worker running or waiting to be retried, or
-# any job of its queue due.
+# any job of its queue due (but for those a pause holds).
 _SQL_OPS_BURST_BUSY = f"""
 SELECT EXISTS (
     SELECT 1 FROM saqlite_jobs WHERE queue = :queue AND worker_id = :worker_id
     AND (status IN {_RUNNING_SQL} OR (status = 'queued' AND attempts > 0))
 ) OR EXISTS (
-    SELECT 1 FROM saqlite_jobs WHERE queue = :queue AND status = 'queued' AND run_at <= :now
+    SELECT 1 FROM saqlite_jobs AS job
+    WHERE job.queue = :queue AND job.status = 'queued' AND job.run_at <= :now
+      AND NOT EXISTS (  -- a pause holds it: it is left pending
+          SELECT 1 FROM saqlite_flow WHERE queue = :queue AND function IN ('', job.function)
+            AND paused AND (paused_until IS NULL OR paused_until > :now))
 ) OR EXISTS (
     SELECT 1 FROM saqlite_jobs JOIN saqlite_steps USING (queue, key)
     WHERE queue = :queue AND worker_id = :worker_id AND status = 'queued'
@@ -7447,6 +8096,137 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return _run_on_store(args.file, action)
 
 
+# -- flow control: pause, resume, limit, drain ----------------------------------
+
+_DRAIN_HELP = """\
+Pause the queues (every queue in the file, or --queue), then wait for their running
+jobs to end: for deploys and upgrades. Waiting jobs stay queued, and the queues stay
+paused until `saqlite resume FILE`. Exit 0 once nothing runs; 1 if jobs still run
+after --timeout seconds (they are named); 2 on a usage error."""
+#: Seconds between a drain's looks at the running jobs.
+_DRAIN_POLL_S = 0.1
+
+# The running jobs of some queues (through saqlite_jobs_ready: as few as are running).
+_SQL_OPS_RUNNING = f"""
+SELECT queue, key, function, worker_id FROM saqlite_jobs
+WHERE queue IN (SELECT value FROM json_each(:queues)) AND status IN {_RUNNING_SQL}
+ORDER BY queue, started
+"""
+
+
+async def _flow_queues(store: _Store, queue: t.Optional[str]) -> list[Queue]:
+    """The queues a flow command acts on: ``queue``, or every queue in the file."""
+    if queue is not None:
+        return [store.queue(queue)]
+    names = [name for (name,) in await store.fetch(_SQL_OPS_QUEUE_NAMES)]
+    return [store.queue(name) for name in names or ["default"]]
+
+
+def _flow_target(queue: Queue, function: t.Optional[str]) -> str:
+    return f"{_clean(queue.name)}{'' if function is None else ' ' + _clean(function)}"
+
+
+def _pause_end(args: argparse.Namespace) -> dict[str, t.Any]:
+    """``pause``'s --for or --until, as Queue.pause's keyword."""
+    if args.for_ is not None and args.until is not None:
+        raise _OpsError("Give --for or --until, not both")
+    if args.for_ is not None:
+        seconds = _parse_age(args.for_)
+        if not seconds:
+            raise _OpsError("--for must be longer than 0, e.g. 30s, 10m, 2h")
+        return {"for_s": seconds}
+    if args.until is not None:
+        try:
+            return {"until": datetime.fromisoformat(args.until)}
+        except ValueError:
+            raise _OpsError(
+                f"--until {args.until!r} is not a time: use ISO 8601, e.g. 2026-12-24T18:00 "
+                "(local time) or 2026-12-24T17:00+00:00"
+            ) from None
+    return {}
+
+
+def _cmd_flow(args: argparse.Namespace) -> int:
+    """``pause``, ``resume`` and ``limit``, on one queue or every queue in the file."""
+    end = _pause_end(args) if args.command == "pause" else {}
+    if args.command == "limit" and not (
+        args.clear or args.rate or args.concurrency is not None or args.per_group is not None
+    ):
+        raise _OpsError("limit needs --rate, --concurrency or --per-group (or --clear)")
+
+    async def action(store: _Store) -> int:
+        queues = await _flow_queues(store, args.queue)
+        for queue in queues:
+            target = _flow_target(queue, args.function)
+            try:
+                if args.command == "pause":
+                    await queue.pause(args.function, **end)
+                    done = f"paused {target}"
+                elif args.command == "resume":
+                    await queue.resume(args.function)
+                    done = f"resumed {target}"
+                else:
+                    await queue.limit(
+                        args.function,
+                        rate=args.rate,
+                        concurrency=args.concurrency,
+                        per_group=args.per_group,
+                        clear=args.clear,
+                    )
+                    done = f"limits of {target} set"
+            except ValueError as exc:
+                raise _OpsError(str(exc)) from exc
+            if not args.json:
+                rules = [r for r in await queue.flow() if r["function"] == args.function]
+                now_in_force = ", ".join(part for r in rules for part in _flow_use(r))
+                print(f"{done}: {now_in_force or 'nothing in force'}")
+        if args.json:  # the queues' pauses and limits as they now are
+            _print_json({queue.name: await queue.flow() for queue in queues})
+        return 0
+
+    return _run_on_store(args.file, action)
+
+
+def _cmd_drain(args: argparse.Namespace) -> int:
+    if not 0 <= args.timeout < math.inf:
+        raise _OpsError(f"--timeout must be seconds from 0, got {args.timeout}")
+
+    async def action(store: _Store) -> int:
+        queues = await _flow_queues(store, args.queue)
+        for queue in queues:
+            await queue.pause()
+        names = json.dumps([queue.name for queue in queues])
+        deadline = time.monotonic() + args.timeout
+        while True:
+            rows = await store.fetch(_SQL_OPS_RUNNING, {"queues": names})
+            if not rows or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(_DRAIN_POLL_S)
+        paused = ", ".join(_clean(queue.name) for queue in queues)
+        if args.json:
+            running = [
+                {"queue": queue, "key": key, "function": function, "worker": worker}
+                for queue, key, function, worker in rows
+            ]
+            _print_json({"paused": [queue.name for queue in queues], "running": running})
+        elif rows:
+            print(
+                f"saqlite drain: {len(rows)} job(s) still running after {args.timeout:g} s "
+                f"(queues stay paused: {paused}):",
+                file=sys.stderr,
+            )
+            for queue, key, function, worker in rows:
+                print(f"  {_clean(queue)} {_clean(key)} ({_clean(function)}, worker {worker})")
+        else:
+            print(
+                f"drained {paused}: nothing running; the queues stay paused until "
+                f"`saqlite resume {args.file}`"
+            )
+        return 1 if rows else 0
+
+    return _run_on_store(args.file, action)
+
+
 def _ops_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="saqlite",
@@ -7556,6 +8336,48 @@ def _ops_parser() -> argparse.ArgumentParser:
     sub.add_argument("--queue", help="only this queue (default: every queue with jobs)")
     sub.add_argument("--dry-run", action="store_true", help="only count what would move")
     sub.add_argument("-q", "--quiet", action="store_true", help="no progress")
+    every_queue = "only this queue (default: every queue in the file)"
+    one_function = "only this job function (default: the whole queue)"
+    sub = command(
+        "pause",
+        "Stop starting jobs of the queues, or of one function (saqlite only). Waiting jobs "
+        "stay queued; running jobs finish; workers in every process obey at once.",
+        _cmd_flow,
+    )
+    sub.add_argument("--queue", help=every_queue)
+    sub.add_argument("--function", help=one_function)
+    sub.add_argument(
+        "--for", dest="for_", metavar="AGE", help="end the pause after 30s, 10m, 2h ..."
+    )
+    sub.add_argument("--until", metavar="TIME", help="end the pause at an ISO time")
+    sub = command("resume", "End a pause (saqlite only).", _cmd_flow)
+    sub.add_argument("--queue", help=every_queue)
+    sub.add_argument("--function", help=one_function)
+    sub = command(
+        "limit",
+        "Limit how jobs start, exactly across every worker process (saqlite only). "
+        "Limits given are set, the others kept.",
+        _cmd_flow,
+    )
+    sub.add_argument("--queue", help=every_queue)
+    sub.add_argument("--function", help=one_function)
+    sub.add_argument("--rate", help="at most N starts in any period: 60/m, 100/s, 5/10s, 1000/h")
+    sub.add_argument("--concurrency", type=int, metavar="N", help="at most N running at once")
+    sub.add_argument(
+        "--per-group", type=int, metavar="N", help="(whole queue) at most N per group_key at once"
+    )
+    sub.add_argument("--clear", action="store_true", help="remove the limits first")
+    sub = command("drain", "Pause, then wait for running jobs to end (deploys).", _cmd_drain)
+    sub.description = _DRAIN_HELP
+    sub.formatter_class = argparse.RawDescriptionHelpFormatter
+    sub.add_argument("--queue", help=every_queue)
+    sub.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="give up after this long, exit 1 (default 60)",
+    )
     return parser
 
 
@@ -7962,6 +8784,9 @@ class _WebApp:
             ("POST", "/bulk"): self._bulk_page,
             ("GET", "/events"): self._events,
             ("GET", "/health"): self._health,
+            ("POST", "/pause"): self._flow_change,
+            ("POST", "/resume"): self._flow_change,
+            ("POST", "/limit"): self._flow_change,
             ("GET", "/api/queues"): self._api_queues,
             ("GET", "/api/queues/{queue}"): self._api_queue,
             ("GET", "/api/queues/{queue}/jobs/{key}"): self._api_job,
@@ -8335,12 +9160,11 @@ class _WebApp:
                 ("day", 3600, "Last day, per hour"),
             )
         )
-        # Flow control (paused queues, limits) goes between the queues and throughput.
         return f"""<h2>Queues</h2>{self._file_html(db)}
 <div class="scroll"><table id="queues" class="queues"><tr><th>Queue</th><th class="n">Queued</th>
 <th class="n">Scheduled</th><th class="n">Active</th><th class="n">Complete</th>
 <th class="n">Failed</th><th class="n">Aborted</th><th class="n">Workers</th></tr>
-{"".join(rows)}</table></div>
+{"".join(rows)}</table></div>{self._flow_html(request, db, overview)}
 <h2>Throughput</h2><p class="muted"><span class="key complete"></span> complete
 <span class="key failed"></span> failed <span class="key aborted"></span> aborted</p>
 <div class="charts">{charts}</div>
@@ -8830,6 +9654,95 @@ left as they are.</p>{form}"""
         for store in self.stores:
             await store.fetch(_SQL_OPS_QUEUE_NAMES)
         return _WebResponse(200, b"OK", "text/plain")
+
+    # -- flow control: pauses and limits ----------------------------------------
+
+    def _flow_html(self, request: _WebRequest, db: int, overview: dict[str, t.Any]) -> str:
+        """The pauses and limits of a file's queues, with their use; forms to pause,
+        resume and limit (POST /pause, /resume, /limit)."""
+
+        def form(action: str, fields: str, label: str) -> str:
+            return (
+                f'<form class="inline" method="post" action="{_e(self._url(request, action))}">'
+                f'<input type="hidden" name="db" value="{db}">{self._csrf_field(request)}'
+                f'{fields}<button type="submit">{_e(label)}</button></form> '
+            )
+
+        def hidden(name: str, value: t.Optional[str]) -> str:
+            return (
+                "" if value is None else f'<input type="hidden" name="{name}" value="{_e(value)}">'
+            )
+
+        rows = []
+        for q in overview["queues"]:
+            for rule in q.get("flow", ()):
+                target = hidden("queue", q["name"]) + hidden("function", rule["function"])
+                resume = form("/resume", target, "Resume") if rule["paused"] else ""
+                rows.append(
+                    f"<tr><td>{_e(q['name'])}</td><td>{_e(rule['function'] or '(whole queue)')}"
+                    f"</td><td>{_e(', '.join(_flow_use(rule)))}</td><td>{resume}</td></tr>"
+                )
+        if not rows:
+            rows.append('<tr><td colspan="4" class="muted">No pause or limit.</td></tr>')
+        names = [q["name"] for q in overview["queues"]] or ["default"]
+        choose = (
+            '<select name="queue">'
+            + "".join(f'<option value="{_e(name)}">{_e(name)}</option>' for name in names)
+            + "</select>"
+        )
+        function = '<input name="function" placeholder="function (all)" size="12">'
+        pause = form(
+            "/pause",
+            choose
+            + function
+            + '<input name="for" placeholder="for: 10m (until resumed)" size="14">',
+            "Pause",
+        )
+        limit = form(
+            "/limit",
+            choose
+            + function
+            + '<input name="rate" placeholder="rate: 60/m" size="9">'
+            + '<input name="concurrency" placeholder="concurrency" size="9">'
+            + '<input name="per_group" placeholder="per group" size="8">'
+            + '<label><input type="checkbox" name="clear" value="1"> clear first</label>',
+            "Set limits",
+        )
+        return f"""<h2>Pauses and limits</h2>
+<div class="scroll"><table id="flow"><tr><th>Queue</th><th>Function</th><th>In force (use)</th>
+<th></th></tr>{"".join(rows)}</table></div><p>{pause}</p><p>{limit}</p>"""
+
+    async def _flow_change(self, request: _WebRequest, nonce: str) -> _WebResponse:
+        """POST /pause, /resume, /limit: as ``saqlite pause``, ``resume``, ``limit``."""
+        params = request.form()
+        queue = self._store(request, params).queue(params.get("queue") or "default")
+        function = params.get("function") or None
+
+        def count(name: str) -> t.Optional[int]:
+            text = params.get(name, "").strip()
+            if not text:
+                return None
+            if not text.isdigit():
+                raise _WebError(400, f"{name} must be a whole number from 1, got {text!r}")
+            return int(text)
+
+        try:
+            if request.path == "/pause":
+                for_s = _parse_age(params["for"]) if params.get("for") else None
+                await queue.pause(function, for_s=for_s)
+            elif request.path == "/resume":
+                await queue.resume(function)
+            else:
+                await queue.limit(
+                    function,
+                    rate=params.get("rate") or None,
+                    concurrency=count("concurrency"),
+                    per_group=count("per_group"),
+                    clear=bool(params.get("clear")),
+                )
+        except (ValueError, _OpsError) as exc:
+            raise _WebError(400, str(exc)) from None
+        return _WebResponse(303, b"", "text/plain", [("location", self._url(request, "/"))])
 
     # -- JSON ---------------------------------------------------------------------
 

@@ -2320,7 +2320,8 @@ async def test_a_job_waiting_for_its_group_starts_promptly_and_the_worker_does_n
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 512 KiB file system (tmpfs), where the machine lets this user mount one."""
+    """A 512 KiB file system (tmpfs), where the machine lets this user mount one (room for
+    the schema, whose creation briefly needs it twice: in the -wal file and the file)."""
     folder = tmp_path / "small"
     folder.mkdir()
     mounted = subprocess.run(

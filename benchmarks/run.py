@@ -7,6 +7,8 @@ Run from the repository root (or anywhere; paths are resolved from this file):
     python benchmarks/run.py --runs 5 --json out.json --md out.md
     python benchmarks/run.py --smoke         # saqlite only, tiny N, a few seconds; for CI
     python benchmarks/run.py --only pipeline # a fan-out/fan-in graph of 10,000 jobs
+    python benchmarks/run.py --only noop     # saqlite's noop c10 alone (A/B of a change)
+    python benchmarks/run.py --only flow     # pauses and limits: cost, exactness, delays
     python benchmarks/run.py --scale         # files of 10k, 1M and 10M jobs (see bench_scale.py)
     python benchmarks/run.py --scale --scale-sizes 10000,1000000
 
@@ -36,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import bench_flow
 import bench_huey
 import bench_queue
 import bench_raw
@@ -80,6 +83,8 @@ class Plan:
     raw_unbatched_n: int = 5000
     raw_batched_n: int = 20000
     steps_k: int = 2000
+    flow_rate_n: int = 1000
+    flow_slot_n: int = 300
     peers: bool = True
     raw: bool = True
 
@@ -101,6 +106,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
             durable_n=200,
             memory_n=500,
             steps_k=20,
+            flow_rate_n=150,
+            flow_slot_n=20,
             peers=False,
             raw=False,
         )
@@ -118,6 +125,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
             raw_unbatched_n=2000,
             raw_batched_n=10000,
             steps_k=500,
+            flow_rate_n=400,
+            flow_slot_n=100,
         )
     return Plan(runs=args.runs or 3)
 
@@ -253,6 +262,35 @@ def steps_suite(col: Collector, b: Backend, plan: Plan) -> None:
         "overhead_us": (wl, "overhead us", False),
     }
     measure(col, b, partial_run(bench_steps.run_steps, b, plan.steps_k), metrics, plan.runs)
+
+
+def flow_suite(col: Collector, b: Backend, plan: Plan) -> None:
+    """saqlite's pauses and limits (bench_flow.py): their cost on the noop workload,
+    how exactly a rate holds across 4 worker processes, and how soon a freed token or
+    slot is used."""
+    n = max(plan.noop_sizes)
+    for limit in bench_flow.IDLE_LIMITS:
+        metrics = {"jobs_s": (f"noop c10 N={n}, a limit on {limit}", "jobs/s", True)}
+        measure(col, b, partial_run(bench_flow.run_noop_under, b, n, limit), metrics, plan.runs)
+    wl = f"rate 100/s, 4 procs N={plan.flow_rate_n}"
+    metrics = {
+        "starts_s": (wl, "starts/s after the first 100", False),
+        "worst_window": (wl, "most starts in any 1 s", False),
+        **{
+            f"token_{p}_ms": (wl, f"token free to start {p} ms", False)
+            for p in ("p50", "p99", "max")
+        },
+    }
+    run = partial_run(bench_flow.run_rate_procs, b, 4, plan.flow_rate_n, 100)
+    measure(col, b, run, metrics, plan.runs)
+    wl = f"concurrency 1, 4 procs, 5 ms jobs N={plan.flow_slot_n}"
+    metrics = {
+        **{
+            f"slot_{p}_ms": (wl, f"slot free to start {p} ms", False) for p in ("p50", "p99", "max")
+        },
+    }
+    run = partial_run(bench_flow.run_slot_procs, b, 4, plan.flow_slot_n)
+    measure(col, b, run, metrics, plan.runs)
 
 
 def queue_suite(col: Collector, b: Backend, plan: Plan, iters: int) -> None:
@@ -402,7 +440,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default="",
-        help="comma list of: raw,saqlite,steps,pipeline,saq,huey (steps: in saqlite)",
+        help="comma list of: raw,saqlite,steps,pipeline,noop,flow,saq,huey (steps: in saqlite)",
     )
     return parser.parse_args(argv)
 
@@ -425,6 +463,12 @@ def run_all(plan: Plan, only: list[str]) -> tuple[Collector, dict[str, str], int
             steps_suite(col, durable, plan)
         if want("pipeline"):
             pipeline_suite(col, plan, tmp)
+        if only and ("noop" in only or "flow" in only):
+            throughput_suite(
+                col, Backend("saqlite", "sqlite-normal", tmp), plan, [max(plan.noop_sizes)]
+            )
+        if only and "flow" in only:
+            flow_suite(col, Backend("saqlite", "sqlite-normal", tmp), plan)
         if plan.peers and want("saq"):
             saq_suite(col, plan, tmp, iters)
         if plan.peers and want("huey"):
