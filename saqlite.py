@@ -5958,15 +5958,19 @@ class _Bucket(t.TypedDict):
     aborted: int
 
 
-# (Rows of a pair of buckets: summed per bucket in _figures.)
-_SQL_OPS_FIGURES = """
+# (Rows of a pair of buckets: summed per bucket in _figures.) A window reads its
+# minutes through saqlite_stats_minute; every figure, the whole table (a day's rows).
+_SQL_OPS_ALL_FIGURES = """
 SELECT queue, function, wait_bucket, run_bucket,
     SUM(complete), SUM(failed), SUM(aborted), SUM(wait_s), SUM(run_s)
-FROM saqlite_stats WHERE minute >= :since AND (:queue IS NULL OR queue = :queue)
+FROM saqlite_stats {index} WHERE minute >= :since AND (:queue IS NULL OR queue = :queue)
 GROUP BY queue, function, wait_bucket, run_bucket ORDER BY queue, function
 """
+_SQL_OPS_FIGURES = _SQL_OPS_ALL_FIGURES.format(index="INDEXED BY saqlite_stats_minute")
+_SQL_OPS_ALL_FIGURES = _SQL_OPS_ALL_FIGURES.format(index="")
 _SQL_OPS_THROUGHPUT = """
-SELECT minute / :per, SUM(complete), SUM(failed), SUM(aborted) FROM saqlite_stats
+SELECT minute / :per, SUM(complete), SUM(failed), SUM(aborted)
+FROM saqlite_stats INDEXED BY saqlite_stats_minute
 WHERE minute >= :since AND (:queue IS NULL OR queue = :queue)
 GROUP BY minute / :per
 """
@@ -5980,8 +5984,11 @@ async def _figures(
     """Each queue's (or one queue's) figures per function over the last ``since_s``
     seconds (whole minutes, the current one included); all since counting began
     (schema 7) when ``since_s`` is _STATS_ALL."""
-    since = 0 if since_s == _STATS_ALL else int((time.time() - since_s) // 60)
-    rows = await store.fetch(_SQL_OPS_FIGURES, {"since": since, "queue": queue})
+    if since_s == _STATS_ALL:
+        sql, since = _SQL_OPS_ALL_FIGURES, 0
+    else:
+        sql, since = _SQL_OPS_FIGURES, int((time.time() - since_s) // 60)
+    rows = await store.fetch(sql, {"since": since, "queue": queue})
     figures: list[_Figures] = []
     for (name, function), group in itertools.groupby(rows, key=lambda row: row[:2]):
         complete = failed = aborted = 0
@@ -6787,8 +6794,9 @@ FROM json_each(:jobs) AS wanted JOIN saqlite_jobs AS jobs
   AND jobs.key = json_extract(wanted.value, '$[1]')
 """
 _SQL_TAIL_ENDS = """
-SELECT queue, function, SUM(complete), SUM(failed), SUM(aborted) FROM saqlite_stats
-WHERE minute >= :since GROUP BY queue, function
+SELECT queue, function, SUM(complete), SUM(failed), SUM(aborted)
+FROM saqlite_stats INDEXED BY saqlite_stats_minute WHERE minute >= :since
+GROUP BY queue, function
 """
 _SQL_TAIL_QUEUES = "SELECT DISTINCT queue FROM saqlite_counts"
 _SQL_TAIL_NEWEST = "SELECT MAX(queued) FROM saqlite_jobs"
@@ -6990,6 +6998,7 @@ async def _tail(store: _Store, where: _JobFilter, as_json: bool, stop: asyncio.E
     changes and of new jobs (wake-ups), or _TAIL_FALLBACK_S without any."""
     tail = _Tail(store, where)
     await tail.start()
+    print(f"saqlite tail: following {store.path} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     stopped = asyncio.ensure_future(stop.wait())
     try:
         while not stop.is_set():
