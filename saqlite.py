@@ -2046,8 +2046,11 @@ class Queue:
 
     async def _fold_stats(self) -> None:
         """Fold the per-minute figures of jobs that ended over a day ago into their
-        totals (minute 0), in short transactions (see _SLICE_ROWS)."""
+        totals (minute 0), in short transactions (see _SLICE_ROWS); first a look
+        whether there are any, which takes no lock."""
         params = {"kept": _STATS_KEPT_MINUTES, "limit": _SLICE_ROWS}
+        if not await self._fetch(self._SQL_OLD_STATS, {**params, "limit": 1}):
+            return
 
         def fold() -> _Steps[int]:
             yield self._SQL_FOLD_STATS, params
@@ -6778,9 +6781,15 @@ _TAIL_COLUMNS = (
     "queue", "key", "function", "status", "attempts", "queued", "started", "completed", "error",
     "progress",
 )  # fmt: skip
+# New jobs: the enqueue times of those from :since on (from the index alone), then the
+# rows of those not seen yet, by rowid.
+_SQL_TAIL_ENQUEUED = """
+SELECT rowid, queued FROM saqlite_jobs INDEXED BY saqlite_jobs_newest
+WHERE queued >= :since ORDER BY queued, rowid LIMIT :limit
+"""
 _SQL_TAIL_NEW = f"""
-SELECT {", ".join(_TAIL_COLUMNS)} FROM saqlite_jobs INDEXED BY saqlite_jobs_newest
-WHERE queued > :after ORDER BY queued LIMIT :limit
+SELECT {", ".join(_TAIL_COLUMNS)} FROM saqlite_jobs
+WHERE rowid IN (SELECT value FROM json_each(:rowids)) ORDER BY queued
 """
 _SQL_TAIL_RUNNING = f"""
 SELECT {", ".join(f"jobs.{c}" for c in _TAIL_COLUMNS)}
@@ -6806,7 +6815,8 @@ _TAIL_FOLLOWED = 1000
 #: New jobs a look reads at most (the next look goes on at once).
 _TAIL_NEW = 1000
 #: Milliseconds a job's enqueue time may lag behind the newest seen (another process
-#: whose statement commits later): new jobs are looked for that far back.
+#: whose statement commits later): new jobs are looked for that far back (the index
+#: alone tells which of them were seen).
 _TAIL_LAG_MS = 5000
 #: Seconds a tail waits for news before it looks anyway (a wake-up datagram is lost).
 _TAIL_FALLBACK_S = 1.0
@@ -6864,14 +6874,14 @@ class _TailEvent(t.NamedTuple):
 
 
 class _Tail:
-    """What ``saqlite tail`` knows between two looks (see _SQL_TAIL_NEW)."""
+    """What ``saqlite tail`` knows between two looks (see _SQL_TAIL_ENQUEUED)."""
 
     def __init__(self, store: _Store, where: _JobFilter) -> None:
         self.store = store
         self.where = where
         self.since_minute = int(time.time() // 60)
         self.after = 0  # the newest enqueue time seen (epoch ms)
-        self.seen_new: dict[tuple[str, str], int] = {}  # within _TAIL_LAG_MS of after
+        self.seen: set[tuple[int, int]] = set()  # (rowid, queued), within _TAIL_LAG_MS of after
         self.followed: dict[tuple[str, str], _TailRow] = {}  # oldest first
         self.ended: dict[tuple[str, str], list[int]] = {}  # counted ends per queue, function
         self.owed: dict[tuple[str, str, str], int] = {}
@@ -6879,11 +6889,11 @@ class _Tail:
     async def start(self) -> None:
         """Take the file as it is now: only what changes from here on is shown."""
         async with self._snapshot():
-            newest = (await self.store.fetch(_SQL_TAIL_NEWEST))[0][0] or 0
-            self.after = newest
-            params = {"after": newest - _TAIL_LAG_MS, "limit": -1}
-            for row in await self._rows(_SQL_TAIL_NEW, params):
-                self.seen_new[(row.queue, row.key)] = row.queued
+            self.after = (await self.store.fetch(_SQL_TAIL_NEWEST))[0][0] or 0
+            params = {"since": self.after - _TAIL_LAG_MS, "limit": -1}
+            self.seen = {(rowid, queued) for rowid, queued in await self.store.fetch(
+                _SQL_TAIL_ENQUEUED, params
+            )}  # fmt: skip
             for row in await self._rows(_SQL_TAIL_RUNNING):
                 self.followed[(row.queue, row.key)] = row
             self._count_ends(await self.store.fetch(_SQL_TAIL_ENDS, {"since": self.since_minute}))
@@ -6893,13 +6903,15 @@ class _Tail:
         """The events since the last look, oldest first; and whether more are left."""
         events: list[_TailEvent] = []
         async with self._snapshot():
-            params = {"after": self.after - _TAIL_LAG_MS, "limit": _TAIL_NEW}
-            new = await self._rows(_SQL_TAIL_NEW, params)
-            for row in new:
+            params = {"since": self.after - _TAIL_LAG_MS, "limit": len(self.seen) + _TAIL_NEW}
+            enqueued = await self.store.fetch(_SQL_TAIL_ENQUEUED, params)
+            unseen = [
+                (rowid, queued) for rowid, queued in enqueued if (rowid, queued) not in self.seen
+            ]
+            self.seen.update(unseen)
+            rowids = json.dumps([rowid for rowid, _ in unseen])
+            for row in await self._rows(_SQL_TAIL_NEW, {"rowids": rowids}):
                 job = (row.queue, row.key)
-                if self.seen_new.get(job) == row.queued:
-                    continue
-                self.seen_new[job] = row.queued
                 self.after = max(self.after, row.queued)
                 events.append(self._event(row, "queued", row.queued))
                 self.followed.pop(job, None)
@@ -6921,17 +6933,15 @@ class _Tail:
                     old = row._replace(status="queued", attempts=row.attempts - 1)
                 self._changed(old, row, events)
             self._count_ends(await self.store.fetch(_SQL_TAIL_ENDS, {"since": self.since_minute}))
-        self.seen_new = {
-            job: queued for job, queued in self.seen_new.items()
-            if queued >= self.after - _TAIL_LAG_MS
-        }  # fmt: skip
+        self.seen = {seen for seen in self.seen if seen[1] >= self.after - _TAIL_LAG_MS}
         current = now()
         for (queue, function, status), count in self.owed.items():
             if count > 0:
                 events.append(_TailEvent(current, queue, function, status, jobs=count))
         self.owed.clear()
         events.sort(key=lambda event: event.time)
-        return [event for event in events if self._shown(event)], len(new) == _TAIL_NEW
+        more = len(enqueued) == params["limit"]
+        return [event for event in events if self._shown(event)], more
 
     def _changed(self, old: _TailRow, row: _TailRow, events: list[_TailEvent]) -> None:
         """The events between two states of a job; follow it on, or not once it ended."""

@@ -217,11 +217,12 @@ def test_the_figures_are_read_through_indexes_never_by_scanning_the_jobs(tmp_pat
 
     async_test(make)()
     statements = [
-        saqlite._SQL_OPS_FIGURES, saqlite._SQL_OPS_THROUGHPUT, saqlite._SQL_TAIL_NEW,
+        saqlite._SQL_OPS_FIGURES, saqlite._SQL_OPS_THROUGHPUT, saqlite._SQL_TAIL_ENQUEUED,
+        saqlite._SQL_TAIL_NEW,
         saqlite._SQL_TAIL_RUNNING, saqlite._SQL_TAIL_JOBS, saqlite._SQL_TAIL_ENDS,
         saqlite.Queue._SQL_FOLD_STATS, saqlite.Queue._SQL_DROP_OLD_STATS,
     ]  # fmt: skip
-    params = {"since": 1, "queue": "default", "per": 60, "after": 0, "limit": 10, "jobs": "[]",
+    params = {"since": 1, "queue": "default", "per": 60, "rowids": "[]", "limit": 10, "jobs": "[]",
               "kept": 1500}  # fmt: skip
     with sqlite3.connect(tmp_path / "jobs.db") as conn:
         for sql in statements:
@@ -515,3 +516,27 @@ def test_tail_filters_by_status_and_function_and_prints_json_until_sigint(tmp_pa
     }  # fmt: skip
     assert event["error"] == "ValueError: no good"
     assert time.time() - 60 < event["time"] <= time.time()
+
+
+@posix_signals
+def test_tail_shows_a_burst_of_new_jobs_bigger_than_a_look(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+
+    async def create() -> None:
+        await make_queue(path).connect()
+
+    async_test(create)()
+    tail = Tail(path, "--json")
+    try:
+        count = saqlite._TAIL_NEW * 2 + 500
+
+        async def burst() -> None:
+            await make_queue(path).enqueue_many([saqlite.Job("noop") for _ in range(count)])
+
+        async_test(burst)()
+        lines = tail.until(lambda lines: len(lines) >= count, timeout=60)
+    finally:
+        assert tail.stop(signal.SIGTERM) == 0
+    events = [json.loads(line) for line in lines]
+    assert len({event["key"] for event in events}) == len(events) == count
+    assert {event["status"] for event in events} == {"queued"}
