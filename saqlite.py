@@ -5613,7 +5613,8 @@ if __name__ == "__main__":
 # file cut here runs queues and workers (test_saqlite_layout.py checks it).
 #
 # Besides the public API, the tooling uses these internals, and only these:
-#   Queue._fetch (one statement), Queue._retry (a guarded retry), Queue._codec
+#   Queue._fetch (one statement), Queue._retry (a guarded retry), Queue._wakeup
+#   (want, generation, wait: the news saqlite tail looks on), Queue._codec
 #   (dump, load, a job from _LOAD_COLUMNS); Queue._drive with _counts_steps (the
 #   counts of info()); Queue._between_slices and Queue._give_back_space, with
 #   _SLICE_ROWS (work on many rows); _LOAD_COLUMNS, the status groups
@@ -6913,7 +6914,9 @@ class _Tail:
             for row in await self._rows(_SQL_TAIL_NEW, {"rowids": rowids}):
                 job = (row.queue, row.key)
                 self.after = max(self.after, row.queued)
-                events.append(self._event(row, "queued", row.queued))
+                events.append(
+                    self._event(row._replace(attempts=0), "queued", row.queued, error=False)
+                )
                 self.followed.pop(job, None)
                 self.followed[job] = row._replace(status="queued", attempts=0, progress=0.0)
                 self._changed(self.followed[job], row, events)
@@ -6948,7 +6951,7 @@ class _Tail:
         job = (row.queue, row.key)
         if row.attempts > old.attempts and row.started:
             events.append(self._event(row, Status.ACTIVE.value, row.started, error=False))
-        elif row.status in _RUNNING and row.progress != old.progress:
+        if row.status in _RUNNING and row.progress and row.progress != old.progress:
             progress = self._event(row, row.status, now(), error=False)
             events.append(progress._replace(progress=row.progress))
         if row.status not in (old.status, Status.ACTIVE.value):
@@ -7894,7 +7897,7 @@ def _ops_parser() -> argparse.ArgumentParser:
         "--since",
         default="1h",
         metavar="AGE",
-        help="jobs that ended in this last while: 30s to 1d (default 1h), or 'all'",
+        help="jobs that ended in this last while: 1s to 1d, e.g. 15m (default 1h), or 'all'",
     )
     sub = command("tail", "A line per job event as it happens (JSON lines with --json).", _cmd_tail)
     filters(sub, _STATUS_NAMES)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import queue as queue_module
@@ -540,3 +541,37 @@ def test_tail_shows_a_burst_of_new_jobs_bigger_than_a_look(tmp_path: Path) -> No
     events = [json.loads(line) for line in lines]
     assert len({event["key"] for event in events}) == len(events) == count
     assert {event["status"] for event in events} == {"queued"}
+
+
+@posix_signals
+def test_tail_shows_a_running_jobs_progress(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+
+    async def watch() -> None:
+        queue = make_queue(path)
+        await queue.connect()
+        tail = Tail(path)
+        release = asyncio.Event()
+
+        async def halfway(ctx: saqlite.Context) -> None:
+            await ctx["job"].update(progress=0.5)
+            await release.wait()
+
+        def shown(words: str) -> t.Callable[[list[str]], bool]:
+            return lambda lines: any(words in line for line in lines)
+
+        loop = asyncio.get_running_loop()
+        try:
+            async with running(worker_for(queue, [halfway])):
+                await queue.enqueue(halfway, key="h")
+                # Still running while tail shows its progress: release it only then.
+                await loop.run_in_executor(
+                    None, tail.until, shown("h  active  attempt 1  progress 50%")
+                )
+                release.set()
+                await loop.run_in_executor(None, tail.until, shown("h  complete  attempt 1"))
+        finally:
+            release.set()
+            assert await loop.run_in_executor(None, tail.stop, signal.SIGTERM) == 0
+
+    async_test(watch)()
