@@ -6773,9 +6773,9 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 # -- saqlite tail --------------------------------------------------------------------
 # Each look reads, in one snapshot: the jobs enqueued since the last (through
 # saqlite_jobs_newest), the running ones (few, through saqlite_jobs_ready), the jobs
-# it follows (seen new or running: by key, the oldest _TAIL_FOLLOWED a look), and the
-# counts of ends in saqlite_stats since it began. An end it did not see one by one (a
-# job deleted as it ended, or one enqueued before the tail that ran between two looks)
+# it follows (seen running, or new while fewer than _TAIL_FOLLOWED wait: by key), and
+# the counts of ends of the last minutes in saqlite_stats. An end it did not see one by
+# one (a job deleted as it ended, one it does not follow that ran between two looks)
 # is in those counts: it shows as a line of how many more ended. Nothing is scanned:
 # each look costs what changed, and the jobs it follows.
 _TAIL_COLUMNS = (
@@ -6804,15 +6804,18 @@ FROM json_each(:jobs) AS wanted JOIN saqlite_jobs AS jobs
   AND jobs.key = json_extract(wanted.value, '$[1]')
 """
 _SQL_TAIL_ENDS = """
-SELECT queue, function, SUM(complete), SUM(failed), SUM(aborted)
+SELECT queue, function, minute, SUM(complete), SUM(failed), SUM(aborted)
 FROM saqlite_stats INDEXED BY saqlite_stats_minute WHERE minute >= :since
-GROUP BY queue, function
+GROUP BY queue, function, minute
 """
 _SQL_TAIL_QUEUES = "SELECT DISTINCT queue FROM saqlite_counts"
 _SQL_TAIL_NEWEST = "SELECT MAX(queued) FROM saqlite_jobs"
 _RUNNING = tuple(status.value for status in _RUNNING_STATUSES)
-#: Jobs a look reads by key, of those it follows that wait (oldest first).
+#: New jobs a tail follows while they wait, at most (it reads each at every look).
 _TAIL_FOLLOWED = 1000
+#: Minutes of ends a look compares with the last (a job ends in the minute it ends,
+#: by its worker's clock: a little slack for a late commit).
+_TAIL_MINUTES = 5
 #: New jobs a look reads at most (the next look goes on at once).
 _TAIL_NEW = 1000
 #: Milliseconds a job's enqueue time may lag behind the newest seen (another process
@@ -6880,11 +6883,10 @@ class _Tail:
     def __init__(self, store: _Store, where: _JobFilter) -> None:
         self.store = store
         self.where = where
-        self.since_minute = int(time.time() // 60)
         self.after = 0  # the newest enqueue time seen (epoch ms)
         self.seen: set[tuple[int, int]] = set()  # (rowid, queued), within _TAIL_LAG_MS of after
         self.followed: dict[tuple[str, str], _TailRow] = {}  # oldest first
-        self.ended: dict[tuple[str, str], list[int]] = {}  # counted ends per queue, function
+        self.ended: dict[tuple[str, str, int], list[int]] = {}  # per queue, function, minute
         self.owed: dict[tuple[str, str, str], int] = {}
 
     async def start(self) -> None:
@@ -6897,7 +6899,7 @@ class _Tail:
             )}  # fmt: skip
             for row in await self._rows(_SQL_TAIL_RUNNING):
                 self.followed[(row.queue, row.key)] = row
-            self._count_ends(await self.store.fetch(_SQL_TAIL_ENDS, {"since": self.since_minute}))
+            await self._count_ends()
         self.owed.clear()  # ended before
 
     async def look(self) -> tuple[list[_TailEvent], bool]:
@@ -6911,31 +6913,28 @@ class _Tail:
             ]
             self.seen.update(unseen)
             rowids = json.dumps([rowid for rowid, _ in unseen])
+            waiting = sum(row.status not in _RUNNING for row in self.followed.values())
             for row in await self._rows(_SQL_TAIL_NEW, {"rowids": rowids}):
                 job = (row.queue, row.key)
                 self.after = max(self.after, row.queued)
                 events.append(
                     self._event(row._replace(attempts=0), "queued", row.queued, error=False)
                 )
+                if row.status not in _RUNNING and waiting >= _TAIL_FOLLOWED:
+                    continue  # its end shows in the counts
+                waiting += row.status not in _RUNNING
                 self.followed.pop(job, None)
                 self.followed[job] = row._replace(status="queued", attempts=0, progress=0.0)
                 self._changed(self.followed[job], row, events)
             running = {(row.queue, row.key): row for row in await self._rows(_SQL_TAIL_RUNNING)}
-            wanted = [
-                job for job, row in self.followed.items()
-                if row.status in _RUNNING and job not in running
-            ]  # fmt: skip
-            wanted += itertools.islice(
-                (job for job, row in self.followed.items() if row.status not in _RUNNING),
-                _TAIL_FOLLOWED,
-            )
+            wanted = [job for job in self.followed if job not in running]
             found = await self._rows(_SQL_TAIL_JOBS, {"jobs": json.dumps(wanted)})
             for row in [*found, *running.values()]:
                 old = self.followed.get((row.queue, row.key))
                 if old is None:  # running, not seen before
                     old = row._replace(status="queued", attempts=row.attempts - 1)
                 self._changed(old, row, events)
-            self._count_ends(await self.store.fetch(_SQL_TAIL_ENDS, {"since": self.since_minute}))
+            await self._count_ends()
         self.seen = {seen for seen in self.seen if seen[1] >= self.after - _TAIL_LAG_MS}
         current = now()
         for (queue, function, status), count in self.owed.items():
@@ -6969,16 +6968,20 @@ class _Tail:
             _error_line(row.error) if error else "",
         )  # fmt: skip
 
-    def _count_ends(self, rows: list[t.Any]) -> None:
-        """Owe a line to each end counted since the last look (those seen one by one
-        pay theirs back)."""
-        for queue, function, *counts in rows:
-            before = self.ended.get((queue, function), [0, 0, 0])
+    async def _count_ends(self) -> None:
+        """Owe a line to each end counted in the last minutes since the last look (those
+        seen one by one pay theirs back)."""
+        since = int(time.time() // 60) - _TAIL_MINUTES
+        for queue, function, minute, *counts in await self.store.fetch(
+            _SQL_TAIL_ENDS, {"since": since}
+        ):
+            before = self.ended.get((queue, function, minute), [0, 0, 0])
             for status, count, old in zip(_FINISHED, counts, before):
                 if count > old:
                     owed = (queue, function, status)
                     self.owed[owed] = self.owed.get(owed, 0) + count - old
-            self.ended[(queue, function)] = list(counts)
+            self.ended[(queue, function, minute)] = counts
+        self.ended = {counted: n for counted, n in self.ended.items() if counted[2] >= since}
 
     def _shown(self, event: _TailEvent) -> bool:
         where = self.where
