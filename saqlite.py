@@ -1941,6 +1941,8 @@ class Queue:
 
         Expired jobs go a slice at a time (short write transactions that let other
         writers in), then their space is given back to the OS and the -wal file emptied.
+        The per-minute figures of jobs that ended over a day ago are added into their
+        totals (see saqlite_stats), a slice at a time too.
 
         A job is stuck when it is past its timeout or heartbeat, or when the worker
         running it has died: its process is gone (or the pid now belongs to another
