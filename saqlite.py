@@ -241,7 +241,7 @@ def _stats_upsert(job: str, status: str, completed: str, source: str) -> str:
         f" CASE WHEN ran THEN {_stats_bucket('run')} ELSE -1 END,"
         " status = 'complete', status = 'failed', status = 'aborted', ran * wait, ran * run"
         f" FROM ({ended}) WHERE true"
-        " ON CONFLICT (queue, function, minute, wait_bucket, run_bucket) DO UPDATE SET "
+        " ON CONFLICT (minute, queue, function, wait_bucket, run_bucket) DO UPDATE SET "
         + ", ".join(f"{c} = {c} + excluded.{c}" for c in _STATS_COLUMNS)
     )
 
@@ -556,11 +556,9 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             aborted     INTEGER NOT NULL,
             wait_s      REAL    NOT NULL,
             run_s       REAL    NOT NULL,
-            PRIMARY KEY (queue, function, minute, wait_bucket, run_bucket)
+            PRIMARY KEY (minute, queue, function, wait_bucket, run_bucket)
         ) WITHOUT ROWID
         """,
-        # The minutes of all queues over a window, and the oldest, to fold.
-        "CREATE INDEX saqlite_stats_minute ON saqlite_stats (minute)",
         # A job ends (a worker's finish, an abort, the sweep, a dependency's failure,
         # an edit in the sqlite3 shell). A job deleted as it ends (ttl -1) is counted
         # by the statement that deletes it (see _write_steps).
@@ -2022,7 +2020,7 @@ class Queue:
             await self._between_slices()
 
     # The figures of the minutes older than _STATS_KEPT_MINUTES, a slice of :limit rows
-    # at a time (oldest first, through saqlite_stats_minute), added to their queue and
+    # at a time (oldest first: the table is in minute order), added to their queue and
     # function's minute 0, then deleted: in one transaction, so nothing counts twice.
     _SQL_OLD_STATS = f"""
     SELECT queue, function, minute, wait_bucket, run_bucket FROM saqlite_stats
@@ -2037,7 +2035,7 @@ class Queue:
     FROM saqlite_stats
     WHERE (queue, function, minute, wait_bucket, run_bucket) IN ({_SQL_OLD_STATS})
     GROUP BY queue, function, wait_bucket, run_bucket
-    ON CONFLICT (queue, function, minute, wait_bucket, run_bucket) DO UPDATE SET
+    ON CONFLICT (minute, queue, function, wait_bucket, run_bucket) DO UPDATE SET
     {", ".join(f"{c} = {c} + excluded.{c}" for c in _STATS_COLUMNS)}
     """
     _SQL_DROP_OLD_STATS = f"""
@@ -5964,19 +5962,16 @@ class _Bucket(t.TypedDict):
     aborted: int
 
 
-# (Rows of a pair of buckets: summed per bucket in _figures.) A window reads its
-# minutes through saqlite_stats_minute; every figure, the whole table (a day's rows).
-_SQL_OPS_ALL_FIGURES = """
+# (Rows of a pair of buckets: summed per bucket in _figures.) The table is in minute
+# order: a window reads its minutes only.
+_SQL_OPS_FIGURES = """
 SELECT queue, function, wait_bucket, run_bucket,
     SUM(complete), SUM(failed), SUM(aborted), SUM(wait_s), SUM(run_s)
-FROM saqlite_stats {index} WHERE minute >= :since AND (:queue IS NULL OR queue = :queue)
+FROM saqlite_stats WHERE minute >= :since AND (:queue IS NULL OR queue = :queue)
 GROUP BY queue, function, wait_bucket, run_bucket ORDER BY queue, function
 """
-_SQL_OPS_FIGURES = _SQL_OPS_ALL_FIGURES.format(index="INDEXED BY saqlite_stats_minute")
-_SQL_OPS_ALL_FIGURES = _SQL_OPS_ALL_FIGURES.format(index="")
 _SQL_OPS_THROUGHPUT = """
-SELECT minute / :per, SUM(complete), SUM(failed), SUM(aborted)
-FROM saqlite_stats INDEXED BY saqlite_stats_minute
+SELECT minute / :per, SUM(complete), SUM(failed), SUM(aborted) FROM saqlite_stats
 WHERE minute >= :since AND (:queue IS NULL OR queue = :queue)
 GROUP BY minute / :per
 """
@@ -5990,11 +5985,8 @@ async def _figures(
     """Each queue's (or one queue's) figures per function over the last ``since_s``
     seconds (whole minutes, the current one included); all since counting began
     (schema 7) when ``since_s`` is _STATS_ALL."""
-    if since_s == _STATS_ALL:
-        sql, since = _SQL_OPS_ALL_FIGURES, 0
-    else:
-        sql, since = _SQL_OPS_FIGURES, int((time.time() - since_s) // 60)
-    rows = await store.fetch(sql, {"since": since, "queue": queue})
+    since = 0 if since_s == _STATS_ALL else int((time.time() - since_s) // 60)
+    rows = await store.fetch(_SQL_OPS_FIGURES, {"since": since, "queue": queue})
     figures: list[_Figures] = []
     for (name, function), group in itertools.groupby(rows, key=lambda row: row[:2]):
         complete = failed = aborted = 0
@@ -6807,7 +6799,7 @@ FROM json_each(:jobs) AS wanted JOIN saqlite_jobs AS jobs
 """
 _SQL_TAIL_ENDS = """
 SELECT queue, function, minute, SUM(complete), SUM(failed), SUM(aborted)
-FROM saqlite_stats INDEXED BY saqlite_stats_minute WHERE minute >= :since
+FROM saqlite_stats WHERE minute >= :since
 GROUP BY queue, function, minute
 """
 _SQL_TAIL_QUEUES = "SELECT DISTINCT queue FROM saqlite_counts"
