@@ -213,7 +213,7 @@ _SQL_NOW_MS = f"CAST({_SQL_NOW} * 1000 AS INTEGER)"
 
 # The figures of finished jobs (saqlite_stats, schema 8): the upper bounds, in seconds,
 # of the histogram buckets of wait and run time (Prometheus' `le`; beyond the last:
-# +Inf). Fixed by the schema: a column each; changing them needs a migration.
+# +Inf). Fixed by the schema (rows name buckets by index): changing them needs a migration.
 _STATS_BOUNDS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
     2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0,
@@ -221,14 +221,15 @@ _STATS_BOUNDS = (
 #: Minutes of figures kept apart (then folded into totals): a day and an hour, so that
 #: a day's chart of whole hours has all its minutes.
 _STATS_KEPT_MINUTES = 25 * 60
-_STATS_SUMS = ("complete", "failed", "aborted", "ran", "wait_s", "run_s")
-_STATS_BUCKETS = tuple(
-    f"{kind}_le_{i}" for kind in ("wait", "run") for i in range(len(_STATS_BOUNDS))
-)
-_STATS_COLUMNS = (*_STATS_SUMS, *_STATS_BUCKETS)
-_STATS_COLUMN_DEFINITIONS = ", ".join(
-    f"{c} {'REAL' if c.endswith('_s') else 'INTEGER'} NOT NULL" for c in _STATS_COLUMNS
-)
+#: The columns of saqlite_stats that add up.
+_STATS_COLUMNS = ("complete", "failed", "aborted", "wait_s", "run_s")
+
+
+def _stats_bucket(seconds: str) -> str:
+    """The index of the first of _STATS_BOUNDS at or above ``seconds`` (an SQL
+    expression); past the last, len(_STATS_BOUNDS)."""
+    found = " ".join(f"WHEN {seconds} <= {bound} THEN {i}" for i, bound in enumerate(_STATS_BOUNDS))
+    return f"CASE {found} ELSE {len(_STATS_BOUNDS)} END"
 
 
 def _stats_upsert(job: str, status: str, completed: str, source: str) -> str:
@@ -244,15 +245,14 @@ def _stats_upsert(job: str, status: str, completed: str, source: str) -> str:
         f" {job}.started > 0 AS ran, MAX({job}.started / 1000.0 - {job}.run_at, 0) AS wait,"
         f" MAX({completed} - {job}.started, 0) / 1000.0 AS run FROM {source}"
     )
-    buckets = [f"ran AND {kind} <= {bound}" for kind in ("wait", "run") for bound in _STATS_BOUNDS]
-    values = [
-        "status = 'complete'", "status = 'failed'", "status = 'aborted'", "ran",
-        "ran * wait", "ran * run", *buckets,
-    ]  # fmt: skip
     return (
-        f"INSERT INTO saqlite_stats (queue, function, minute, {', '.join(_STATS_COLUMNS)})"
-        f" SELECT queue, function, minute, {', '.join(values)} FROM ({ended}) WHERE true"
-        " ON CONFLICT (queue, function, minute) DO UPDATE SET "
+        "INSERT INTO saqlite_stats (queue, function, minute, wait_bucket, run_bucket,"
+        f" {', '.join(_STATS_COLUMNS)}) SELECT queue, function, minute,"
+        f" CASE WHEN ran THEN {_stats_bucket('wait')} ELSE -1 END,"
+        f" CASE WHEN ran THEN {_stats_bucket('run')} ELSE -1 END,"
+        " status = 'complete', status = 'failed', status = 'aborted', ran * wait, ran * run"
+        f" FROM ({ended}) WHERE true"
+        " ON CONFLICT (minute, queue, function, wait_bucket, run_bucket) DO UPDATE SET "
         + ", ".join(f"{c} = {c} + excluded.{c}" for c in _STATS_COLUMNS)
     )
 
@@ -632,31 +632,39 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
     ),
     (  # version 8: the figures of finished jobs (saqlite stats, /metrics, the page)
-        # Per queue, function and minute of their end (epoch minute; 0: the sum of the
-        # minutes the sweep folded in once they were a day old, see Queue.sweep): the
-        # jobs that ended, by status; of those that ran, their wait and run time, summed
-        # and in histogram buckets (cumulative counts: <= each of _STATS_BOUNDS).
-        # Counted whoever ends a job, in the transaction of that end, so the figures
-        # hold jobs deleted since (ttl) and never go down; reading them costs the
-        # rows of a day, whatever the number of jobs. (Counting starts at this version.)
-        f"""
+        # The jobs that ended, by queue, function, minute of their end (epoch minute;
+        # 0: the minutes the sweep folded in once a day old, see Queue.sweep), and the
+        # histogram buckets (see _STATS_BOUNDS; -1: it never ran) of their wait and run
+        # time: how many ended of each status, with their waits and runs summed. (A row
+        # per pair of buckets: one small row to change per end; the few pairs seen in a
+        # minute are summed per bucket when read.) Counted whoever ends a job, in the
+        # transaction of that end, so the figures hold jobs deleted since (ttl) and never
+        # go down; reading them costs the rows of a day, whatever the number of jobs.
+        # (Counting starts at this version: jobs that ended before are not in it.)
+        """
         CREATE TABLE saqlite_stats (
-            queue    TEXT    NOT NULL,
-            function TEXT    NOT NULL,
-            minute   INTEGER NOT NULL,
-            {_STATS_COLUMN_DEFINITIONS},
-            PRIMARY KEY (queue, function, minute)
+            queue       TEXT    NOT NULL,
+            function    TEXT    NOT NULL,
+            minute      INTEGER NOT NULL,
+            wait_bucket INTEGER NOT NULL,
+            run_bucket  INTEGER NOT NULL,
+            complete    INTEGER NOT NULL,
+            failed      INTEGER NOT NULL,
+            aborted     INTEGER NOT NULL,
+            wait_s      REAL    NOT NULL,
+            run_s       REAL    NOT NULL,
+            PRIMARY KEY (minute, queue, function, wait_bucket, run_bucket)
         ) WITHOUT ROWID
         """,
-        # The minutes of all queues over a window, and the oldest, to fold.
-        "CREATE INDEX saqlite_stats_minute ON saqlite_stats (minute)",
         # A job ends (a worker's finish, an abort, the sweep, a dependency's failure,
         # an edit in the sqlite3 shell). A job deleted as it ends (ttl -1) is counted
         # by the statement that deletes it (see _write_steps).
         f"""
+        -- (Equalities, not IN lists: a trigger would build the list's table for each
+        -- row it fires on, claims too, which shows in a worker's jobs per second.)
         CREATE TRIGGER saqlite_stats_ended AFTER UPDATE OF status ON saqlite_jobs
-        WHEN NEW.status IN ('complete', 'failed', 'aborted')
-            AND OLD.status NOT IN ('complete', 'failed', 'aborted')
+        WHEN (NEW.status = 'complete' OR NEW.status = 'failed' OR NEW.status = 'aborted')
+            AND OLD.status <> 'complete' AND OLD.status <> 'failed' AND OLD.status <> 'aborted'
         BEGIN
             {_stats_upsert("NEW", "NEW.status", "NEW.completed", "(SELECT 1) AS one")};
         END
@@ -2132,6 +2140,8 @@ class Queue:
 
         Expired jobs go a slice at a time (short write transactions that let other
         writers in), then their space is given back to the OS and the -wal file emptied.
+        The per-minute figures of jobs that ended over a day ago are added into their
+        totals (see saqlite_stats), a slice at a time too.
 
         A job is stuck when it is past its timeout or heartbeat, or when the worker
         running it has died: its process is gone (or the pid now belongs to another
@@ -2213,30 +2223,37 @@ class Queue:
             await self._between_slices()
 
     # The figures of the minutes older than _STATS_KEPT_MINUTES, a slice of :limit rows
-    # at a time (oldest first, through saqlite_stats_minute), added to their queue and
+    # at a time (oldest first: the table is in minute order), added to their queue and
     # function's minute 0, then deleted: in one transaction, so nothing counts twice.
     _SQL_OLD_STATS = f"""
-    SELECT queue, function, minute FROM saqlite_stats
+    SELECT queue, function, minute, wait_bucket, run_bucket FROM saqlite_stats
     WHERE minute BETWEEN 1 AND CAST({_SQL_NOW} / 60 AS INTEGER) - :kept
     ORDER BY minute LIMIT :limit
     """
     _SQL_FOLD_STATS = f"""
-    INSERT INTO saqlite_stats (queue, function, minute, {", ".join(_STATS_COLUMNS)})
-    SELECT queue, function, 0, {", ".join(f"SUM({c})" for c in _STATS_COLUMNS)}
-    FROM saqlite_stats WHERE (queue, function, minute) IN ({_SQL_OLD_STATS})
-    GROUP BY queue, function
-    ON CONFLICT (queue, function, minute) DO UPDATE SET
+    INSERT INTO saqlite_stats (
+        queue, function, minute, wait_bucket, run_bucket, {", ".join(_STATS_COLUMNS)})
+    SELECT queue, function, 0, wait_bucket, run_bucket,
+        {", ".join(f"SUM({c})" for c in _STATS_COLUMNS)}
+    FROM saqlite_stats
+    WHERE (queue, function, minute, wait_bucket, run_bucket) IN ({_SQL_OLD_STATS})
+    GROUP BY queue, function, wait_bucket, run_bucket
+    ON CONFLICT (minute, queue, function, wait_bucket, run_bucket) DO UPDATE SET
     {", ".join(f"{c} = {c} + excluded.{c}" for c in _STATS_COLUMNS)}
     """
     _SQL_DROP_OLD_STATS = f"""
-    DELETE FROM saqlite_stats WHERE (queue, function, minute) IN ({_SQL_OLD_STATS})
+    DELETE FROM saqlite_stats
+    WHERE (queue, function, minute, wait_bucket, run_bucket) IN ({_SQL_OLD_STATS})
     RETURNING 1
     """
 
     async def _fold_stats(self) -> None:
         """Fold the per-minute figures of jobs that ended over a day ago into their
-        totals (minute 0), in short transactions (see _SLICE_ROWS)."""
+        totals (minute 0), in short transactions (see _SLICE_ROWS); first a look
+        whether there are any, which takes no lock."""
         params = {"kept": _STATS_KEPT_MINUTES, "limit": _SLICE_ROWS}
+        if not await self._fetch(self._SQL_OLD_STATS, {**params, "limit": 1}):
+            return
 
         def fold() -> _Steps[int]:
             yield self._SQL_FOLD_STATS, params
@@ -4121,7 +4138,7 @@ _VERBOSE_HELP = "log DEBUG too (default INFO); -vv adds aiosqlite's line per sta
 #: this file cut at the marker says what it lacks rather than take one for settings.
 _OPS_COMMANDS = (
     "info", "jobs", "job", "retry", "abort", "purge", "vacuum", "burst", "web", "export",
-    "pause", "resume", "limit", "drain",
+    "pause", "resume", "limit", "drain", "stats", "tail",
 )  # fmt: skip
 
 
@@ -6247,15 +6264,16 @@ if __name__ == "__main__":
 # file cut here runs queues and workers (test_saqlite_layout.py checks it).
 #
 # Besides the public API, the tooling uses these internals, and only these:
-#   Queue._fetch (one statement), Queue._retry (a guarded retry), Queue._codec
+#   Queue._fetch (one statement), Queue._retry (a guarded retry), Queue._wakeup
+#   (want, generation, wait: the news saqlite tail looks on), Queue._codec
 #   (dump, load, a job from _LOAD_COLUMNS); Queue._drive with _counts_steps (the
 #   counts of info()); Queue._between_slices and Queue._give_back_space, with
 #   _SliceSize (work on many rows); _LOAD_COLUMNS, the status groups
 #   (_RUNNING_STATUSES, _FINISHED_STATUSES, _UNSUCCESSFUL_STATUSES, _RUNNING_SQL,
 #   _UNSUCCESSFUL_SQL), _alive, _seconds, _BLOCKED_S (the run_at of a job waiting
-#   on dependencies), _rebuild (saqlite vacuum); _STATS_BOUNDS and _STATS_COLUMNS
-#   (the columns of saqlite_stats, the figures of finished jobs); Queue._wakeup, a
-#   _Wakeup (want, generation and wait: the page's live events);
+#   on dependencies), _rebuild (saqlite vacuum); _STATS_BOUNDS (the buckets of
+#   saqlite_stats, the figures of finished jobs); Queue._wakeup, a _Wakeup (want,
+#   generation and wait: the page's live events, saqlite tail);
 #   the command line's _OpsError, _load_settings, _configure_logging, _OPS_COMMANDS,
 #   _SETTINGS_HELP, _VERBOSE_HELP, and _EXTRAS, which it fills with a _CommandLineExtras.
 # #############################################################################
@@ -6270,6 +6288,8 @@ commands on a saqlite file (a path or sqlite:/// URL; no settings needed):
   saqlite info FILE              queues with their counts, and live workers
   saqlite jobs FILE              jobs, newest first (--queue, --status, --function, --page)
   saqlite job FILE KEY           one job in full: kwargs, result, error, progress, times
+  saqlite stats FILE             per function: jobs ended, failure rate, wait/run p50 p95
+  saqlite tail FILE              a line per job event as it happens, until Ctrl-C
   saqlite retry FILE KEY...      put failed or aborted jobs back in the queue (or --all)
   saqlite abort FILE KEY...      abort waiting or running jobs (or --all)
   saqlite purge FILE --older-than 7d   delete finished jobs older than an age
@@ -6603,10 +6623,13 @@ class _Bucket(t.TypedDict):
     aborted: int
 
 
-_SQL_OPS_FIGURES = f"""
-SELECT queue, function, {", ".join(f"SUM({c})" for c in _STATS_COLUMNS)} FROM saqlite_stats
-WHERE minute >= :since AND (:queue IS NULL OR queue = :queue)
-GROUP BY queue, function ORDER BY queue, function
+# (Rows of a pair of buckets: summed per bucket in _figures.) The table is in minute
+# order: a window reads its minutes only.
+_SQL_OPS_FIGURES = """
+SELECT queue, function, wait_bucket, run_bucket,
+    SUM(complete), SUM(failed), SUM(aborted), SUM(wait_s), SUM(run_s)
+FROM saqlite_stats WHERE minute >= :since AND (:queue IS NULL OR queue = :queue)
+GROUP BY queue, function, wait_bucket, run_bucket ORDER BY queue, function
 """
 _SQL_OPS_THROUGHPUT = """
 SELECT minute / :per, SUM(complete), SUM(failed), SUM(aborted) FROM saqlite_stats
@@ -6625,10 +6648,26 @@ async def _figures(
     (schema 8) when ``since_s`` is _STATS_ALL."""
     since = 0 if since_s == _STATS_ALL else int((time.time() - since_s) // 60)
     rows = await store.fetch(_SQL_OPS_FIGURES, {"since": since, "queue": queue})
-    size = len(_STATS_BOUNDS)
-    return [
-        _Figures._make((*row[:8], tuple(row[8 : 8 + size]), tuple(row[8 + size :]))) for row in rows
-    ]
+    figures: list[_Figures] = []
+    for (name, function), group in itertools.groupby(rows, key=lambda row: row[:2]):
+        complete = failed = aborted = 0
+        wait_s = run_s = 0.0
+        waits = [0] * (len(_STATS_BOUNDS) + 1)
+        runs = [0] * (len(_STATS_BOUNDS) + 1)
+        for row in group:
+            wait_bucket, run_bucket, *ended = row[2:7]
+            complete, failed, aborted = complete + ended[0], failed + ended[1], aborted + ended[2]
+            wait_s, run_s = wait_s + row[7], run_s + row[8]
+            if wait_bucket >= 0:
+                waits[wait_bucket] += sum(ended)
+                runs[run_bucket] += sum(ended)
+        wait_le = tuple(itertools.accumulate(waits[:-1]))
+        run_le = tuple(itertools.accumulate(runs[:-1]))
+        ran = sum(waits)
+        figures.append(
+            _Figures(name, function, complete, failed, aborted, ran, wait_s, run_s, wait_le, run_le)
+        )
+    return figures
 
 
 def _quantile(q: float, cumulative: t.Sequence[int], count: int) -> t.Optional[float]:
@@ -6687,6 +6726,89 @@ async def _throughput(
         start = index * per * 60.0
         chart.append({"start": start, "complete": complete, "failed": failed, "aborted": aborted})
     return chart
+
+
+#: The media type of Prometheus' text format.
+_METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_METRICS_HELP = {
+    "saqlite_jobs": (
+        "gauge",
+        "Jobs by queue and status (queued: due now; scheduled: due later; active: running)",
+    ),
+    "saqlite_jobs_completed_total": ("counter", "Jobs that ended complete"),
+    "saqlite_jobs_failed_total": ("counter", "Jobs that ended failed (their last attempt)"),
+    "saqlite_jobs_aborted_total": ("counter", "Jobs that ended aborted"),
+    "saqlite_job_wait_seconds": (
+        "histogram",
+        "Seconds from when a job was due to the start of its last attempt, of jobs that ended",
+    ),
+    "saqlite_job_run_seconds": (
+        "histogram",
+        "Seconds from the start of a job's last attempt to its end, of jobs that ended",
+    ),
+    "saqlite_workers": ("gauge", "Live workers by queue"),
+}
+_METRICS_STATUSES = ("queued", "scheduled", "active", *_FINISHED)
+
+
+def _metric_labels(labels: dict[str, str]) -> str:
+    """Prometheus labels, their values escaped as its text format wants."""
+    escaped = (
+        (name, value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n"))
+        for name, value in labels.items()
+    )
+    return "{" + ",".join(f'{name}="{value}"' for name, value in escaped) + "}"
+
+
+def _metric_number(value: float) -> str:
+    if isinstance(value, int) or value.is_integer():
+        return str(int(value))
+    return repr(value)
+
+
+def _metrics_text(files: Sequence[tuple[dict[str, str], dict[str, t.Any], list[_Figures]]]) -> str:
+    """/metrics in Prometheus' text format (0.0.4), from each file's labels (none for a
+    single file; else its path), its _overview and its _figures since counting began."""
+    samples: dict[str, list[str]] = {name: [] for name in _METRICS_HELP}
+
+    def add(name: str, labels: dict[str, str], value: float) -> None:
+        family = name if name in samples else name.rsplit("_", 1)[0]
+        samples[family].append(f"{name}{_metric_labels(labels)} {_metric_number(value)}")
+
+    for file, overview, figures in files:
+        for queue in overview["queues"]:
+            labels = {**file, "queue": queue["name"]}
+            for status in _METRICS_STATUSES:
+                add("saqlite_jobs", {**labels, "status": status}, queue[status])
+            add("saqlite_workers", labels, queue["workers"])
+        for f in figures:
+            labels = {**file, "queue": f.queue, "function": f.function}
+            add("saqlite_jobs_completed_total", labels, f.complete)
+            add("saqlite_jobs_failed_total", labels, f.failed)
+            add("saqlite_jobs_aborted_total", labels, f.aborted)
+            for name, cumulative, total in (
+                ("saqlite_job_wait_seconds", f.wait_le, f.wait_s),
+                ("saqlite_job_run_seconds", f.run_le, f.run_s),
+            ):
+                for bound, count in zip(_STATS_BOUNDS, cumulative):
+                    add(f"{name}_bucket", {**labels, "le": _metric_number(bound)}, count)
+                add(f"{name}_bucket", {**labels, "le": "+Inf"}, f.ran)
+                add(f"{name}_sum", labels, total)
+                add(f"{name}_count", labels, f.ran)
+    lines = []
+    for name, (kind, text) in _METRICS_HELP.items():
+        lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", *samples[name]]
+    return "\n".join(lines) + "\n"
+
+
+async def _metrics(stores: Sequence[_Store]) -> str:
+    """/metrics of these files (see _metrics_text): costs their queues, workers and a
+    day of figures, whatever the number of jobs."""
+    files = []
+    for store in stores:
+        file = {"file": store.path} if len(stores) > 1 else {}
+        files.append((file, await _overview(store), await _figures(store)))
+    return _metrics_text(files)
 
 
 # _LOAD_COLUMNS within the cap (else NULL), then the columns to list a bigger job by.
@@ -7082,6 +7204,34 @@ def _format_flow(queues: list[dict[str, t.Any]]) -> str:
     return "pauses and limits\n" + _table(("QUEUE", "FUNCTION", "IN FORCE (USE)"), rows)
 
 
+def _fmt_seconds(seconds: t.Optional[float]) -> str:
+    """A wait or run time: 0.42 ms, 35 ms, 2.5 s, 3m 12s."""
+    if seconds is None:
+        return "-"
+    if seconds < 0.01:
+        return f"{seconds * 1000:.2g} ms"
+    return _fmt_span(seconds * 1000)
+
+
+def _format_stats(path: str, window: str, stats: Sequence[_FunctionStats]) -> str:
+    """``saqlite stats``: a line per queue and function."""
+    if not stats:
+        return f"{_clean(path)}\nno job ended {window}"
+    headers = (
+        "QUEUE", "FUNCTION", "RUNS", "COMPLETE", "FAILED", "ABORTED", "FAILURE",
+        "WAIT P50", "WAIT P95", "RUN P50", "RUN P95",
+    )  # fmt: skip
+    rows = [
+        [
+            e["queue"], e["function"], e["runs"], e["complete"], e["failed"], e["aborted"],
+            f"{e['failure_rate']:.1%}", _fmt_seconds(e["wait_p50"]), _fmt_seconds(e["wait_p95"]),
+            _fmt_seconds(e["run_p50"]), _fmt_seconds(e["run_p95"]),
+        ]
+        for e in stats
+    ]  # fmt: skip
+    return f"{_clean(path)}: jobs that ended {window}\n" + _table(headers, rows, range(2, 11))
+
+
 def _format_jobs(
     jobs: Sequence[Job],
     page: int,
@@ -7287,6 +7437,333 @@ def _cmd_info(args: argparse.Namespace) -> int:
         return 0
 
     return _run_on_store(args.file, action)
+
+
+#: Figures are kept per minute for a day (then as totals): the longest --since.
+_STATS_MAX_SINCE_S = 86400.0
+
+
+def _stats_window(text: str) -> float:
+    """Seconds from ``saqlite stats --since`` (an age up to a day), or _STATS_ALL."""
+    if text.strip().lower() == "all":
+        return _STATS_ALL
+    seconds = _parse_age(text)
+    if not 0 < seconds <= _STATS_MAX_SINCE_S:
+        raise _OpsError(
+            f"--since {text} is out of range: give an age from 1s to 1d (figures are kept "
+            "per minute for a day), or 'all' for every job counted"
+        )
+    return seconds
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    since = _stats_window(args.since)
+    window = "since counting began" if since == _STATS_ALL else f"in the last {args.since}"
+
+    async def action(store: _Store) -> int:
+        stats = await _stats(store, args.queue, since)
+        if args.queue and not stats:
+            names = [name for (name,) in await store.fetch(_SQL_OPS_QUEUE_NAMES)]
+            if args.queue not in names:
+                raise _OpsError(f"{store.path} has no queue named {args.queue!r}", code=1)
+        if args.json:
+            since_s = None if since == _STATS_ALL else since
+            _print_json({"path": store.path, "since_s": since_s, "functions": stats})
+        else:
+            print(_format_stats(store.path, window, stats))
+        return 0
+
+    return _run_on_store(args.file, action)
+
+
+# -- saqlite tail --------------------------------------------------------------------
+# Each look reads, in one snapshot: the jobs enqueued since the last (through
+# saqlite_jobs_newest), the running ones (few, through saqlite_jobs_ready), the jobs
+# it follows (seen running, or new while fewer than _TAIL_FOLLOWED wait: by key), and
+# the counts of ends of the last minutes in saqlite_stats. An end it did not see one by
+# one (a job deleted as it ended, one it does not follow that ran between two looks)
+# is in those counts: it shows as a line of how many more ended. Nothing is scanned:
+# each look costs what changed, and the jobs it follows.
+_TAIL_COLUMNS = (
+    "queue", "key", "function", "status", "attempts", "queued", "started", "completed", "error",
+    "progress",
+)  # fmt: skip
+# New jobs: the enqueue times of those from :since on (from the index alone), then the
+# rows of those not seen yet, by rowid.
+_SQL_TAIL_ENQUEUED = """
+SELECT rowid, queued FROM saqlite_jobs INDEXED BY saqlite_jobs_newest
+WHERE queued >= :since ORDER BY queued, rowid LIMIT :limit
+"""
+_SQL_TAIL_NEW = f"""
+SELECT {", ".join(_TAIL_COLUMNS)} FROM saqlite_jobs
+WHERE rowid IN (SELECT value FROM json_each(:rowids)) ORDER BY queued
+"""
+_SQL_TAIL_RUNNING = f"""
+SELECT {", ".join(f"jobs.{c}" for c in _TAIL_COLUMNS)}
+FROM (SELECT DISTINCT queue FROM saqlite_counts) AS queues
+JOIN saqlite_jobs AS jobs ON jobs.queue = queues.queue AND jobs.status IN {_RUNNING_SQL}
+"""
+_SQL_TAIL_JOBS = f"""
+SELECT {", ".join(f"jobs.{c}" for c in _TAIL_COLUMNS)}
+FROM json_each(:jobs) AS wanted JOIN saqlite_jobs AS jobs
+  ON jobs.queue = json_extract(wanted.value, '$[0]')
+  AND jobs.key = json_extract(wanted.value, '$[1]')
+"""
+_SQL_TAIL_ENDS = """
+SELECT queue, function, minute, SUM(complete), SUM(failed), SUM(aborted)
+FROM saqlite_stats WHERE minute >= :since
+GROUP BY queue, function, minute
+"""
+_SQL_TAIL_QUEUES = "SELECT DISTINCT queue FROM saqlite_counts"
+_SQL_TAIL_NEWEST = "SELECT MAX(queued) FROM saqlite_jobs"
+_RUNNING = tuple(status.value for status in _RUNNING_STATUSES)
+#: New jobs a tail follows while they wait, at most (it reads each at every look).
+_TAIL_FOLLOWED = 1000
+#: Minutes of ends a look compares with the last (a job ends in the minute it ends,
+#: by its worker's clock: a little slack for a late commit).
+_TAIL_MINUTES = 5
+#: New jobs a look reads at most (the next look goes on at once).
+_TAIL_NEW = 1000
+#: Milliseconds a job's enqueue time may lag behind the newest seen (another process
+#: whose statement commits later): new jobs are looked for that far back (the index
+#: alone tells which of them were seen).
+_TAIL_LAG_MS = 5000
+#: Seconds a tail waits for news before it looks anyway (a wake-up datagram is lost).
+_TAIL_FALLBACK_S = 1.0
+
+
+class _TailRow(t.NamedTuple):
+    queue: str
+    key: str
+    function: str
+    status: str
+    attempts: int
+    queued: int
+    started: int
+    completed: int
+    error: t.Optional[str]
+    progress: float
+
+
+class _TailEvent(t.NamedTuple):
+    """A line of ``saqlite tail``: a job's new status (or progress), or how many more
+    ``jobs`` ended that it did not see one by one."""
+
+    time: float  # epoch ms
+    queue: str
+    function: str
+    status: str
+    key: t.Optional[str] = None
+    attempts: int = 0
+    error: str = ""
+    progress: t.Optional[float] = None
+    jobs: int = 0
+
+    def json(self) -> dict[str, t.Any]:
+        event = {"time": self.time / 1000, "queue": self.queue, "function": self.function}
+        event["status"] = self.status
+        if self.jobs:
+            return {**event, "jobs": self.jobs}
+        return {**event, "key": self.key, "attempts": self.attempts, "error": self.error or None,
+                "progress": self.progress}  # fmt: skip
+
+    def line(self) -> str:
+        when = datetime.fromtimestamp(self.time / 1000).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        if self.jobs:
+            parts = [self.queue, self.function, f"{self.jobs} more ended {self.status}"]
+            parts.append("(not seen one by one)")
+        else:
+            parts = [self.queue, self.function, str(self.key), self.status]
+            if self.attempts:
+                parts.append(f"attempt {self.attempts}")
+            if self.progress is not None:
+                parts.append(f"progress {self.progress:.0%}")
+            if self.error:
+                parts.append(_cut(self.error, 120))
+        return "  ".join([when, *(_clean(part, one_line=True) for part in parts)])
+
+
+class _Tail:
+    """What ``saqlite tail`` knows between two looks (see _SQL_TAIL_ENQUEUED)."""
+
+    def __init__(self, store: _Store, where: _JobFilter) -> None:
+        self.store = store
+        self.where = where
+        self.after = 0  # the newest enqueue time seen (epoch ms)
+        self.seen: set[tuple[int, int]] = set()  # (rowid, queued), within _TAIL_LAG_MS of after
+        self.followed: dict[tuple[str, str], _TailRow] = {}  # oldest first
+        self.ended: dict[tuple[str, str, int], list[int]] = {}  # per queue, function, minute
+        self.owed: dict[tuple[str, str, str], int] = {}
+
+    async def start(self) -> None:
+        """Take the file as it is now: only what changes from here on is shown."""
+        async with self._snapshot():
+            self.after = (await self.store.fetch(_SQL_TAIL_NEWEST))[0][0] or 0
+            params = {"since": self.after - _TAIL_LAG_MS, "limit": -1}
+            self.seen = {(rowid, queued) for rowid, queued in await self.store.fetch(
+                _SQL_TAIL_ENQUEUED, params
+            )}  # fmt: skip
+            for row in await self._rows(_SQL_TAIL_RUNNING):
+                self.followed[(row.queue, row.key)] = row
+            await self._count_ends()
+        self.owed.clear()  # ended before
+
+    async def look(self) -> tuple[list[_TailEvent], bool]:
+        """The events since the last look, oldest first; and whether more are left."""
+        events: list[_TailEvent] = []
+        async with self._snapshot():
+            params = {"since": self.after - _TAIL_LAG_MS, "limit": len(self.seen) + _TAIL_NEW}
+            enqueued = await self.store.fetch(_SQL_TAIL_ENQUEUED, params)
+            unseen = [
+                (rowid, queued) for rowid, queued in enqueued if (rowid, queued) not in self.seen
+            ]
+            self.seen.update(unseen)
+            rowids = json.dumps([rowid for rowid, _ in unseen])
+            waiting = sum(row.status not in _RUNNING for row in self.followed.values())
+            for row in await self._rows(_SQL_TAIL_NEW, {"rowids": rowids}):
+                job = (row.queue, row.key)
+                self.after = max(self.after, row.queued)
+                events.append(
+                    self._event(row._replace(attempts=0), "queued", row.queued, error=False)
+                )
+                if row.status not in _RUNNING and waiting >= _TAIL_FOLLOWED:
+                    continue  # its end shows in the counts
+                waiting += row.status not in _RUNNING
+                self.followed.pop(job, None)
+                self.followed[job] = row._replace(status="queued", attempts=0, progress=0.0)
+                self._changed(self.followed[job], row, events)
+            running = {(row.queue, row.key): row for row in await self._rows(_SQL_TAIL_RUNNING)}
+            wanted = [job for job in self.followed if job not in running]
+            found = await self._rows(_SQL_TAIL_JOBS, {"jobs": json.dumps(wanted)})
+            for row in [*found, *running.values()]:
+                old = self.followed.get((row.queue, row.key))
+                if old is None:  # running, not seen before
+                    old = row._replace(status="queued", attempts=row.attempts - 1)
+                self._changed(old, row, events)
+            await self._count_ends()
+        self.seen = {seen for seen in self.seen if seen[1] >= self.after - _TAIL_LAG_MS}
+        current = now()
+        for (queue, function, status), count in self.owed.items():
+            if count > 0:
+                events.append(_TailEvent(current, queue, function, status, jobs=count))
+        self.owed.clear()
+        events.sort(key=lambda event: event.time)
+        more = len(enqueued) == params["limit"]
+        return [event for event in events if self._shown(event)], more
+
+    def _changed(self, old: _TailRow, row: _TailRow, events: list[_TailEvent]) -> None:
+        """The events between two states of a job; follow it on, or not once it ended."""
+        job = (row.queue, row.key)
+        if row.attempts > old.attempts and row.started:
+            events.append(self._event(row, Status.ACTIVE.value, row.started, error=False))
+        if row.status in _RUNNING and row.progress and row.progress != old.progress:
+            progress = self._event(row, row.status, now(), error=False)
+            events.append(progress._replace(progress=row.progress))
+        if row.status not in (old.status, Status.ACTIVE.value):
+            events.append(self._event(row, row.status, row.completed or now()))
+        if row.status in _FINISHED:
+            self.followed.pop(job, None)
+            owed = (row.queue, row.function, row.status)
+            self.owed[owed] = self.owed.get(owed, 0) - 1
+        else:
+            self.followed[job] = row
+
+    def _event(self, row: _TailRow, status: str, when: float, error: bool = True) -> _TailEvent:
+        return _TailEvent(
+            when, row.queue, row.function, status, row.key, row.attempts,
+            _error_line(row.error) if error else "",
+        )  # fmt: skip
+
+    async def _count_ends(self) -> None:
+        """Owe a line to each end counted in the last minutes since the last look (those
+        seen one by one pay theirs back)."""
+        since = int(time.time() // 60) - _TAIL_MINUTES
+        for queue, function, minute, *counts in await self.store.fetch(
+            _SQL_TAIL_ENDS, {"since": since}
+        ):
+            before = self.ended.get((queue, function, minute), [0, 0, 0])
+            for status, count, old in zip(_FINISHED, counts, before):
+                if count > old:
+                    owed = (queue, function, status)
+                    self.owed[owed] = self.owed.get(owed, 0) + count - old
+            self.ended[(queue, function, minute)] = counts
+        self.ended = {counted: n for counted, n in self.ended.items() if counted[2] >= since}
+
+    def _shown(self, event: _TailEvent) -> bool:
+        where = self.where
+        return (
+            where.queue in (None, event.queue)
+            and where.function in (None, event.function)
+            and (not where.statuses or event.status in where.statuses)
+        )
+
+    async def _rows(self, sql: str, params: t.Any = ()) -> list[_TailRow]:
+        return [_TailRow(*row) for row in await self.store.fetch(sql, params)]
+
+    @contextlib.asynccontextmanager
+    async def _snapshot(self) -> AsyncIterator[None]:
+        """Reads in one transaction: the jobs and the counts of their ends agree."""
+        await self.store.fetch("BEGIN")
+        try:
+            yield
+        finally:
+            await self.store.fetch("COMMIT")
+
+    async def queues(self) -> list[str]:
+        """The queues with jobs, whose news to wait for."""
+        names = [name for (name,) in await self.store.fetch(_SQL_TAIL_QUEUES)]
+        return [name for name in names if self.where.queue in (None, name)]
+
+
+async def _tail(store: _Store, where: _JobFilter, as_json: bool, stop: asyncio.Event) -> None:
+    """Print a line per job event until ``stop`` is set; each look follows news of
+    changes and of new jobs (wake-ups), or _TAIL_FALLBACK_S without any."""
+    tail = _Tail(store, where)
+    await tail.start()
+    print(f"saqlite tail: following {store.path} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        while not stop.is_set():
+            waits = []
+            for name in await tail.queues():
+                wakeup = store.queue(name)._wakeup
+                for kind in ("changes", "jobs"):
+                    await wakeup.want(kind)
+                    waits.append(asyncio.ensure_future(
+                        wakeup.wait(kind, wakeup.generation(kind), _TAIL_FALLBACK_S)
+                    ))  # fmt: skip
+            events, more = await tail.look()
+            for event in events:
+                print(json.dumps(event.json()) if as_json else event.line(), flush=True)
+            if not more:
+                await asyncio.wait(
+                    [stopped, *waits], timeout=_TAIL_FALLBACK_S, return_when=asyncio.FIRST_COMPLETED
+                )
+            for waiting in waits:
+                waiting.cancel()
+    finally:
+        stopped.cancel()
+
+
+def _cmd_tail(args: argparse.Namespace) -> int:
+    where = _JobFilter(args.queue, _statuses(args.status, _STATUS_NAMES, ()), args.function)
+
+    async def action(store: _Store) -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for number in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(number, stop.set)
+            except (NotImplementedError, RuntimeError):  # Windows: no loop signal handlers
+                signal.signal(number, lambda *_: loop.call_soon_threadsafe(stop.set))
+        await _tail(store, where, args.json, stop)
+        return 0
+
+    try:
+        return _run_on_store(args.file, action)
+    except BrokenPipeError:  # the reader went away (saqlite tail FILE | head): done
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _cmd_jobs(args: argparse.Namespace) -> int:
@@ -8257,6 +8734,18 @@ def _ops_parser() -> argparse.ArgumentParser:
 
     sub = command("info", "Queues with their job counts, and the live workers.", _cmd_info)
     sub.add_argument("--queue", help="only this queue")
+    sub = command(
+        "stats", "Per function: jobs that ended, failure rate, wait and run times.", _cmd_stats
+    )
+    sub.add_argument("--queue", help="only this queue")
+    sub.add_argument(
+        "--since",
+        default="1h",
+        metavar="AGE",
+        help="jobs that ended in this last while: 1s to 1d, e.g. 15m (default 1h), or 'all'",
+    )
+    sub = command("tail", "A line per job event as it happens (JSON lines with --json).", _cmd_tail)
+    filters(sub, _STATUS_NAMES)
     sub = command("jobs", "Jobs, newest first, a page at a time.", _cmd_jobs)
     filters(sub, _STATUS_NAMES)
     sub.add_argument("--limit", type=int, default=20, help="jobs per page (default 20)")
@@ -8796,6 +9285,7 @@ class _WebApp:
             ("GET", "/api/csrf"): self._api_csrf,
             ("GET", "/api/jobs"): self._api_jobs,
             ("GET", "/api/job"): self._api_job,
+            ("GET", "/metrics"): self._metrics,
         }
 
     async def __call__(self, scope: _ASGIMessage, receive: _ASGIReceive, send: _ASGISend) -> None:
@@ -9762,6 +10252,10 @@ left as they are.</p>{form}"""
             raise _WebError(404, f"No queue {name!r} in {store.path}.")
         info = await store.queue(name).info(jobs=True)
         return _json_response({"queue": {"db": self.stores.index(store), **info}})
+
+    async def _metrics(self, request: _WebRequest, nonce: str) -> _WebResponse:
+        text = await _metrics(self.stores)
+        return _WebResponse(200, text.encode("utf-8"), _METRICS_CONTENT_TYPE)
 
     async def _api_jobs(self, request: _WebRequest, nonce: str) -> _WebResponse:
         where, page, limit = self._filter(request)
