@@ -9932,8 +9932,8 @@ placeholder="key, function, kwargs, error"></label>
             form = f'<p>No {_e(what)} job matches. <a href="{_e(back)}">Back</a></p>'
         body = f"""<h2>{_e(action.capitalize())} jobs</h2>{self._file_html(db)}
 <p id="question"><strong>{_e(question)}</strong></p>
-<p class="muted">{_e(verb)} in slices of {_SLICE_ROWS} rows; jobs that change meanwhile are
-left as they are.</p>{form}"""
+<p class="muted">{_e(verb)} a slice at a time, so that workers go on meanwhile; jobs that
+change meanwhile are left as they are.</p>{form}"""
         response = self._render(request, nonce, "Confirm", body, live=False)
         return response
 
