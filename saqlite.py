@@ -24,7 +24,8 @@ Sections, in reading order (search for the banners):
         The schema       the tables, their migrations, and SQLite's clock (_SQL_NOW)
         Errors / Types   exceptions; the typed dicts and callables of the API
         Status, Job, CronJob
-        Queue            the async client; each statement beside the method that runs it
+        Queue            the async client, pauses and limits too; each statement beside
+                         the method that runs it
         Worker           claims and runs jobs, cron, sweeps
         step, sleep      resumable jobs: durable steps and sleeps
         SyncQueue        the same queue for code without an event loop
@@ -39,7 +40,8 @@ Sections, in reading order (search for the banners):
         Running this file    ``python saqlite.py`` / ``python -m saqlite``: main()
     Then one marker line; after it only the operator tooling, which nothing above
     uses (cut the file there to vendor the core alone):
-        Operator tooling: terminal commands   ``saqlite info|jobs|retry|...``, export
+        Operator tooling: terminal commands   ``saqlite info|jobs|retry|...``, the
+                                              figures (stats, /metrics, tail), export
         Operator tooling: the web page        the ASGI page, served by ThreadingHTTPServer
 """
 
