@@ -10520,6 +10520,7 @@ _PAGE_STOP_S = 10.0
 #: Seconds between looks at whether a streaming response's client has gone.
 _HTTP_GONE_CHECK_S = 1.0
 _HTTP_DONE = object()  # the end of an app's messages, for the handler's thread
+_PAGE_REQUEST_THREAD = "saqlite-page-request"
 
 
 class _HTTPServer(http.server.ThreadingHTTPServer):
@@ -10547,6 +10548,11 @@ class _PageHandler(http.server.BaseHTTPRequestHandler):
     server: _HTTPServer
     protocol_version = "HTTP/1.1"
     timeout = _HTTP_READ_TIMEOUT_S
+
+    def setup(self) -> None:
+        # Named for thread dumps and tracebacks (Python 3.9 names them Thread-N).
+        threading.current_thread().name = _PAGE_REQUEST_THREAD
+        super().setup()
 
     def _serve(self) -> None:
         self.close_connection = True

@@ -87,7 +87,7 @@ class PageInProcess:
 
 
 def handler_threads() -> int:
-    return sum("process_request_thread" in thread.name for thread in threading.enumerate())
+    return sum(thread.name == "saqlite-page-request" for thread in threading.enumerate())
 
 
 def test_events_tell_of_changes_and_end_when_the_client_goes(db: Path) -> None:
