@@ -156,11 +156,11 @@ def test_a_rate_limit_holds_in_every_window_across_four_worker_processes(
         queue = Queue(folder / "jobs.db")
         await queue.limit("tick", rate=f"{rate}/s")
         keys = [f"t{n}" for n in range(jobs)]
-        await queue.enqueue_many([Job("tick", key=key) for key in keys])
-        began = time.time()
         for _ in range(4):
             processes.worker()
-        await live_workers(queue, 4)
+        await live_workers(queue, 4)  # all four there before the jobs: they share them
+        began = time.time()
+        await queue.enqueue_many([Job("tick", key=key) for key in keys])
 
         async def all_done() -> bool:
             return await queue.count("incomplete") == 0
@@ -188,10 +188,11 @@ def test_a_concurrency_limit_holds_across_four_worker_processes(
     async def check() -> None:
         queue = Queue(folder / "jobs.db")
         await queue.limit("overlap", concurrency=limit)
-        await queue.enqueue_many([Job("overlap") for _ in range(jobs)])
-        await queue.enqueue_many([Job("tick", key=f"free-{n}") for n in range(20)])
         for _ in range(4):
             processes.worker()
+        await live_workers(queue, 4)  # all four there before the jobs: they share them
+        await queue.enqueue_many([Job("overlap") for _ in range(jobs)])
+        await queue.enqueue_many([Job("tick", key=f"free-{n}") for n in range(20)])
 
         async def all_done() -> bool:
             return await queue.count("incomplete") == 0
