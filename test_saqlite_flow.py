@@ -22,7 +22,7 @@ import pytest
 import saqlite
 from saqlite import Context, Job, Queue, Status, SyncQueue
 from test_saqlite import async_test, make_queue, noop, running, stored, wait_for, worker_for
-from test_saqlite_processes import stop_processes
+from test_saqlite_processes import Workers, stop_processes
 
 HERE = Path(__file__).resolve().parent
 
@@ -64,37 +64,13 @@ def folder(tmp_path: Path) -> Path:
     return tmp_path
 
 
-class Processes:
-    """Worker processes of the test's settings module, stopped at the end."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.started: list[subprocess.Popen[bytes]] = []
-
-    def worker(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        log = open(self.folder / f"worker-{len(self.started)}.log", "wb")  # noqa: SIM115
-        process = subprocess.Popen(
-            [sys.executable, "-m", "saqlite", "flowsettings.settings"],
-            cwd=self.folder,
-            env={**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{self.folder}", **(env or {})},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        self.started.append(process)
-        return process
-
-    def logs(self) -> str:
-        return "\n".join(path.read_text() for path in sorted(self.folder.glob("worker-*.log")))
-
-
 @pytest.fixture
-def processes(folder: Path) -> Iterator[Processes]:
-    started = Processes(folder)
+def processes(folder: Path) -> Iterator[Workers]:
+    started = Workers(folder, "flowsettings.settings")
     try:
         yield started
     finally:
-        stop_processes(started.started)
+        started.stop_all()
 
 
 def saqlite_command(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -148,7 +124,7 @@ async def started_ms(queue: Queue, keys: list[str]) -> list[int]:
 
 
 def test_a_rate_limit_holds_in_every_window_across_four_worker_processes(
-    folder: Path, processes: Processes
+    folder: Path, processes: Workers
 ) -> None:
     rate, period_s, jobs = 10, 1.0, 45
 
@@ -157,7 +133,7 @@ def test_a_rate_limit_holds_in_every_window_across_four_worker_processes(
         await queue.limit("tick", rate=f"{rate}/s")
         keys = [f"t{n}" for n in range(jobs)]
         for _ in range(4):
-            processes.worker()
+            processes.start()
         await live_workers(queue, 4)  # all four there before the jobs: they share them
         began = time.time()
         await queue.enqueue_many([Job("tick", key=key) for key in keys])
@@ -181,7 +157,7 @@ def test_a_rate_limit_holds_in_every_window_across_four_worker_processes(
 
 
 def test_a_concurrency_limit_holds_across_four_worker_processes(
-    folder: Path, processes: Processes
+    folder: Path, processes: Workers
 ) -> None:
     limit, jobs = 3, 30
 
@@ -189,7 +165,7 @@ def test_a_concurrency_limit_holds_across_four_worker_processes(
         queue = Queue(folder / "jobs.db")
         await queue.limit("overlap", concurrency=limit)
         for _ in range(4):
-            processes.worker()
+            processes.start()
         await live_workers(queue, 4)  # all four there before the jobs: they share them
         await queue.enqueue_many([Job("overlap") for _ in range(jobs)])
         await queue.enqueue_many([Job("tick", key=f"free-{n}") for n in range(20)])
@@ -357,18 +333,18 @@ async def test_a_pause_until_a_time_ends_by_itself(tmp_path: Path) -> None:
 
 
 def test_a_pause_lives_in_the_file_and_outlasts_a_worker_restart(
-    folder: Path, processes: Processes
+    folder: Path, processes: Workers
 ) -> None:
     client = SyncQueue(folder / "jobs.db")
     client.pause("slow")
     held = client.enqueue("slow")
     assert held is not None
-    worker = processes.worker()
+    worker = processes.start()
     sentinel = client.enqueue("tick")
     assert sentinel is not None
     client.refresh(sentinel, until_complete=30)
     stop_processes([worker])  # a restart: a new process reads the pause from the file
-    processes.worker()
+    processes.start()
     second = client.enqueue("tick")
     assert second is not None
     client.refresh(second, until_complete=30)
@@ -387,13 +363,13 @@ def test_a_pause_lives_in_the_file_and_outlasts_a_worker_restart(
 
 
 def test_drain_waits_for_running_jobs_names_them_on_timeout_and_leaves_the_queue_paused(
-    folder: Path, processes: Processes
+    folder: Path, processes: Workers
 ) -> None:
     db = str(folder / "jobs.db")
     client = SyncQueue(db)
     running_job = client.enqueue("slow", key="long-one")
     assert running_job is not None
-    processes.worker(env={"SLOW_S": "4"})
+    processes.start(env={"SLOW_S": "4"})
     deadline = time.monotonic() + 30
     while client.job("long-one").status != Status.ACTIVE:  # type: ignore[union-attr]
         assert time.monotonic() < deadline, "the job did not start"

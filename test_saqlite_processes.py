@@ -67,16 +67,18 @@ def folder(tmp_path: Path) -> Path:
 
 
 class Workers:
-    """Worker processes started from the test's settings module, stopped at the end."""
+    """Worker processes started from a settings module in ``folder`` (this file's, or
+    another test file's), stopped at the end."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, settings: str = "mpsettings.settings") -> None:
         self.folder = folder
+        self.settings = settings
         self.processes: list[subprocess.Popen[bytes]] = []
 
     def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = open(self.folder / f"worker-{len(self.processes)}.log", "wb")  # noqa: SIM115
         process = subprocess.Popen(
-            [sys.executable, "-m", "saqlite", "mpsettings.settings", "-v", *args],
+            [sys.executable, "-m", "saqlite", self.settings, "-v", *args],
             cwd=self.folder,
             env={
                 **os.environ,
