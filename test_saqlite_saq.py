@@ -467,6 +467,21 @@ def test_the_example_app_gives_the_same_outcome_on_saqlite_and_on_saq(
     redis_url = f"{redis.url}/1"  # a database of its own: the export tests use 0
     _copy_app(tmp_path / "saqlite")
     on_saqlite = _run_app(tmp_path / "saqlite", "saqlite")
+    assert on_saqlite == {
+        "apply": 5,
+        "map": [3, 7],
+        "retried": {"status": "complete", "result": 3, "attempts": 3},
+        "failed": {"status": "failed", "error": "RuntimeError: broken on purpose"},
+        "report": {"result": "report ready", "progress_seen": [0.0, 0.5, 1.0]},
+        "aborted": {"status": "aborted", "error": "user abort"},
+        "scheduled": {"result": 30, "waited": True},
+        "cron": ["tick"],
+    }
+    if sys.version_info < (3, 10):
+        # SAQ 0.26 and redis-py make asyncio locks as the queue is made, at import; on
+        # 3.9 those bind to another loop than the one `saq` and asyncio.run() start, and
+        # fail ("attached to a different loop") when two tasks contend for one.
+        pytest.skip("SAQ on Python 3.9 can't use a queue made at import under load")
 
     _copy_app(tmp_path / "saq")
     tasks = tmp_path / "saq" / "app_tasks.py"
@@ -482,17 +497,7 @@ def test_the_example_app_gives_the_same_outcome_on_saqlite_and_on_saq(
     assert _changed_lines(EXAMPLES / "app_producer.py", tmp_path / "saq" / "app_producer.py") == []
     on_saq = _run_app(tmp_path / "saq", "saq")
 
-    assert on_saqlite == on_saq
-    assert on_saqlite == {
-        "apply": 5,
-        "map": [3, 7],
-        "retried": {"status": "complete", "result": 3, "attempts": 3},
-        "failed": {"status": "failed", "error": "RuntimeError: broken on purpose"},
-        "report": {"result": "report ready", "progress_seen": [0.0, 0.5, 1.0]},
-        "aborted": {"status": "aborted", "error": "user abort"},
-        "scheduled": {"result": 30, "waited": True},
-        "cron": ["tick"],
-    }
+    assert on_saq == on_saqlite
 
 
 # =============================================================================
