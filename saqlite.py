@@ -167,13 +167,13 @@ _OUTAGE_MAX_PAUSE_S = 2.0
 _OUTAGE_LOG_S = 30.0
 #: Rows per multi-row statement; keeps under SQLite's bound-parameter limit.
 _ROWS_PER_STATEMENT = 500
-#: Work on many rows (deleting expired jobs, a purge) goes in write transactions of
-#: about this long, each of as many rows as took that long lately (see _SliceSize),
-#: or of so many pages given back to the OS...
+#: Work on many rows (deleting expired jobs, a purge) or pages (giving them back to
+#: the OS) goes in write transactions of about this long, each of as many rows or
+#: pages as took that long lately (see _SliceSize), within these bounds...
 _SLICE_TARGET_S = 0.005
 _SLICE_ROWS = 500
 _SLICE_MIN_ROWS = 10
-_SLICE_PAGES = 64
+_SLICE_MAX_PAGES = 1024
 #: ... with this pause between them, longer than a lock waiter's (_MAX_BUSY_PAUSE_S),
 #: so that other writers get the lock in between.
 _SLICE_PAUSE_S = 0.005
@@ -2214,9 +2214,9 @@ class Queue:
     async def _delete_expired(self) -> int:
         """Delete the expired jobs of every queue in short slices (see _SliceSize);
         how many."""
-        deleted, size = 0, _SliceSize()
+        deleted, size = 0, _SliceSize.of_rows()
         while True:
-            limit, started = size.rows, time.perf_counter()
+            limit, started = size.amount, time.perf_counter()
             rows = await self._fetch(self._SQL_DELETE_EXPIRED_JOBS, {"limit": limit})
             size.took(len(rows), time.perf_counter() - started)
             deleted += len(rows)
@@ -2265,22 +2265,30 @@ class Queue:
             await self._between_slices()
 
     _SQL_FREE_PAGES = "PRAGMA freelist_count"
-    _SQL_GIVE_BACK_PAGES = f"PRAGMA incremental_vacuum({_SLICE_PAGES})"
+    # A pragma's argument can't be bound: {pages} is an int of _SliceSize's.
+    _SQL_GIVE_BACK_PAGES = "PRAGMA incremental_vacuum({pages:d})"
     # A checkpoint that lets writers on (it copies what it can), then one that empties
     # the -wal file: it holds writers up only while it copies what came in between.
     _SQL_CHECKPOINT_PASSIVE = "PRAGMA wal_checkpoint(PASSIVE)"
     _SQL_CHECKPOINT = "PRAGMA wal_checkpoint(TRUNCATE)"
 
     async def _give_back_space(self) -> None:
-        """Give the file's free pages back to the OS, a slice at a time, then copy the
-        -wal file into the database and empty it (a no-op while a reader still needs
-        it; the next call tries again)."""
+        """Give the file's free pages back to the OS in short slices (see _SliceSize),
+        then copy the -wal file into the database and empty it (a no-op while a reader
+        still needs it; the next call tries again)."""
+        # A page given back from the end of the file is free, or it is moved (with its
+        # parent's pointer) to a free page further in: in a file whose free pages are
+        # scattered, a slice of 64 pages took 35 ms. Hence slices sized by time.
         free = (await self._fetch(self._SQL_FREE_PAGES))[0][0]
+        size = _SliceSize.of_pages()
         while free:
-            await self._fetch(self._SQL_GIVE_BACK_PAGES, script=True)
+            started = time.perf_counter()
+            await self._fetch(self._SQL_GIVE_BACK_PAGES.format(pages=size.amount), script=True)
+            seconds = time.perf_counter() - started
             left = (await self._fetch(self._SQL_FREE_PAGES))[0][0]
             if left >= free:  # not given back (auto_vacuum off): left for reuse
                 break
+            size.took(free - left, seconds)
             free = left
             await self._between_slices()
         await self._fetch(self._SQL_CHECKPOINT_PASSIVE)
@@ -5317,22 +5325,32 @@ _ALL_PRIORITIES = (-(2**63), 2**63 - 1)
 
 
 class _SliceSize:
-    """How many rows the next slice of a long piece of work takes: as many as keep
-    its write near _SLICE_TARGET_S, so that it stays short however large the file
-    grows (a row costs more to delete in a bigger file) and however busy the machine.
+    """How much (rows, pages) the next slice of a long piece of work takes: as much as
+    keeps its write near _SLICE_TARGET_S, between ``least`` and ``most``, so that it
+    stays short however large the file grows (a row costs more to delete in a bigger
+    file, a page more to give back in a fragmented one) and however busy the machine.
     """
 
-    def __init__(self) -> None:
-        self.rows = _SLICE_ROWS // 4
+    def __init__(self, start: int, least: int, most: int) -> None:
+        self.amount, self._least, self._most = start, least, most
 
-    def took(self, rows: int, seconds: float) -> None:
-        """Learn from a slice of ``rows`` rows that took ``seconds``."""
-        if rows < self.rows:  # the last slice, short of rows: it tells nothing
+    @classmethod
+    def of_rows(cls) -> _SliceSize:
+        return cls(_SLICE_ROWS // 4, _SLICE_MIN_ROWS, _SLICE_ROWS)
+
+    @classmethod
+    def of_pages(cls) -> _SliceSize:
+        # Few at first: a page can cost half a millisecond (see Queue._give_back_space).
+        return cls(16, 1, _SLICE_MAX_PAGES)
+
+    def took(self, done: int, seconds: float) -> None:
+        """Learn from a slice that did ``done`` (rows, pages) in ``seconds``."""
+        if done < self.amount:  # the last slice, short of work: it tells nothing
             return
         if seconds > _SLICE_TARGET_S:
-            self.rows = max(_SLICE_MIN_ROWS, int(self.rows * _SLICE_TARGET_S / seconds))
+            self.amount = max(self._least, int(self.amount * _SLICE_TARGET_S / seconds))
         elif seconds < _SLICE_TARGET_S / 2:
-            self.rows = min(_SLICE_ROWS, self.rows * 2)
+            self.amount = min(self._most, self.amount * 2)
 
 
 def _check_priorities(priorities: t.Optional[tuple[int, int]]) -> tuple[int, int]:
@@ -6270,7 +6288,7 @@ if __name__ == "__main__":
 #   (want, generation, wait: the news saqlite tail looks on), Queue._codec
 #   (dump, load, a job from _LOAD_COLUMNS); Queue._drive with _counts_steps (the
 #   counts of info()); Queue._between_slices and Queue._give_back_space, with
-#   _SliceSize (work on many rows); _LOAD_COLUMNS, the status groups
+#   _SliceSize.of_rows (work on many rows); _LOAD_COLUMNS, the status groups
 #   (_RUNNING_STATUSES, _FINISHED_STATUSES, _UNSUCCESSFUL_STATUSES, _RUNNING_SQL,
 #   _UNSUCCESSFUL_SQL), _alive, _seconds, _BLOCKED_S (the run_at of a job waiting
 #   on dependencies), _rebuild (saqlite vacuum); _STATS_BOUNDS (the buckets of
@@ -7010,9 +7028,9 @@ async def _purge(
     deleted = 0
     find = _SQL_OPS_PURGEABLE.format(where=condition)
     delete = _SQL_OPS_PURGE.format(where=condition)
-    after, size = 0, _SliceSize()
+    after, size = 0, _SliceSize.of_rows()
     while True:
-        limit = size.rows
+        limit = size.amount
         found = await store.fetch(find, {**params, "after": after, "limit": limit})
         rowids = [rowid for (rowid,) in found]
         if rowids:

@@ -99,6 +99,20 @@ class Workers:
         stop_processes(self.processes)
 
 
+def run_old_saqlite(folder: Path, commit: str, script: str) -> None:
+    """Run ``script`` (dedented) in a process that imports saqlite.py as it was at git
+    ``commit``: how the tests make a file an older saqlite wrote."""
+    old = folder / f"saqlite-{commit}"
+    old.mkdir()
+    source = subprocess.run(
+        ["git", "show", f"{commit}:saqlite.py"], cwd=HERE, capture_output=True, check=True
+    ).stdout
+    (old / "saqlite.py").write_bytes(source)
+    subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=old, check=True, env={
+        **os.environ, "PYTHONPATH": str(old)
+    })  # fmt: skip
+
+
 def stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
     """SIGTERM each process still running, then wait for it (SIGKILL after 20 s)."""
     for process in processes:

@@ -23,7 +23,7 @@ import pytest
 import saqlite
 from saqlite import Queue, Status, SyncQueue, Worker
 from test_saqlite import async_test, make_queue, stored, wait_for, worker_for
-from test_saqlite_processes import stop_processes
+from test_saqlite_processes import run_old_saqlite, stop_processes
 
 HERE = Path(__file__).resolve().parent
 
@@ -466,14 +466,11 @@ def test_sync_queue_and_from_url_take_priorities(tmp_path: Path) -> None:
 
 
 def test_a_version_1_file_opens_with_its_jobs_intact(tmp_path: Path) -> None:
-    old = tmp_path / "old"
-    old.mkdir()
-    source = subprocess.run(
-        ["git", "show", "70f890b:saqlite.py"], cwd=HERE, capture_output=True, check=True
-    ).stdout
-    (old / "saqlite.py").write_bytes(source)
     path = tmp_path / "v1.db"
-    script = textwrap.dedent(f"""
+    run_old_saqlite(
+        tmp_path,
+        "70f890b",
+        f"""
         import asyncio, saqlite
         assert saqlite.SCHEMA_VERSION == 1
         async def main():
@@ -485,10 +482,8 @@ def test_a_version_1_file_opens_with_its_jobs_intact(tmp_path: Path) -> None:
             await queue.worker_info("w1", "default")
             await queue.disconnect()
         asyncio.run(main())
-    """)
-    subprocess.run([sys.executable, "-c", script], cwd=old, check=True, env={
-        **os.environ, "PYTHONPATH": str(old)
-    })  # fmt: skip
+    """,
+    )
 
     async def reopen() -> None:
         queue = Queue(path)

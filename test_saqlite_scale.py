@@ -12,7 +12,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 import typing as t
@@ -23,6 +22,7 @@ import pytest
 import saqlite
 from saqlite import Job, Queue
 from test_saqlite import async_test, make_queue, running, small_disk, wait_for, worker_for
+from test_saqlite_processes import run_old_saqlite
 
 HERE = Path(__file__).resolve().parent
 __all__ = ["small_disk"]  # a fixture used here by name
@@ -224,6 +224,35 @@ async def test_the_sweep_deletes_in_slices_that_let_other_writers_in(tmp_path: P
     assert path.stat().st_size < filled / 4, (filled, path.stat().st_size)
 
 
+@async_test
+async def test_space_comes_back_a_page_at_a_time_when_pages_are_slow_to_give_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As in a big fragmented file, where a page can take half a millisecond: every
+    # slice is slower than the target, so slices shrink to one row and one page.
+    monkeypatch.setattr(saqlite, "_SLICE_TARGET_S", 0.0)
+    path = tmp_path / "slow.db"
+    queue = make_queue(path)
+    await queue.enqueue_many([Job("ok", kwargs={"pad": "x" * 2000}) for _ in range(600)])
+    assert finished_long_ago(path, expire=True) == 600
+    filled = path.stat().st_size
+    writer = OtherWriter(path, "SELECT freelist_count FROM pragma_freelist_count")
+    writer.start()
+    try:
+        await wait_for(lambda: bool(writer.seen))
+        assert await queue.sweep() == []
+    finally:
+        writer.stop.set()
+        await asyncio.get_running_loop().run_in_executor(None, writer.join)
+    most = max(writer.seen)
+    giving_back = writer.seen[writer.seen.index(most) :]
+    # The other writer got in between pages given back, again and again.
+    assert len({free for free in giving_back if 0 < free < most}) >= 20, writer.seen
+    await queue.sweep()  # again, the other writer gone: nothing holds the -wal file
+    assert path.stat().st_size < filled / 4, (filled, path.stat().st_size)
+    assert counted(path) == actual(path) == {}
+
+
 def test_a_purge_lets_other_writers_in_and_gives_the_space_back(tmp_path: Path) -> None:
     path = tmp_path / "purge.db"
 
@@ -346,15 +375,11 @@ def test_a_listing_is_the_same_whichever_way_it_finds_the_jobs(
 
 @pytest.mark.parametrize("version", sorted(OLD_VERSIONS))
 def test_an_older_file_gets_counts_and_gives_space_back(tmp_path: Path, version: int) -> None:
-    old = tmp_path / "old"
-    old.mkdir()
-    source = subprocess.run(
-        ["git", "show", f"{OLD_VERSIONS[version]}:saqlite.py"],
-        cwd=HERE, capture_output=True, check=True,
-    ).stdout  # fmt: skip
-    (old / "saqlite.py").write_bytes(source)
     path = tmp_path / f"v{version}.db"
-    script = textwrap.dedent(f"""
+    run_old_saqlite(
+        tmp_path,
+        OLD_VERSIONS[version],
+        f"""
         import asyncio, saqlite
         assert saqlite.SCHEMA_VERSION == {version}
         async def main():
@@ -366,10 +391,8 @@ def test_an_older_file_gets_counts_and_gives_space_back(tmp_path: Path, version:
             await queue.enqueue("f", key="later", scheduled=2e9)
             await queue.disconnect()
         asyncio.run(main())
-    """)
-    subprocess.run([sys.executable, "-c", script], cwd=old, check=True, env={
-        **os.environ, "PYTHONPATH": str(old)
-    })  # fmt: skip
+    """,
+    )
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0  # NONE
     conn.close()

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import queue as queue_module
 import signal
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 import typing as t
@@ -24,6 +22,7 @@ import saqlite
 from saqlite import Queue, Status
 from test_saqlite import _OPEN_QUEUES, async_test, make_queue, noop, running, wait_for, worker_for
 from test_saqlite_ops import CLI, cli, env, start, stop
+from test_saqlite_processes import run_old_saqlite
 
 HERE = Path(__file__).resolve().parent
 
@@ -171,14 +170,11 @@ async def test_the_sweep_folds_minutes_older_than_a_day_into_the_totals(tmp_path
 
 
 def test_a_version_5_file_gets_the_figures_table_and_counts_from_then_on(tmp_path: Path) -> None:
-    old = tmp_path / "old"
-    old.mkdir()
-    source = subprocess.run(
-        ["git", "show", "8d9cf4b:saqlite.py"], cwd=HERE, capture_output=True, check=True
-    ).stdout
-    (old / "saqlite.py").write_bytes(source)
     path = tmp_path / "v5.db"
-    script = textwrap.dedent(f"""
+    run_old_saqlite(
+        tmp_path,
+        "8d9cf4b",
+        f"""
         import asyncio, saqlite
         assert saqlite.SCHEMA_VERSION == 5
         async def main():
@@ -189,10 +185,8 @@ def test_a_version_5_file_gets_the_figures_table_and_counts_from_then_on(tmp_pat
             await queue.finish(job, saqlite.Status.COMPLETE)
             await queue.disconnect()
         asyncio.run(main())
-    """)
-    subprocess.run([sys.executable, "-c", script], cwd=old, check=True, env={
-        **os.environ, "PYTHONPATH": str(old)
-    })  # fmt: skip
+    """,
+    )
 
     async def reopen() -> None:
         queue = make_queue(path)

@@ -22,9 +22,8 @@ import asyncio
 import time
 from typing import Any
 
-import bench_jobs
 from bench_common import percentile
-from bench_queue import Backend, Child, prefill, start_worker, stop_worker, timeout_for
+from bench_queue import Backend, Child, drain_recorded, prefill, timeout_for
 
 #: Limits that are in force but never bind, by name (see the module docstring).
 IDLE_LIMITS: dict[str, dict[str, Any]] = {
@@ -38,15 +37,8 @@ async def _noop_under(backend: Backend, n: int, limit: str) -> dict[str, float]:
     try:
         await queue.limit(**IDLE_LIMITS[limit])
         jobs = await asyncio.gather(*(queue.enqueue("noop") for _ in range(n)))
-        bench_jobs.RECORDER.reset(n)
-        t0 = time.perf_counter()
-        worker, task = await start_worker(backend, queue)
-        try:
-            assert bench_jobs.RECORDER.done is not None
-            await asyncio.wait_for(bench_jobs.RECORDER.done.wait(), timeout_for(n))
-            last = max(bench_jobs.RECORDER.times)
-        finally:
-            await stop_worker(worker, task)
+        t0, times, _ = await drain_recorded(backend, queue, n)
+        last = times[-1]
         done = await queue.jobs([job.key for job in jobs[:: max(1, n // 50)]])
         if any(job is None or job.status != "complete" for job in done):
             raise AssertionError("sampled jobs not complete")

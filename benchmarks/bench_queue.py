@@ -138,6 +138,25 @@ def timeout_for(n: int, rate: float = 200.0) -> float:
 # --------------------------------------------------------------------------- 1. SAQ shape
 
 
+async def drain_recorded(
+    backend: Backend, queue: Any, jobs: int
+) -> tuple[float, list[float], float]:
+    """Start a worker on ``queue`` and wait until ``jobs`` jobs have ended in it, then until
+    the queue has no incomplete job; the start time, each end's time (sorted, from the
+    recorder) and when the queue was seen empty (all perf_counter)."""
+    bench_jobs.RECORDER.reset(jobs)
+    t0 = time.perf_counter()
+    worker, task = await start_worker(backend, queue)
+    try:
+        assert bench_jobs.RECORDER.done is not None
+        await asyncio.wait_for(bench_jobs.RECORDER.done.wait(), timeout_for(jobs))
+        times = sorted(bench_jobs.RECORDER.times)
+        confirmed = await wait_incomplete_zero(queue, 30)
+    finally:
+        await stop_worker(worker, task)
+    return t0, times, confirmed
+
+
 async def _enqueue_then_drain(
     backend: Backend, n: int, function: str, kwargs_list: list[dict[str, Any]]
 ) -> dict[str, float]:
@@ -148,16 +167,8 @@ async def _enqueue_then_drain(
         enqueue_s = time.perf_counter() - start
         if any(j is None for j in jobs):
             raise AssertionError("enqueue returned None for a fresh key")
-        bench_jobs.RECORDER.reset(n)
-        t0 = time.perf_counter()
-        worker, task = await start_worker(backend, queue)
-        try:
-            assert bench_jobs.RECORDER.done is not None
-            await asyncio.wait_for(bench_jobs.RECORDER.done.wait(), timeout_for(n))
-            last = max(bench_jobs.RECORDER.times)
-            confirmed = await wait_incomplete_zero(queue, 30)
-        finally:
-            await stop_worker(worker, task)
+        t0, times, confirmed = await drain_recorded(backend, queue, n)
+        last = times[-1]
         not_complete = await check_complete(backend, queue, [j.key for j in jobs])
         return {
             "sampled_not_complete": not_complete,
@@ -224,16 +235,7 @@ async def _pipeline(backend: Backend, n: int) -> dict[str, float]:
         start = time.perf_counter()
         await queue.enqueue_many([root, *middle, final])  # one transaction
         enqueue_s = time.perf_counter() - start
-        bench_jobs.RECORDER.reset(n + 2)
-        t0 = time.perf_counter()
-        worker, task = await start_worker(backend, queue)
-        try:
-            assert bench_jobs.RECORDER.done is not None
-            await asyncio.wait_for(bench_jobs.RECORDER.done.wait(), timeout_for(n))
-            times = sorted(bench_jobs.RECORDER.times)
-            await wait_incomplete_zero(queue, 30)
-        finally:
-            await stop_worker(worker, task)
+        t0, times, _ = await drain_recorded(backend, queue, n + 2)
         await final.refresh()
         if str(final.status) != "complete":
             raise AssertionError(f"the fan-in job ended {final.status}")
