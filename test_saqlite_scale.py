@@ -201,6 +201,17 @@ def test_terminal_info_counts_every_status(tmp_path: Path) -> None:
 EXPIRED = 20_000
 
 
+async def sweep_beside(queue: Queue, writer: OtherWriter) -> None:
+    """Sweep (nothing stuck to report) while ``writer`` writes, from its first write on."""
+    writer.start()
+    try:
+        await wait_for(lambda: bool(writer.seen))
+        assert await queue.sweep() == []
+    finally:
+        writer.stop.set()
+        await asyncio.get_running_loop().run_in_executor(None, writer.join)
+
+
 @async_test
 async def test_the_sweep_deletes_in_slices_that_let_other_writers_in(tmp_path: Path) -> None:
     path = tmp_path / "sweep.db"
@@ -210,13 +221,7 @@ async def test_the_sweep_deletes_in_slices_that_let_other_writers_in(tmp_path: P
     await queue.enqueue("ok", key="kept")
     filled = path.stat().st_size
     writer = OtherWriter(path, "SELECT COUNT(*) FROM saqlite_jobs WHERE status = 'complete'")
-    writer.start()
-    try:
-        await wait_for(lambda: bool(writer.seen))
-        assert await queue.sweep() == []
-    finally:
-        writer.stop.set()
-        await asyncio.get_running_loop().run_in_executor(None, writer.join)
+    await sweep_beside(queue, writer)
     assert any(0 < left < EXPIRED for left in writer.seen), writer.seen
     assert (await queue.job("kept")) is not None
     assert counted(path) == actual(path) == {("default", "queued"): 1}
@@ -237,13 +242,7 @@ async def test_space_comes_back_a_page_at_a_time_when_pages_are_slow_to_give_bac
     assert finished_long_ago(path, expire=True) == 600
     filled = path.stat().st_size
     writer = OtherWriter(path, "SELECT freelist_count FROM pragma_freelist_count")
-    writer.start()
-    try:
-        await wait_for(lambda: bool(writer.seen))
-        assert await queue.sweep() == []
-    finally:
-        writer.stop.set()
-        await asyncio.get_running_loop().run_in_executor(None, writer.join)
+    await sweep_beside(queue, writer)
     most = max(writer.seen)
     giving_back = writer.seen[writer.seen.index(most) :]
     # The other writer got in between pages given back, again and again.

@@ -199,11 +199,13 @@ class _Probe:
         return result
 
 
-def probe(path: str) -> None:
-    """The ``probe`` child: enqueue every PROBE_INTERVAL_S until STOP on stdin."""
+def timed_enqueues(path: str, every_s: float) -> list[tuple[float, float, float]]:
+    """Print READY, then enqueue a job (queue "probe") every ``every_s`` until a line comes
+    on stdin; per enqueue, its start (monotonic, s), how long it took and how much of that
+    it waited for the write lock (ms)."""
     saqlite = importlib.import_module("saqlite")
     stop = threading.Event()
-    latencies: list[float] = []
+    rows: list[tuple[float, float, float]] = []
     with saqlite.SyncQueue(path, name="probe") as queue:
         queue.enqueue("noop", ttl=-1)
         print("READY", flush=True)
@@ -213,10 +215,18 @@ def probe(path: str) -> None:
             stop.set()
 
         threading.Thread(target=wait_for_stop, daemon=True).start()
-        while not stop.wait(PROBE_INTERVAL_S):
-            started = time.perf_counter()
+        while not stop.wait(every_s):
+            queue.queue.worst_lock_wait = 0.0
+            started = time.monotonic()
             queue.enqueue("noop", ttl=-1)
-            latencies.append((time.perf_counter() - started) * 1000)
+            took = time.monotonic() - started
+            rows.append((started, took * 1000, queue.queue.worst_lock_wait * 1000))
+    return rows
+
+
+def probe(path: str) -> None:
+    """The ``probe`` child: enqueue every PROBE_INTERVAL_S until STOP on stdin."""
+    latencies = [took for _, took, _ in timed_enqueues(path, PROBE_INTERVAL_S)]
     print(json.dumps({"max_ms": max(latencies), "p99_ms": percentile(latencies, 99),
                       "enqueues": len(latencies)}), flush=True)  # fmt: skip
 

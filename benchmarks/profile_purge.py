@@ -22,11 +22,11 @@ import re
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from typing import Any
 
 from bench_common import ensure_project_on_path, percentile
+from bench_scale import timed_enqueues
 
 ensure_project_on_path()
 import saqlite  # noqa: E402
@@ -38,24 +38,7 @@ LONG_MS = 15.0
 def enqueuer(path: str) -> None:
     """The child: enqueue every ENQUEUE_EVERY_S until a line on stdin; then print
     [start, ms, lock wait ms] per enqueue as JSON."""
-    stop = threading.Event()
-    rows: list[tuple[float, float, float]] = []
-    with saqlite.SyncQueue(path, name="probe") as queue:
-        queue.enqueue("noop", ttl=-1)
-        print("READY", flush=True)
-
-        def wait_for_stop() -> None:
-            sys.stdin.readline()
-            stop.set()
-
-        threading.Thread(target=wait_for_stop, daemon=True).start()
-        while not stop.wait(ENQUEUE_EVERY_S):
-            queue.queue.worst_lock_wait = 0.0
-            started = time.monotonic()
-            queue.enqueue("noop", ttl=-1)
-            took = time.monotonic() - started
-            rows.append((started, took * 1000, queue.queue.worst_lock_wait * 1000))
-    print(json.dumps(rows), flush=True)
+    print(json.dumps(timed_enqueues(path, ENQUEUE_EVERY_S)), flush=True)
 
 
 def _timed_statements() -> list[tuple[float, float, str]]:
